@@ -1,0 +1,1 @@
+//! Alert transitions (a pure state machine) and their sinks: log, webhook, metrics.

@@ -1,0 +1,1 @@
+//! Command-line interface: clap definitions of the global flags and the commands.

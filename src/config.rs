@@ -1,0 +1,1 @@
+//! Settings: built-in defaults, then the file, then `DEXSCOPE__…` environment, validated into a typed `Config`.

@@ -1,0 +1,1 @@
+//! Defender for Endpoint client: machines and tags.

@@ -1,0 +1,1 @@
+//! Microsoft Graph client: the scoped user group, users, security incidents and comments.

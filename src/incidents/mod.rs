@@ -1,0 +1,1 @@
+//! Incident coverage verdicts: poll, decide (pure), render (pure), post exactly once.

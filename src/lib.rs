@@ -1,0 +1,62 @@
+//! dexscope keeps Microsoft Defender Experts for XDR *scoped coverage* true to a desired state
+//! kept in git.
+//!
+//! # Architecture
+//!
+//! Data flows one way. The operator's **config** (`config`) names the tenant, the credential and
+//! the scope. **auth** turns the credential into one bearer token per resource (Graph, MDE).
+//! **http** is the only place that talks HTTP: rate limiters per API surface, retry with
+//! `Retry-After`, paging and `$batch`. The **graph** and **defender** clients speak the two APIs
+//! and hand domain values (`model`) upward. The **desired** state is parsed from TOML files. The
+//! **reconcile** pass compares desired with actual in a pure planner and an executor that makes
+//! no decisions; **priority** proves from device placement that the scoped device group is not
+//! outranked; **incidents** polls new incidents, decides coverage in a pure verdict engine and
+//! posts the verdict as a comment exactly once. **alerts** turns bad findings into notifications;
+//! **state** (SQLite) remembers what must survive a restart; the **daemon** schedules the three
+//! passes. **sim** is a simulated tenant served over real HTTP for tests, demo and benchmarks.
+//!
+//! # Codemap
+//!
+//! - `cli`: clap definitions of the commands and flags.
+//! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`].
+//! - `telemetry`: tracing setup (text or JSON).
+//! - `model`: domain types with validating constructors; pure.
+//! - `auth`: token sources (client secret, certificate assertion), cache, roles self-check.
+//! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
+//! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
+//! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
+//! - `reconcile`: `plan` (pure), `apply` (executor), `reconcile_once`.
+//! - `priority`: `check` (pure), `priority_once`.
+//! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
+//! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics).
+//! - `state`: SQLite: audit log, cursors, tag timestamps, alert state.
+//! - `sim`: the simulated tenant (model, routes, seed, faults).
+//!
+//! # Architecture invariants
+//!
+//! - Nothing under `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
+//!   `incidents::verdict`, `incidents::comment` or the alert transition function does I/O or
+//!   reads the clock: `now` is a parameter.
+//! - Only `http` and `auth` retry. A failed pass is retried by the next tick, never by its caller.
+//! - A group member is only ever removed with `DELETE …/members/{id}/$ref`; there is no code path
+//!   that sends a member `DELETE` without `/$ref`.
+//! - An empty desired state never causes a removal unless it says `allow_empty = true`.
+//! - Secrets live in `secrecy` types from the moment they are read; no `Debug`, `Display` or
+//!   error message of this crate contains a secret, a token or a client assertion.
+//! - Wire types never leave their client module.
+
+pub mod alerts;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod defender;
+pub mod desired;
+pub mod graph;
+pub mod http;
+pub mod incidents;
+pub mod model;
+pub mod priority;
+pub mod reconcile;
+pub mod sim;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+//! The `dexscope` binary: command dispatch and exit codes.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Priority verification: prove from device placement that the scoped device group is not outranked.

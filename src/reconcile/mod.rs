@@ -1,0 +1,1 @@
+//! Reconcile the scoped groups: the pure planner, the executor and `reconcile_once`.

@@ -1,0 +1,1 @@
+//! The SQLite state database: audit log, cursors, tag timestamps, alert state.

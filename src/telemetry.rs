@@ -1,0 +1,1 @@
+//! Tracing setup: human text for a terminal, JSON for journald and SIEM.
