@@ -1,0 +1,3 @@
+//! Integration tests, compiled into one binary; each module covers one part of dexscope.
+
+mod state;
