@@ -1,3 +1,4 @@
-//! Integration tests, compiled into one binary; each module covers one part of dexscope.
+//! Integration tests, compiled into one binary: one module per area of dexscope.
 
+mod auth;
 mod state;
