@@ -510,7 +510,7 @@ fn describe(value: &DeValue<'_>) -> &'static str {
     }
 }
 
-/// `; did you mean `x`?` when `key` is a known alias or a small typo of an allowed key.
+/// ` (did you mean `x`?)` when `key` is a known alias or a small typo of an allowed key.
 fn suggest(key: &str, allowed: &[&str], aliases: &[(&str, &str)]) -> String {
     let lower = key.to_ascii_lowercase();
     let meant = aliases
@@ -525,7 +525,7 @@ fn suggest(key: &str, allowed: &[&str], aliases: &[(&str, &str)]) -> String {
                 .min_by_key(|k| edit_distance(&lower, k))
         });
     match meant {
-        Some(m) => format!("; did you mean `{m}`?"),
+        Some(m) => format!(" (did you mean `{m}`?)"),
         None => String::new(),
     }
 }
@@ -622,10 +622,10 @@ mod tests {
         let device = (DeviceKey::ALLOWED_KEYS, DeviceKey::ALIASES);
         let user = (UserKey::ALLOWED_KEYS, UserKey::ALIASES);
         let cases = [
-            (device, "dns_name", "; did you mean `name`?"),
-            (device, "Hostname", "; did you mean `name`?"),
-            (user, "upm", "; did you mean `upn`?"),
-            (user, "expire", "; did you mean `expires`?"),
+            (device, "dns_name", " (did you mean `name`?)"),
+            (device, "Hostname", " (did you mean `name`?)"),
+            (user, "upm", " (did you mean `upn`?)"),
+            (user, "expire", " (did you mean `expires`?)"),
             (user, "x", ""),
             (device, "colour", ""),
         ];

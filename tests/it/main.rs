@@ -1,0 +1,3 @@
+//! Integration tests of dexscope, compiled into one binary; one module per area.
+
+mod desired;
