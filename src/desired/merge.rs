@@ -1,0 +1,152 @@
+//! Joins parsed files into one desired state: duplicates across files, `expires` against
+//! `today`, and the refusal of an empty state. Pure: `today` is a parameter.
+
+use std::collections::HashMap;
+use std::collections::hash_map;
+
+use chrono::NaiveDate;
+
+use super::parse::{EntryKind, Parsed, ParsedFile};
+use super::{DesiredState, Diagnostic, Entry, Location, Mode, Outcome};
+
+/// How many days ahead `validate` warns that an entry is about to expire.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// Merges `files` (in merge order) into one state with every diagnostic found.
+pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
+    let order: HashMap<std::path::PathBuf, usize> = files
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, f)| (f.file.clone(), i))
+        .collect();
+    let mut diagnostics = Vec::new();
+    let mut state = DesiredState {
+        sources: files.iter().map(|f| f.file.clone()).collect(),
+        allow_empty: files.iter().any(|f| f.allow_empty),
+        ..DesiredState::default()
+    };
+    let listed_at = files
+        .iter()
+        .find_map(|f| f.listed_at.clone())
+        .or_else(|| files.first().map(|f| first_line(&f.file)));
+    let mut users = Vec::new();
+    let mut devices = Vec::new();
+    for mut file in files {
+        diagnostics.append(&mut file.diagnostics);
+        users.append(&mut file.users);
+        devices.append(&mut file.devices);
+    }
+    let mut expired = 0;
+    state.users = in_scope(users, today, mode, &mut diagnostics, &mut expired);
+    state.devices = in_scope(devices, today, mode, &mut diagnostics, &mut expired);
+
+    let has_error = diagnostics.iter().any(Diagnostic::is_error);
+    // Only when nothing else is wrong: a file whose only entry is malformed is reported for
+    // that entry, not also as "empty".
+    if state.is_empty() && !state.allow_empty && !has_error {
+        if let Some(at) = listed_at {
+            diagnostics.push(Diagnostic::error(at, empty_message(expired)));
+        }
+    }
+    diagnostics.sort_by_key(|d| {
+        let file = order.get(&d.at.file).copied().unwrap_or(usize::MAX);
+        (file, d.at.line, d.at.col)
+    });
+    Outcome { state, diagnostics }
+}
+
+/// Drops duplicates (keeping the first, naming it in the error) and expired entries.
+fn in_scope<K: EntryKind>(
+    entries: Vec<Parsed<K>>,
+    today: NaiveDate,
+    mode: Mode,
+    diagnostics: &mut Vec<Diagnostic>,
+    expired: &mut usize,
+) -> Vec<Entry<K>> {
+    let mut seen: HashMap<K, Location> = HashMap::with_capacity(entries.len());
+    let mut kept = Vec::with_capacity(entries.len());
+    for Parsed { entry, expires_at } in entries {
+        match seen.entry(entry.key.clone()) {
+            hash_map::Entry::Occupied(first) => {
+                diagnostics.push(Diagnostic::error(
+                    entry.at.clone(),
+                    format!(
+                        "duplicate {} {}: already listed at {}; remove one of the two entries",
+                        K::WHAT,
+                        entry.key,
+                        first.get()
+                    ),
+                ));
+                continue;
+            }
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry.at.clone());
+            }
+        }
+        let Some(expires) = entry.expires else {
+            kept.push(entry);
+            continue;
+        };
+        let at = expires_at.unwrap_or_else(|| entry.at.clone());
+        let days_left = (expires - today).num_days();
+        if days_left <= 0 {
+            *expired += 1;
+            match mode {
+                Mode::Strict => diagnostics.push(Diagnostic::error(
+                    at,
+                    format!(
+                        "{} {} expired on {expires}: remove the entry, or set a later \
+                         `expires` if it should stay in scope",
+                        K::WHAT,
+                        entry.key
+                    ),
+                )),
+                Mode::Runtime => diagnostics.push(Diagnostic::warning(
+                    at,
+                    format!(
+                        "{} {} expired on {expires} and is out of scope: remove the entry, or \
+                         set a later `expires` if it should stay in scope",
+                        K::WHAT,
+                        entry.key
+                    ),
+                )),
+            }
+            continue;
+        }
+        if days_left <= EXPIRY_WARNING_DAYS {
+            diagnostics.push(Diagnostic::warning(
+                at,
+                format!(
+                    "{} {} expires on {expires}, in {days_left} day{}: set a later `expires` \
+                     if it should stay in scope",
+                    K::WHAT,
+                    entry.key,
+                    if days_left == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        kept.push(entry);
+    }
+    kept
+}
+
+fn empty_message(expired: usize) -> String {
+    let what = if expired == 0 {
+        "the desired state lists no users and no devices".to_string()
+    } else {
+        format!("the desired state has no users and no devices left in scope ({expired} expired)")
+    };
+    format!(
+        "{what}; an empty desired state is refused so that a broken file never removes everyone \
+         from scope: add `allow_empty = true` if removing everyone is really meant"
+    )
+}
+
+fn first_line(file: &std::path::Path) -> Location {
+    Location {
+        file: file.to_path_buf(),
+        line: 1,
+        col: 1,
+    }
+}

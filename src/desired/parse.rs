@@ -1,0 +1,637 @@
+//! Parses one desired-state TOML text into entries and diagnostics. Pure: no I/O, no clock.
+//!
+//! The text is parsed into toml's spanned document tree (`DeTable`), so every value and key keeps
+//! its byte span; spans become 1-based `line:col` here. Every problem in a file is reported, not
+//! just the first; only a TOML syntax error stops the file.
+
+use std::hash::Hash;
+use std::ops::Range;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{DeviceKey, Diagnostic, Entry, Location, UserKey};
+use crate::model::{AadDeviceId, DnsName, MachineId, Upn, UserId, is_guid};
+
+/// The top-level keys a desired-state file may have.
+pub const TOP_LEVEL_KEYS: &[&str] = &["users", "devices", "allow_empty"];
+
+/// An entry as parsed, with the place of its `expires` value for expiry diagnostics.
+#[derive(Debug, Clone)]
+pub struct Parsed<K> {
+    pub entry: Entry<K>,
+    pub expires_at: Option<Location>,
+}
+
+/// What one file says.
+#[derive(Debug, Clone)]
+pub struct ParsedFile {
+    pub file: std::path::PathBuf,
+    pub users: Vec<Parsed<UserKey>>,
+    pub devices: Vec<Parsed<DeviceKey>>,
+    pub allow_empty: bool,
+    /// Where the file's `users` (else `devices`) key is, to point an "empty" error at.
+    pub listed_at: Option<Location>,
+    /// Number of array items written, valid or not.
+    pub items: usize,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// How the two kinds of entry (users, devices) are recognised.
+pub trait EntryKind: Sized + Clone + Eq + Hash + std::fmt::Display {
+    /// Singular noun for messages: `user`, `device`.
+    const WHAT: &'static str;
+    /// The keys that identify an entry in table form; exactly one must be present.
+    const IDENT_KEYS: &'static [&'static str];
+    /// Every key a table entry may have.
+    const ALLOWED_KEYS: &'static [&'static str];
+    /// Common mistakes and the key that was meant.
+    const ALIASES: &'static [(&'static str, &'static str)];
+    /// Parses the value of identifying key `key` (one of `IDENT_KEYS`).
+    fn from_key(key: &str, value: &str) -> Result<Self, String>;
+    /// Classifies a bare string by its shape.
+    fn from_bare(value: &str) -> Result<Self, String>;
+}
+
+impl EntryKind for UserKey {
+    const WHAT: &'static str = "user";
+    const IDENT_KEYS: &'static [&'static str] = &["upn", "id"];
+    const ALLOWED_KEYS: &'static [&'static str] = &["upn", "id", "note", "expires"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("user_principal_name", "upn"),
+        ("userprincipalname", "upn"),
+        ("email", "upn"),
+        ("mail", "upn"),
+        ("name", "upn"),
+        ("object_id", "id"),
+        ("objectid", "id"),
+        ("oid", "id"),
+        ("user_id", "id"),
+        ("expiry", "expires"),
+        ("expires_on", "expires"),
+        ("comment", "note"),
+    ];
+
+    fn from_key(key: &str, value: &str) -> Result<Self, String> {
+        match key {
+            "upn" => Upn::parse(value).map(UserKey::Upn).map_err(|e| {
+                if is_guid(value) {
+                    format!("{e}; for an object id write id = \"{value}\"")
+                } else {
+                    e.to_string()
+                }
+            }),
+            _ => UserId::parse(value).map(UserKey::Id).map_err(|e| {
+                if value.contains('@') {
+                    format!("{e}; for a UPN write upn = \"{value}\"")
+                } else {
+                    e.to_string()
+                }
+            }),
+        }
+    }
+
+    fn from_bare(value: &str) -> Result<Self, String> {
+        if is_guid(value) {
+            UserId::parse(value)
+                .map(UserKey::Id)
+                .map_err(|e| e.to_string())
+        } else if value.contains('@') {
+            Upn::parse(value)
+                .map(UserKey::Upn)
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "{:?} is neither a user principal name nor an object id: write a UPN like \
+                 alice@contoso.com or an Entra object id like 6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b14",
+                clip(value)
+            ))
+        }
+    }
+}
+
+impl EntryKind for DeviceKey {
+    const WHAT: &'static str = "device";
+    const IDENT_KEYS: &'static [&'static str] = &["id", "aad_device_id", "name"];
+    const ALLOWED_KEYS: &'static [&'static str] =
+        &["id", "aad_device_id", "name", "note", "expires"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("dns_name", "name"),
+        ("dnsname", "name"),
+        ("computer_dns_name", "name"),
+        ("computerdnsname", "name"),
+        ("hostname", "name"),
+        ("host", "name"),
+        ("fqdn", "name"),
+        ("machine_id", "id"),
+        ("machineid", "id"),
+        ("mde_id", "id"),
+        ("aaddeviceid", "aad_device_id"),
+        ("device_id", "aad_device_id"),
+        ("deviceid", "aad_device_id"),
+        ("entra_device_id", "aad_device_id"),
+        ("azure_ad_device_id", "aad_device_id"),
+        ("expiry", "expires"),
+        ("expires_on", "expires"),
+        ("comment", "note"),
+    ];
+
+    fn from_key(key: &str, value: &str) -> Result<Self, String> {
+        match key {
+            "id" => MachineId::parse(value)
+                .map(DeviceKey::Machine)
+                .map_err(|e| {
+                    if is_guid(value) {
+                        format!("{e}; for an Entra device id write aad_device_id = \"{value}\"")
+                    } else {
+                        e.to_string()
+                    }
+                }),
+            "aad_device_id" => AadDeviceId::parse(value)
+                .map(DeviceKey::AadDevice)
+                .map_err(|e| e.to_string()),
+            _ => DnsName::parse(value)
+                .map(DeviceKey::Name)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn from_bare(value: &str) -> Result<Self, String> {
+        if value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return MachineId::parse(value)
+                .map(DeviceKey::Machine)
+                .map_err(|e| e.to_string());
+        }
+        if is_guid(value) {
+            return AadDeviceId::parse(value)
+                .map(DeviceKey::AadDevice)
+                .map_err(|e| e.to_string());
+        }
+        // A mistyped id (a digit short, a dash too many) would otherwise pass as a valid DNS
+        // label and only show up later as "unknown device"; long runs of hex and dashes with no
+        // dot are taken as a broken id instead.
+        if value.len() >= 32
+            && !value.contains('.')
+            && value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
+            return Err(format!(
+                "{:?} looks like a mistyped id: an MDE machine id is 40 hex digits like \
+                 73e7e2de709dff64ef64b1d0c30e67fab63279db and an Entra device id a GUID like \
+                 1a2b3c4d-1111-2222-3333-444455556666",
+                clip(value)
+            ));
+        }
+        DnsName::parse(value).map(DeviceKey::Name).map_err(|e| {
+            format!("{e}, or an MDE machine id (40 hex digits), or an Entra device id (a GUID)")
+        })
+    }
+}
+
+/// Parses one file. Never panics, whatever the input.
+pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
+    let mut cx = Cx {
+        file,
+        index: LineIndex::new(text),
+        out: ParsedFile {
+            file: file.to_path_buf(),
+            users: Vec::new(),
+            devices: Vec::new(),
+            allow_empty: false,
+            listed_at: None,
+            items: 0,
+            diagnostics: Vec::new(),
+        },
+    };
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            cx.error(
+                span,
+                format!(
+                    "invalid TOML: {}; fix the syntax here (nothing else in this file was checked)",
+                    e.message().trim_end_matches('.')
+                ),
+            );
+            return cx.out;
+        }
+    };
+    cx.document(doc.get_ref());
+    cx.out
+}
+
+struct Cx<'a> {
+    file: &'a Path,
+    index: LineIndex<'a>,
+    out: ParsedFile,
+}
+
+impl Cx<'_> {
+    fn at(&self, span: Range<usize>) -> Location {
+        let (line, col) = self.index.line_col(span.start);
+        Location {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let at = self.at(span);
+        self.out.diagnostics.push(Diagnostic::error(at, message));
+    }
+
+    fn document(&mut self, doc: &DeTable<'_>) {
+        for (key, value) in doc.iter() {
+            let name: &str = key.get_ref();
+            match name {
+                "users" => {
+                    self.note_listed(key.span());
+                    let users = self.entries::<UserKey>(name, value);
+                    self.out.users = users;
+                }
+                "devices" => {
+                    self.note_listed(key.span());
+                    let devices = self.entries::<DeviceKey>(name, value);
+                    self.out.devices = devices;
+                }
+                "allow_empty" => match value.get_ref() {
+                    DeValue::Boolean(b) => self.out.allow_empty = *b,
+                    other => self.error(
+                        value.span(),
+                        format!(
+                            "`allow_empty` must be true or false, found {}",
+                            describe(other)
+                        ),
+                    ),
+                },
+                other => {
+                    let hint = suggest(other, TOP_LEVEL_KEYS, &[("user", "users")]);
+                    self.error(
+                        key.span(),
+                        format!(
+                            "unknown top-level key `{}`{hint}; allowed keys: {}",
+                            clip(other),
+                            TOP_LEVEL_KEYS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn note_listed(&mut self, span: Range<usize>) {
+        // `users` wins over `devices` whatever the map order: it is the key people look for.
+        let at = self.at(span);
+        match &self.out.listed_at {
+            Some(prev) if prev <= &at => {}
+            _ => self.out.listed_at = Some(at),
+        }
+    }
+
+    fn entries<K: EntryKind>(
+        &mut self,
+        list: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Vec<Parsed<K>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            let example = match K::WHAT {
+                "user" => "users = [\"alice@contoso.com\"]",
+                _ => "devices = [\"ws-ber-0012.contoso.local\"]",
+            };
+            self.error(
+                value.span(),
+                format!(
+                    "`{list}` must be an array of entries, found {}; write it like {example}",
+                    describe(value.get_ref())
+                ),
+            );
+            return Vec::new();
+        };
+        self.out.items += items.len();
+        items
+            .iter()
+            .filter_map(|item| self.entry::<K>(item))
+            .collect()
+    }
+
+    fn entry<K: EntryKind>(&mut self, item: &Spanned<DeValue<'_>>) -> Option<Parsed<K>> {
+        let at = self.at(item.span());
+        match item.get_ref() {
+            DeValue::String(s) => match K::from_bare(s) {
+                Ok(key) => Some(Parsed {
+                    entry: Entry {
+                        key,
+                        note: None,
+                        expires: None,
+                        at,
+                    },
+                    expires_at: None,
+                }),
+                Err(message) => {
+                    self.error(item.span(), message);
+                    None
+                }
+            },
+            DeValue::Table(table) => self.table_entry::<K>(table, item.span(), at),
+            other => {
+                self.error(
+                    item.span(),
+                    format!(
+                        "a {} entry must be a string or an inline table, found {}",
+                        K::WHAT,
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn table_entry<K: EntryKind>(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        at: Location,
+    ) -> Option<Parsed<K>> {
+        let mut ok = true;
+        let mut idents: Vec<(&str, Range<usize>, Option<K>)> = Vec::new();
+        let mut note = None;
+        let mut expires = None;
+        let mut expires_at = None;
+        let mut unknown_key = false;
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            if let Some(ident) = K::IDENT_KEYS.iter().find(|k| **k == name) {
+                let parsed = match self.string_value(ident, value) {
+                    Some(s) => match K::from_key(ident, s) {
+                        Ok(k) => Some(k),
+                        Err(message) => {
+                            self.error(value.span(), message);
+                            ok = false;
+                            None
+                        }
+                    },
+                    None => {
+                        ok = false;
+                        None
+                    }
+                };
+                idents.push((ident, key.span(), parsed));
+                continue;
+            }
+            match name {
+                "note" => match self.string_value("note", value) {
+                    Some(s) => note = Some(s.to_string()),
+                    None => ok = false,
+                },
+                "expires" => match self.date_value(value) {
+                    Some(d) => {
+                        expires = Some(d);
+                        expires_at = Some(self.at(value.span()));
+                    }
+                    None => ok = false,
+                },
+                other => {
+                    let hint = suggest(other, K::ALLOWED_KEYS, K::ALIASES);
+                    self.error(
+                        key.span(),
+                        format!(
+                            "unknown key `{}` in a {} entry{hint}; allowed keys: {}",
+                            clip(other),
+                            K::WHAT,
+                            K::ALLOWED_KEYS.join(", ")
+                        ),
+                    );
+                    ok = false;
+                    unknown_key = true;
+                }
+            }
+        }
+        // Map order is by key name; report the identifying key written last.
+        idents.sort_by_key(|(_, span, _)| span.start);
+        let alternatives = K::IDENT_KEYS
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        match idents.as_slice() {
+            // `{ dns_name = … }` is one mistake: the unknown key already says what was meant.
+            [] if unknown_key => None,
+            [] => {
+                self.error(
+                    span,
+                    format!(
+                        "a {} entry needs one identifying key: {alternatives}",
+                        K::WHAT
+                    ),
+                );
+                None
+            }
+            [(_, _, key)] => match (ok, key) {
+                (true, Some(key)) => Some(Parsed {
+                    entry: Entry {
+                        key: key.clone(),
+                        note,
+                        expires,
+                        at,
+                    },
+                    expires_at,
+                }),
+                _ => None,
+            },
+            [(first, ..), (second, second_span, _), ..] => {
+                self.error(
+                    second_span.clone(),
+                    format!(
+                        "a {} entry has both `{first}` and `{second}`; keep exactly one of \
+                         {alternatives} (write two entries for two {}s)",
+                        K::WHAT,
+                        K::WHAT
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn string_value<'v>(&mut self, key: &str, value: &'v Spanned<DeValue<'_>>) -> Option<&'v str> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s),
+            other => {
+                self.error(
+                    value.span(),
+                    format!("`{key}` must be a string, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn date_value(&mut self, value: &Spanned<DeValue<'_>>) -> Option<NaiveDate> {
+        let date = match value.get_ref() {
+            DeValue::Datetime(dt) if dt.time.is_none() && dt.offset.is_none() => dt.date,
+            _ => None,
+        };
+        let found = date.and_then(|d| {
+            NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+        });
+        if found.is_none() {
+            let hint = match value.get_ref() {
+                DeValue::String(s) => format!("; write it without quotes: expires = {s}"),
+                _ => String::new(),
+            };
+            self.error(
+                value.span(),
+                format!(
+                    "`expires` must be a date like 2027-03-31, found {}{hint}",
+                    describe(value.get_ref())
+                ),
+            );
+        }
+        found
+    }
+}
+
+/// "a string", "an integer", …: what a value is, for "found …" messages.
+fn describe(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(dt) if dt.date.is_some() && dt.time.is_some() => "a date-time",
+        DeValue::Datetime(dt) if dt.date.is_some() => "a date",
+        DeValue::Datetime(_) => "a time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// ` (did you mean `x`?)` when `key` is a known alias or a small typo of an allowed key.
+fn suggest(key: &str, allowed: &[&str], aliases: &[(&str, &str)]) -> String {
+    let lower = key.to_ascii_lowercase();
+    let meant = aliases
+        .iter()
+        .find(|(alias, _)| *alias == lower)
+        .map(|(_, meant)| *meant)
+        .or_else(|| {
+            allowed
+                .iter()
+                .copied()
+                .filter(|k| edit_distance(&lower, k) <= if k.len() <= 3 { 1 } else { 2 })
+                .min_by_key(|k| edit_distance(&lower, k))
+        });
+    match meant {
+        Some(m) => format!(" (did you mean `{m}`?)"),
+        None => String::new(),
+    }
+}
+
+/// Levenshtein distance, for "did you mean" on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diag = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Cuts user text to keep a message one readable line.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Byte offset → 1-based line and column (in characters).
+pub struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { text, starts }
+    }
+
+    pub fn line_col(&self, offset: usize) -> (u32, u32) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let mut start = self.starts[line - 1];
+        // A byte-order mark is not a column anyone can see.
+        if start == 0 && self.text.starts_with('\u{feff}') && offset >= 3 {
+            start = 3;
+        }
+        let col = self.text[start..offset].chars().count() + 1;
+        (to_u32(line), to_u32(col))
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one_in_characters() {
+        let text = "ab\nçd\n\nx";
+        let ix = LineIndex::new(text);
+        let cases = [
+            (0, (1, 1)),
+            (1, (1, 2)),
+            (3, (2, 1)),
+            (5, (2, 2)),
+            (7, (3, 1)),
+            (8, (4, 1)),
+            (99, (4, 2)),
+        ];
+        for (offset, want) in cases {
+            assert_eq!(ix.line_col(offset), want, "offset {offset}");
+        }
+        // Inside a multi-byte character: the column of that character.
+        assert_eq!(ix.line_col(4), (2, 1));
+        let bom = LineIndex::new("\u{feff}users");
+        assert_eq!(bom.line_col(3), (1, 1));
+    }
+
+    #[test]
+    fn suggestions() {
+        let device = (DeviceKey::ALLOWED_KEYS, DeviceKey::ALIASES);
+        let user = (UserKey::ALLOWED_KEYS, UserKey::ALIASES);
+        let cases = [
+            (device, "dns_name", " (did you mean `name`?)"),
+            (device, "Hostname", " (did you mean `name`?)"),
+            (user, "upm", " (did you mean `upn`?)"),
+            (user, "expire", " (did you mean `expires`?)"),
+            (user, "x", ""),
+            (device, "colour", ""),
+        ];
+        for ((allowed, aliases), key, want) in cases {
+            assert_eq!(suggest(key, allowed, aliases), want, "{key}");
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
