@@ -3,3 +3,4 @@
 mod auth;
 mod desired;
 mod state;
+mod verdict;
