@@ -195,7 +195,10 @@ impl ObjectId {
 /// A direct member of the scoped user group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupMember {
-    User { id: UserId, upn: Option<Upn> },
+    User {
+        id: UserId,
+        upn: Option<Upn>,
+    },
     /// Anything that is not a user (nested group, device, service principal, contact): drift,
     /// since Defender Experts ignores it. `odata_type` is e.g. `#microsoft.graph.group`.
     Other {
@@ -390,7 +393,9 @@ pub enum EvidenceKind {
     },
     /// Any other evidence type (file, ip, url, …, or one this version does not know): kept,
     /// never an error, and never an impacted asset.
-    Other { odata_type: String },
+    Other {
+        odata_type: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,7 +448,10 @@ mod tests {
             "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b14"
         );
         assert!(UserId::parse("6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b1").is_err());
-        assert_eq!(Upn::parse("Ann@X.com").unwrap(), Upn::parse("ann@x.com").unwrap());
+        assert_eq!(
+            Upn::parse("Ann@X.com").unwrap(),
+            Upn::parse("ann@x.com").unwrap()
+        );
         assert!(Upn::parse("ann").is_err());
         assert!(Upn::parse("ann @x.com").is_err());
         assert!(Upn::parse("ann@localhost").is_err());
