@@ -78,7 +78,8 @@ impl GraphClient {
         let url = self
             .http
             .graph_url(&format!("/security/incidents/{id}?$expand=alerts"))?;
-        let req = Request::get(Surface::GraphSecurity, url).with_header("Prefer", PREFER_UNKNOWN_ENUMS);
+        let req =
+            Request::get(Surface::GraphSecurity, url).with_header("Prefer", PREFER_UNKNOWN_ENUMS);
         let resp = self
             .http
             .send(req)
@@ -119,7 +120,10 @@ impl GraphClient {
 
 /// Incident ids are numeric strings; anything else could change the request path.
 fn check_incident_id(id: &str) -> Result<(), Error> {
-    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         Ok(())
     } else {
         Err(Error::InvalidIncidentId(id.chars().take(80).collect()))
@@ -137,7 +141,7 @@ pub fn parse_incident(v: &serde_json::Value) -> Result<Incident, IncidentError> 
     let w = wire::Incident::deserialize(v).map_err(|e| fail(e.to_string()))?;
     let mut alerts = Vec::new();
     for a in w.alerts.unwrap_or_default() {
-        alerts.push(alert(a).map_err(|d| fail(d))?);
+        alerts.push(alert(a).map_err(&fail)?);
     }
     Ok(Incident {
         id: w.id,
@@ -148,7 +152,12 @@ pub fn parse_incident(v: &serde_json::Value) -> Result<Incident, IncidentError> 
         created_at: w.created_date_time,
         last_update_at: w.last_update_date_time.unwrap_or(w.created_date_time),
         alerts,
-        comments: w.comments.unwrap_or_default().into_iter().map(comment).collect(),
+        comments: w
+            .comments
+            .unwrap_or_default()
+            .into_iter()
+            .map(comment)
+            .collect(),
     })
 }
 
@@ -251,14 +260,21 @@ mod tests {
 
     #[test]
     fn incident_ids_are_checked_before_they_reach_a_path() {
-        for (id, ok) in [("2972395", true), ("abc-1", true), ("", false), ("1/../x", false), ("1?x", false)] {
+        for (id, ok) in [
+            ("2972395", true),
+            ("abc-1", true),
+            ("", false),
+            ("1/../x", false),
+            ("1?x", false),
+        ] {
             assert_eq!(check_incident_id(id).is_ok(), ok, "{id:?}");
         }
     }
 
     #[test]
     fn minimal_incident_tolerates_missing_fields() {
-        let inc = parse_incident(&json!({"id": "7", "createdDateTime": "2025-01-01T00:00:00Z"})).unwrap();
+        let inc =
+            parse_incident(&json!({"id": "7", "createdDateTime": "2025-01-01T00:00:00Z"})).unwrap();
         assert_eq!(inc.severity, Severity::Unknown);
         assert_eq!(inc.last_update_at, inc.created_at);
         assert!(inc.alerts.is_empty());

@@ -84,20 +84,30 @@ impl GraphClient {
     }
 
     /// Which of these object ids are existing users (with their UPN when Graph gives one).
-    pub async fn users_by_id(&self, ids: &[ObjectId]) -> Result<HashMap<UserId, Option<Upn>>, Error> {
+    pub async fn users_by_id(
+        &self,
+        ids: &[ObjectId],
+    ) -> Result<HashMap<UserId, Option<Upn>>, Error> {
         let values: Vec<&str> = dedup(ids.iter().map(ObjectId::as_str));
         let users = self.users_where("id", &values).await?;
         Ok(users
             .into_iter()
             .filter_map(|u| {
                 let id = UserId::parse(&u.id).ok()?;
-                let upn = u.user_principal_name.as_deref().and_then(|s| Upn::parse(s).ok());
+                let upn = u
+                    .user_principal_name
+                    .as_deref()
+                    .and_then(|s| Upn::parse(s).ok());
                 Some((id, upn))
             })
             .collect())
     }
 
-    async fn users_where(&self, field: &'static str, values: &[&str]) -> Result<Vec<wire::User>, Error> {
+    async fn users_where(
+        &self,
+        field: &'static str,
+        values: &[&str],
+    ) -> Result<Vec<wire::User>, Error> {
         let items: Vec<BatchItem> = values
             .chunks(MAX_UPNS_PER_FILTER)
             .map(|chunk| {
@@ -150,15 +160,24 @@ impl GraphClient {
     /// A PATCH is all-or-nothing, so a chunk that fails with 400 or 404 is redone as single
     /// `POST …/members/$ref` items to learn each member's outcome. Idempotent: "already a
     /// member" is success, so it may run again after a crash between the write and the audit.
-    pub async fn add_members(&self, group: &ObjectId, members: &[ObjectId]) -> Result<Vec<MemberOutcome>, Error> {
+    pub async fn add_members(
+        &self,
+        group: &ObjectId,
+        members: &[ObjectId],
+    ) -> Result<Vec<MemberOutcome>, Error> {
         let members: Vec<&ObjectId> = dedup(members.iter());
         let chunks: Vec<&[&ObjectId]> = members.chunks(MAX_BIND_PER_PATCH).collect();
         let items: Vec<BatchItem> = chunks
             .iter()
             .map(|chunk| {
-                let binds: Vec<String> = chunk.iter().map(|m| self.directory_object_url(m)).collect();
-                BatchItem::new(Method::PATCH, Surface::GraphWrite, format!("/groups/{group}"))
-                    .with_body(serde_json::json!({ "members@odata.bind": binds }))
+                let binds: Vec<String> =
+                    chunk.iter().map(|m| self.directory_object_url(m)).collect();
+                BatchItem::new(
+                    Method::PATCH,
+                    Surface::GraphWrite,
+                    format!("/groups/{group}"),
+                )
+                .with_body(serde_json::json!({ "members@odata.bind": binds }))
             })
             .collect();
         let add_err = |source| Error::AddMembers {
@@ -182,8 +201,12 @@ impl GraphClient {
             let items: Vec<BatchItem> = singles
                 .iter()
                 .map(|m| {
-                    BatchItem::new(Method::POST, Surface::GraphWrite, format!("/groups/{group}/members/$ref"))
-                        .with_body(serde_json::json!({ "@odata.id": self.directory_object_url(m) }))
+                    BatchItem::new(
+                        Method::POST,
+                        Surface::GraphWrite,
+                        format!("/groups/{group}/members/$ref"),
+                    )
+                    .with_body(serde_json::json!({ "@odata.id": self.directory_object_url(m) }))
                 })
                 .collect();
             let outcomes = self.http.batch(&items).await.map_err(add_err)?;
@@ -204,11 +227,21 @@ impl GraphClient {
     /// Removes members, always with `DELETE /groups/{id}/members/{member}/$ref` (without
     /// `/$ref` Graph would delete the object itself), 20 per `$batch`. "Not a member" (404, or
     /// 400 "removed object references do not exist") is success, so it may run again.
-    pub async fn remove_members(&self, group: &ObjectId, members: &[ObjectId]) -> Result<Vec<MemberOutcome>, Error> {
+    pub async fn remove_members(
+        &self,
+        group: &ObjectId,
+        members: &[ObjectId],
+    ) -> Result<Vec<MemberOutcome>, Error> {
         let members: Vec<&ObjectId> = dedup(members.iter());
         let items: Vec<BatchItem> = members
             .iter()
-            .map(|m| BatchItem::new(Method::DELETE, Surface::GraphWrite, member_ref_path(group, m)))
+            .map(|m| {
+                BatchItem::new(
+                    Method::DELETE,
+                    Surface::GraphWrite,
+                    member_ref_path(group, m),
+                )
+            })
             .collect();
         let outcomes = self
             .http
@@ -240,7 +273,11 @@ impl GraphClient {
     fn directory_object_url(&self, id: &ObjectId) -> String {
         format!(
             "{}/v1.0/directoryObjects/{id}",
-            self.http.settings().graph_root.as_str().trim_end_matches('/')
+            self.http
+                .settings()
+                .graph_root
+                .as_str()
+                .trim_end_matches('/')
         )
     }
 }
@@ -252,11 +289,14 @@ fn member_ref_path(group: &ObjectId, member: &ObjectId) -> String {
 
 fn group_member(m: wire::Member) -> Option<GroupMember> {
     let odata_type = m.odata_type.unwrap_or_default();
-    if odata_type.eq_ignore_ascii_case("#microsoft.graph.user") {
-        if let Ok(id) = UserId::parse(&m.id) {
-            let upn = m.user_principal_name.as_deref().and_then(|u| Upn::parse(u).ok());
-            return Some(GroupMember::User { id, upn });
-        }
+    if odata_type.eq_ignore_ascii_case("#microsoft.graph.user")
+        && let Ok(id) = UserId::parse(&m.id)
+    {
+        let upn = m
+            .user_principal_name
+            .as_deref()
+            .and_then(|u| Upn::parse(u).ok());
+        return Some(GroupMember::User { id, upn });
     }
     match ObjectId::parse(&m.id) {
         Ok(id) => Some(GroupMember::Other {
@@ -322,7 +362,13 @@ mod tests {
             user_principal_name: None,
             display_name: Some("nested".into()),
         };
-        assert!(matches!(group_member(user), Some(GroupMember::User { upn: None, .. })));
-        assert!(matches!(group_member(group), Some(GroupMember::Other { .. })));
+        assert!(matches!(
+            group_member(user),
+            Some(GroupMember::User { upn: None, .. })
+        ));
+        assert!(matches!(
+            group_member(group),
+            Some(GroupMember::Other { .. })
+        ));
     }
 }

@@ -203,7 +203,11 @@ impl Client {
                 }
             }
             if round >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
-                warn!(items = still.len(), attempts = round, "batch items still failing, giving up on them");
+                warn!(
+                    items = still.len(),
+                    attempts = round,
+                    "batch items still failing, giving up on them"
+                );
                 for &i in &still {
                     outcomes[i].get_or_insert(BatchOutcome {
                         status: 500,
@@ -214,11 +218,17 @@ impl Client {
                 }
                 break;
             }
-            info!(items = still.len(), of = items.len(), attempt = round,
-                  wait_ms = wait.as_millis() as u64,
-                  retry_after = longest_retry_after.is_some(), "retrying failed batch items");
+            info!(
+                items = still.len(),
+                of = items.len(),
+                attempt = round,
+                wait_ms = wait.as_millis() as u64,
+                retry_after = longest_retry_after.is_some(),
+                "retrying failed batch items"
+            );
             if longest_retry_after.is_some() {
-                self.recorder().retry_after_wait(items[still[0]].surface, wait);
+                self.recorder()
+                    .retry_after_wait(items[still[0]].surface, wait);
             }
             self.recorder().retry();
             tokio::time::sleep(wait).await;

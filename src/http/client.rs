@@ -306,7 +306,7 @@ impl Client {
                         path: path.clone(),
                         surface: req.surface,
                         status,
-                        api,
+                        api: Box::new(api),
                         request_id,
                     };
                     if status == 401 && !refreshed {

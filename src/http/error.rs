@@ -35,9 +35,10 @@ impl ApiError {
 
     /// True when the message contains `needle`, ignoring case.
     pub fn message_contains(&self, needle: &str) -> bool {
-        self.message
-            .as_deref()
-            .is_some_and(|m| m.to_ascii_lowercase().contains(&needle.to_ascii_lowercase()))
+        self.message.as_deref().is_some_and(|m| {
+            m.to_ascii_lowercase()
+                .contains(&needle.to_ascii_lowercase())
+        })
     }
 }
 
@@ -82,11 +83,13 @@ pub enum Error {
         path: String,
         surface: Surface,
         status: u16,
-        api: ApiError,
+        api: Box<ApiError>,
         request_id: Option<String>,
     },
     /// The request could not be completed (connect failure, timeout, broken connection).
-    #[error("{method} {path} on {surface} could not be completed: {detail}; check network access to the api host")]
+    #[error(
+        "{method} {path} on {surface} could not be completed: {detail}; check network access to the api host"
+    )]
     Transport {
         method: String,
         path: String,
@@ -96,7 +99,9 @@ pub enum Error {
     },
     /// A non-idempotent request may or may not have been processed (timeout or 5xx after it
     /// was sent): the caller must read the current state before any retry.
-    #[error("{method} {path} on {surface} may or may not have taken effect ({detail}); read the current state before trying again")]
+    #[error(
+        "{method} {path} on {surface} may or may not have taken effect ({detail}); read the current state before trying again"
+    )]
     Ambiguous {
         method: String,
         path: String,
@@ -113,7 +118,9 @@ pub enum Error {
         source: TokenError,
     },
     /// The body was not the JSON the caller expects.
-    #[error("{method} {path} returned a body that is not the expected json: {detail}; this is a bug or an api change, report it")]
+    #[error(
+        "{method} {path} returned a body that is not the expected json: {detail}; this is a bug or an api change, report it"
+    )]
     Decode {
         method: String,
         path: String,

@@ -18,7 +18,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         let secs: f64 = v.parse().ok()?;
         // Round up to the next millisecond: never wait less than asked.
         let millis = (secs * 1000.0).ceil();
-        if !millis.is_finite() || millis < 0.0 || millis > 86_400_000.0 {
+        if !(0.0..=86_400_000.0).contains(&millis) {
             return None;
         }
         return Some(Duration::from_millis(millis as u64));

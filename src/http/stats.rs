@@ -42,7 +42,11 @@ pub struct SurfaceStats {
 
 impl SurfaceStats {
     pub fn total(&self) -> u64 {
-        self.status_2xx + self.status_3xx + self.status_4xx + self.status_5xx + self.transport_errors
+        self.status_2xx
+            + self.status_3xx
+            + self.status_4xx
+            + self.status_5xx
+            + self.transport_errors
     }
 }
 

@@ -60,18 +60,29 @@ async fn machines_by_tag_filter_page_and_convert() {
 
     let machines = d.machines_by_tag("O'Brien").await.unwrap();
 
-    assert_eq!(machines.len(), 2, "the machine with an invalid id is skipped");
+    assert_eq!(
+        machines.len(),
+        2,
+        "the machine with an invalid id is skipped"
+    );
     let m = &machines[1];
     assert_eq!(m.id.as_str(), "73e7e2de709dff64ef64b1d0c30e67fab63279db");
     assert_eq!(m.dns_name.as_ref().unwrap().as_str(), "ws1.contoso.local");
     assert_eq!(m.tags, vec!["O'Brien".to_string()]);
     assert_eq!(m.rbac_group_id, Some(140));
     let first = &server.received_requests().await.unwrap()[0];
-    let params: Vec<(String, String)> = first.url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+    let params: Vec<(String, String)> = first
+        .url
+        .query_pairs()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     assert_eq!(
         params,
         vec![
-            ("$filter".into(), "machineTags/any(tag: tag eq 'O''Brien')".into()),
+            (
+                "$filter".into(),
+                "machineTags/any(tag: tag eq 'O''Brien')".into()
+            ),
             ("$top".into(), "10000".into()),
         ]
     );
@@ -100,7 +111,10 @@ async fn bulk_tags_go_500_per_call_with_exact_keys() {
     let (d, http) = defender(&server);
     let ids: Vec<MachineId> = (0..1201).map(mid).collect();
 
-    let calls = d.tag_machines("DEX-Scoped", TagAction::Add, &ids).await.unwrap();
+    let calls = d
+        .tag_machines("DEX-Scoped", TagAction::Add, &ids)
+        .await
+        .unwrap();
 
     assert_eq!(calls, 3);
     let reqs = server.received_requests().await.unwrap();
@@ -132,17 +146,25 @@ async fn a_failed_bulk_tag_says_how_far_it_got() {
         .mount(&server)
         .await;
     Mock::given(path("/api/machines/AddOrRemoveTagForMultipleMachines"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {"code": "InvalidInput", "message": "bad id", "target": "corr-9"}})))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"error": {"code": "InvalidInput", "message": "bad id", "target": "corr-9"}}),
+        ))
         .mount(&server)
         .await;
     let (d, _) = defender(&server);
     let ids: Vec<MachineId> = (0..700).map(mid).collect();
 
-    let err = d.tag_machines("DEX-Scoped", TagAction::Remove, &ids).await.unwrap_err();
+    let err = d
+        .tag_machines("DEX-Scoped", TagAction::Remove, &ids)
+        .await
+        .unwrap_err();
 
     let msg = err.to_string();
     assert!(msg.contains("after 500 were done"), "{msg}");
-    assert!(msg.contains("InvalidInput") && msg.contains("corr-9"), "{msg}");
+    assert!(
+        msg.contains("InvalidInput") && msg.contains("corr-9"),
+        "{msg}"
+    );
     assert!(!err.is_transient());
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }

@@ -24,7 +24,10 @@ fn graph(server: &MockServer) -> GraphClient {
     graph_with(server, |_| {})
 }
 
-fn graph_with(server: &MockServer, tweak: impl FnOnce(&mut dexscope::http::Settings)) -> GraphClient {
+fn graph_with(
+    server: &MockServer,
+    tweak: impl FnOnce(&mut dexscope::http::Settings),
+) -> GraphClient {
     let mut s = test_settings(server);
     tweak(&mut s);
     GraphClient::new(dexscope::http::Client::new(s, TestBearer::new()).unwrap())
@@ -56,7 +59,12 @@ async fn batch_items(server: &MockServer) -> Vec<Value> {
         .unwrap()
         .iter()
         .filter(|r| r.url.path() == "/v1.0/$batch")
-        .flat_map(|r| r.body_json::<Value>().unwrap()["requests"].as_array().unwrap().clone())
+        .flat_map(|r| {
+            r.body_json::<Value>().unwrap()["requests"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
         .collect()
 }
 
@@ -83,15 +91,29 @@ async fn members_are_read_over_three_pages_and_split_by_type() {
         .mount(&server)
         .await;
 
-    let members = graph(&server).list_group_members(&ObjectId::parse(GROUP).unwrap()).await.unwrap();
+    let members = graph(&server)
+        .list_group_members(&ObjectId::parse(GROUP).unwrap())
+        .await
+        .unwrap();
 
     assert_eq!(members.len(), 3);
-    assert!(matches!(&members[0], GroupMember::User { upn: Some(u), .. } if u.as_str() == "ann@contoso.com"));
+    assert!(
+        matches!(&members[0], GroupMember::User { upn: Some(u), .. } if u.as_str() == "ann@contoso.com")
+    );
     assert!(matches!(&members[1], GroupMember::User { upn: None, .. }));
-    assert!(matches!(&members[2], GroupMember::Other { odata_type, .. } if odata_type == "#microsoft.graph.group"));
+    assert!(
+        matches!(&members[2], GroupMember::Other { odata_type, .. } if odata_type == "#microsoft.graph.group")
+    );
     let reqs = server.received_requests().await.unwrap();
     let queries: Vec<&str> = reqs.iter().map(|r| r.url.query().unwrap()).collect();
-    assert_eq!(queries, vec!["$select=id,userPrincipalName,displayName&$top=999", odd, "$skiptoken=3"]);
+    assert_eq!(
+        queries,
+        vec![
+            "$select=id,userPrincipalName,displayName&$top=999",
+            odd,
+            "$skiptoken=3"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -101,18 +123,20 @@ async fn users_are_resolved_fifteen_per_filter_in_one_batch() {
         .and(path("/v1.0/$batch"))
         .respond_with(batch_responder(|_, url, _| {
             // Finds exactly the users whose UPN starts with "found".
-            let found: Vec<Value> = if url.contains("found0%40") {
-                vec![json!({"id": "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b14", "userPrincipalName": "Found0@contoso.com"})]
-            } else if url.contains("o''neil") {
-                vec![json!({"id": "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b15", "userPrincipalName": "o'neil@contoso.com"})]
-            } else {
-                vec![]
-            };
+            let mut found: Vec<Value> = Vec::new();
+            if url.contains("'found0@") {
+                found.push(json!({"id": "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b14", "userPrincipalName": "Found0@contoso.com"}));
+            }
+            if url.contains("'o''neil@contoso.com'") {
+                found.push(json!({"id": "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b15", "userPrincipalName": "o'neil@contoso.com"}));
+            }
             (200, json!({"value": found}))
         }))
         .mount(&server)
         .await;
-    let mut upns: Vec<Upn> = (0..38).map(|i| Upn::parse(&format!("user{i}@contoso.com")).unwrap()).collect();
+    let mut upns: Vec<Upn> = (0..38)
+        .map(|i| Upn::parse(&format!("user{i}@contoso.com")).unwrap())
+        .collect();
     upns.push(Upn::parse("found0@contoso.com").unwrap());
     upns.push(Upn::parse("o'neil@contoso.com").unwrap());
 
@@ -121,13 +145,20 @@ async fn users_are_resolved_fifteen_per_filter_in_one_batch() {
     assert_eq!(found.len(), 2);
     assert!(found.contains_key(&Upn::parse("found0@contoso.com").unwrap()));
     assert!(found.contains_key(&Upn::parse("O'Neil@contoso.com").unwrap()));
-    assert_eq!(server.received_requests().await.unwrap().len(), 1, "40 UPNs in one round trip");
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "40 UPNs in one round trip"
+    );
     let items = batch_items(&server).await;
     assert_eq!(items.len(), 3);
     for it in &items {
         let url = it["url"].as_str().unwrap();
-        assert!(url.starts_with("/users?$filter=userPrincipalName%20in%20("), "{url}");
-        assert!(url.matches("%40").count() <= 15, "{url}");
+        assert!(
+            url.starts_with("/users?$filter=userPrincipalName%20in%20("),
+            "{url}"
+        );
+        assert!(url.matches("@").count() <= 15, "{url}");
     }
 }
 
@@ -155,27 +186,49 @@ async fn add_falls_back_to_single_adds_and_reports_every_member() {
         .await;
 
     let out = graph(&server)
-        .add_members(&ObjectId::parse(GROUP).unwrap(), &[oid(1), oid(2), oid(3), oid(1)])
+        .add_members(
+            &ObjectId::parse(GROUP).unwrap(),
+            &[oid(1), oid(2), oid(3), oid(1)],
+        )
         .await
         .unwrap();
 
-    let results: Vec<(String, MemberResult)> = out.iter().map(|o| (o.member.to_string(), o.result.clone())).collect();
+    let results: Vec<(String, MemberResult)> = out
+        .iter()
+        .map(|o| (o.member.to_string(), o.result.clone()))
+        .collect();
     assert_eq!(results.len(), 3, "duplicates are added once");
     assert_eq!(results[0], (oid(1).to_string(), MemberResult::Added));
-    assert_eq!(results[1], (oid(2).to_string(), MemberResult::AlreadyMember));
-    assert!(matches!(&results[2].1, MemberResult::Failed { status: 404, .. }));
+    assert_eq!(
+        results[1],
+        (oid(2).to_string(), MemberResult::AlreadyMember)
+    );
+    assert!(matches!(
+        &results[2].1,
+        MemberResult::Failed { status: 404, .. }
+    ));
     assert!(out.iter().all(|o| o.request_id.is_some()));
     let items = batch_items(&server).await;
     let patch = &items[0];
     assert_eq!(patch["url"], format!("/groups/{GROUP}"));
-    assert_eq!(patch["body"]["members@odata.bind"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        patch["body"]["members@odata.bind"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(
         patch["body"]["members@odata.bind"][0],
         format!("{}/v1.0/directoryObjects/{}", server.uri(), oid(1))
     );
     let singles: Vec<&Value> = items.iter().filter(|i| i["method"] == "POST").collect();
     assert_eq!(singles.len(), 3);
-    assert!(singles.iter().all(|i| i["url"] == format!("/groups/{GROUP}/members/$ref")));
+    assert!(
+        singles
+            .iter()
+            .all(|i| i["url"] == format!("/groups/{GROUP}/members/$ref"))
+    );
 }
 
 #[tokio::test]
@@ -187,14 +240,21 @@ async fn add_of_400_members_takes_one_round_trip() {
         .await;
     let ids: Vec<ObjectId> = (0..400).map(oid).collect();
 
-    let out = graph(&server).add_members(&ObjectId::parse(GROUP).unwrap(), &ids).await.unwrap();
+    let out = graph(&server)
+        .add_members(&ObjectId::parse(GROUP).unwrap(), &ids)
+        .await
+        .unwrap();
 
     assert!(out.iter().all(|o| o.result == MemberResult::Added));
     assert_eq!(out.len(), 400);
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
     let items = batch_items(&server).await;
     assert_eq!(items.len(), 20);
-    assert!(items.iter().all(|i| i["body"]["members@odata.bind"].as_array().unwrap().len() == 20));
+    assert!(
+        items
+            .iter()
+            .all(|i| i["body"]["members@odata.bind"].as_array().unwrap().len() == 20)
+    );
 }
 
 #[tokio::test]
@@ -218,12 +278,18 @@ async fn removing_non_members_succeeds_and_always_uses_ref() {
         .await;
     let ids: Vec<ObjectId> = (1..=25).map(oid).collect();
 
-    let out = graph(&server).remove_members(&ObjectId::parse(GROUP).unwrap(), &ids).await.unwrap();
+    let out = graph(&server)
+        .remove_members(&ObjectId::parse(GROUP).unwrap(), &ids)
+        .await
+        .unwrap();
 
     assert_eq!(out[0].result, MemberResult::Removed);
     assert_eq!(out[1].result, MemberResult::NotMember);
     assert_eq!(out[2].result, MemberResult::NotMember);
-    assert!(matches!(out[3].result, MemberResult::Failed { status: 403, .. }));
+    assert!(matches!(
+        out[3].result,
+        MemberResult::Failed { status: 403, .. }
+    ));
     assert_eq!(out.iter().filter(|o| o.is_success()).count(), 24);
     let reqs = server.received_requests().await.unwrap();
     assert_eq!(reqs.len(), 2, "25 removals in two batches");
@@ -286,17 +352,30 @@ async fn incidents_cap_top_send_prefer_and_parse_open_enums() {
     let since = "2025-03-01T00:00:00Z".parse().unwrap();
 
     let got = graph(&server)
-        .list_incidents(since, IncidentQuery { top: 500, expand_alerts: true })
+        .list_incidents(
+            since,
+            IncidentQuery {
+                top: 500,
+                expand_alerts: true,
+            },
+        )
         .await
         .unwrap();
 
     let reqs = server.received_requests().await.unwrap();
     assert_eq!(reqs.len(), 2);
-    let params: Vec<(String, String)> = reqs[0].url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+    let params: Vec<(String, String)> = reqs[0]
+        .url
+        .query_pairs()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     assert_eq!(
         params,
         vec![
-            ("$filter".into(), "lastUpdateDateTime ge 2025-03-01T00:00:00Z".into()),
+            (
+                "$filter".into(),
+                "lastUpdateDateTime ge 2025-03-01T00:00:00Z".into()
+            ),
             ("$top".into(), "50".into()),
             ("$expand".into(), "alerts".into()),
         ]
@@ -310,17 +389,32 @@ async fn incidents_cap_top_send_prefer_and_parse_open_enums() {
     assert_eq!(inc.comments[0].created_by.as_deref(), Some("soc"));
     let alert = &inc.alerts[0];
     assert_eq!(alert.severity, Severity::High);
-    assert_eq!(alert.service_source, ServiceSource::MicrosoftDefenderForEndpoint);
+    assert_eq!(
+        alert.service_source,
+        ServiceSource::MicrosoftDefenderForEndpoint
+    );
     assert_eq!(alert.detection_source, DetectionSource::CustomDetection);
-    assert!(matches!(&alert.evidence[0].kind, EvidenceKind::Device { rbac_group_id: Some(75), rbac_group_name: Some(n), .. } if n == "UnassignedGroup"));
+    assert!(
+        matches!(&alert.evidence[0].kind, EvidenceKind::Device { rbac_group_id: Some(75), rbac_group_name: Some(n), .. } if n == "UnassignedGroup")
+    );
     assert_eq!(alert.evidence[0].roles, vec![EvidenceRole::Compromised]);
-    assert!(matches!(&alert.evidence[1].kind, EvidenceKind::User { account } if account.azure_ad_user_id.is_some()));
+    assert!(
+        matches!(&alert.evidence[1].kind, EvidenceKind::User { account } if account.azure_ad_user_id.is_some())
+    );
     assert_eq!(
         alert.evidence[2].kind,
-        EvidenceKind::Other { odata_type: "#microsoft.graph.security.quantumEvidence".into() }
+        EvidenceKind::Other {
+            odata_type: "#microsoft.graph.security.quantumEvidence".into()
+        }
     );
-    assert_eq!(alert.evidence[2].roles, vec![EvidenceRole::Other("somethingNew".into())]);
-    assert!(matches!(&alert.evidence[3].kind, EvidenceKind::Mailbox { account: None, .. }));
+    assert_eq!(
+        alert.evidence[2].roles,
+        vec![EvidenceRole::Other("somethingNew".into())]
+    );
+    assert!(matches!(
+        &alert.evidence[3].kind,
+        EvidenceKind::Mailbox { account: None, .. }
+    ));
     assert!(got[2].is_ok());
 }
 
@@ -357,8 +451,13 @@ async fn comment_post_sends_the_documented_body_and_returns_the_list() {
 
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].created_by.as_deref(), Some("someone"));
-    let body: Value = server.received_requests().await.unwrap()[0].body_json().unwrap();
-    assert_eq!(body, json!({"@odata.type": "microsoft.graph.security.alertComment", "comment": "IN SCOPE"}));
+    let body: Value = server.received_requests().await.unwrap()[0]
+        .body_json()
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"@odata.type": "microsoft.graph.security.alertComment", "comment": "IN SCOPE"})
+    );
 }
 
 #[tokio::test]
@@ -366,7 +465,11 @@ async fn comment_post_that_times_out_is_ambiguous_and_not_retried() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1.0/security/incidents/7/comments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": []})).set_delay(Duration::from_secs(2)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"value": []}))
+                .set_delay(Duration::from_secs(2)),
+        )
         .mount(&server)
         .await;
     let g = graph_with(&server, |s| s.request_timeout = Duration::from_millis(300));
@@ -392,7 +495,9 @@ async fn comment_post_with_server_error_is_ambiguous_but_throttling_is_retried()
         .mount(&server)
         .await;
     Mock::given(path("/v1.0/security/incidents/9/comments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": [{"comment": "x"}]})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"value": [{"comment": "x"}]})),
+        )
         .mount(&server)
         .await;
     let g = graph(&server);
@@ -403,5 +508,9 @@ async fn comment_post_with_server_error_is_ambiguous_but_throttling_is_retried()
 
     let list = g.post_comment("9", "x").await.unwrap();
     assert_eq!(list.len(), 1);
-    assert_eq!(server.received_requests().await.unwrap().len(), 3, "a 429 was certainly not processed");
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        3,
+        "a 429 was certainly not processed"
+    );
 }

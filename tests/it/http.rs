@@ -73,11 +73,14 @@ fn get(client: &Client, p: &str) -> Request {
 
 /// Responds with `responses[n]` to the n-th request (the last one repeats) and records when
 /// each request arrived.
+/// When each request arrived, on the monotonic and the wall clock.
+type Arrivals = Arc<Mutex<Vec<(Instant, SystemTime)>>>;
+
 fn sequence(
     responses: Vec<ResponseTemplate>,
 ) -> (
     impl Fn(&wiremock::Request) -> ResponseTemplate + Send + Sync,
-    Arc<Mutex<Vec<(Instant, SystemTime)>>>,
+    Arrivals,
 ) {
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     let seen = arrivals.clone();
@@ -101,7 +104,10 @@ async fn retry_after_fractional_is_waited_out_fully_and_retried_once() {
         ResponseTemplate::new(429).insert_header("Retry-After", "1.5"),
         ResponseTemplate::new(200).set_body_json(json!({"ok": true})),
     ]);
-    Mock::given(path("/v1.0/x")).respond_with(responder).mount(&server).await;
+    Mock::given(path("/v1.0/x"))
+        .respond_with(responder)
+        .mount(&server)
+        .await;
     let (client, _) = test_client(&server);
 
     let resp = client.send(get(&client, "/x")).await.unwrap();
@@ -110,7 +116,10 @@ async fn retry_after_fractional_is_waited_out_fully_and_retried_once() {
     assert_eq!(count(&server).await, 2, "retried exactly once");
     let a = arrivals.lock().unwrap();
     let gap = a[1].0 - a[0].0;
-    assert!(gap >= Duration::from_millis(1500), "retried after {gap:?}, before Retry-After elapsed");
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "retried after {gap:?}, before Retry-After elapsed"
+    );
     let stats = client.stats();
     assert_eq!(stats.surface(Surface::GraphRead).throttled, 1);
     assert!(stats.surface(Surface::GraphRead).retry_after_wait_ms >= 1500);
@@ -128,7 +137,10 @@ async fn retry_after_http_date_is_honoured() {
         ResponseTemplate::new(503).insert_header("Retry-After", date.as_str()),
         ResponseTemplate::new(200).set_body_json(json!({})),
     ]);
-    Mock::given(path("/v1.0/x")).respond_with(responder).mount(&server).await;
+    Mock::given(path("/v1.0/x"))
+        .respond_with(responder)
+        .mount(&server)
+        .await;
     let (client, _) = test_client(&server);
 
     client.send(get(&client, "/x")).await.unwrap();
@@ -145,9 +157,16 @@ async fn retry_after_holds_back_other_requests_to_the_same_surface() {
         ResponseTemplate::new(429).insert_header("Retry-After", "0.4"),
         ResponseTemplate::new(200).set_body_json(json!({})),
     ]);
-    Mock::given(path("/v1.0/a")).respond_with(responder).mount(&server).await;
-    let (b_responder, b_arrivals) = sequence(vec![ResponseTemplate::new(200).set_body_json(json!({}))]);
-    Mock::given(path("/v1.0/b")).respond_with(b_responder).mount(&server).await;
+    Mock::given(path("/v1.0/a"))
+        .respond_with(responder)
+        .mount(&server)
+        .await;
+    let (b_responder, b_arrivals) =
+        sequence(vec![ResponseTemplate::new(200).set_body_json(json!({}))]);
+    Mock::given(path("/v1.0/b"))
+        .respond_with(b_responder)
+        .mount(&server)
+        .await;
     let (client, _) = test_client(&server);
 
     let c2 = client.clone();
@@ -162,7 +181,10 @@ async fn retry_after_holds_back_other_requests_to_the_same_surface() {
 
     let throttled_at = arrivals.lock().unwrap()[0].0;
     let b_at = b_arrivals.lock().unwrap()[0].0;
-    assert!(b_at - throttled_at >= Duration::from_millis(400), "sent during another request's Retry-After");
+    assert!(
+        b_at - throttled_at >= Duration::from_millis(400),
+        "sent during another request's Retry-After"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +195,10 @@ async fn server_errors_back_off_then_succeed() {
         ResponseTemplate::new(500),
         ResponseTemplate::new(200).set_body_json(json!({"v": 1})),
     ]);
-    Mock::given(path("/v1.0/x")).respond_with(responder).mount(&server).await;
+    Mock::given(path("/v1.0/x"))
+        .respond_with(responder)
+        .mount(&server)
+        .await;
     let (client, _) = test_client(&server);
 
     let resp = client.send(get(&client, "/x")).await.unwrap();
@@ -196,8 +221,15 @@ async fn attempts_are_capped() {
 
     let err = client.send(get(&client, "/x")).await.unwrap_err();
 
-    assert_eq!(count(&server).await, 4, "max_attempts is 4 in the test settings");
-    assert!(matches!(err, Error::Exhausted { attempts: 4, .. }), "{err:?}");
+    assert_eq!(
+        count(&server).await,
+        4,
+        "max_attempts is 4 in the test settings"
+    );
+    assert!(
+        matches!(err, Error::Exhausted { attempts: 4, .. }),
+        "{err:?}"
+    );
     assert_eq!(err.status(), Some(500));
     assert!(err.is_transient());
     assert!(err.to_string().contains("rid-500"), "{err}");
@@ -216,12 +248,20 @@ async fn client_errors_are_final_and_say_what_failed() {
         .await;
     let (client, _) = test_client(&server);
 
-    let err = client.send(get(&client, "/groups/g?$select=id")).await.unwrap_err();
+    let err = client
+        .send(get(&client, "/groups/g?$select=id"))
+        .await
+        .unwrap_err();
 
     assert_eq!(count(&server).await, 1, "a 404 is not retried");
     assert!(!err.is_transient());
     let msg = err.to_string();
-    for part in ["GET /v1.0/groups/g", "404", "Request_ResourceNotFound", "rid-404"] {
+    for part in [
+        "GET /v1.0/groups/g",
+        "404",
+        "Request_ResourceNotFound",
+        "rid-404",
+    ] {
         assert!(msg.contains(part), "{msg:?} lacks {part:?}");
     }
     assert!(!msg.contains("$select"), "no query string in errors: {msg}");
@@ -281,21 +321,44 @@ async fn paging_follows_next_link_verbatim() {
             _ => json!({"value": [{"n": 1}, {"n": 2}], "@odata.nextLink": l2}),
         })
     };
-    Mock::given(path("/v1.0/items")).respond_with(responder).mount(&server).await;
+    Mock::given(path("/v1.0/items"))
+        .respond_with(responder)
+        .mount(&server)
+        .await;
     let (client, _) = test_client(&server);
 
-    let items: Vec<serde_json::Value> = client.get_all(get(&client, "/items?$top=2")).await.unwrap();
+    let items: Vec<serde_json::Value> =
+        client.get_all(get(&client, "/items?$top=2")).await.unwrap();
 
-    assert_eq!(items, vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+    assert_eq!(
+        items,
+        vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]
+    );
     let reqs = server.received_requests().await.unwrap();
-    let queries: Vec<String> = reqs.iter().map(|r| r.url.query().unwrap_or("").to_string()).collect();
-    assert_eq!(queries, vec!["$top=2".to_string(), format!("$skiptoken={token2}"), "$skiptoken=page3".into()]);
+    let queries: Vec<String> = reqs
+        .iter()
+        .map(|r| r.url.query().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        queries,
+        vec![
+            "$top=2".to_string(),
+            format!("$skiptoken={token2}"),
+            "$skiptoken=page3".into()
+        ]
+    );
 }
 
 fn sequence_by_query(
     f: impl Fn(Option<&str>) -> serde_json::Value + Send + Sync,
-) -> (impl Fn(&wiremock::Request) -> ResponseTemplate + Send + Sync, ()) {
-    (move |r: &wiremock::Request| ResponseTemplate::new(200).set_body_json(f(r.url.query())), ())
+) -> (
+    impl Fn(&wiremock::Request) -> ResponseTemplate + Send + Sync,
+    (),
+) {
+    (
+        move |r: &wiremock::Request| ResponseTemplate::new(200).set_body_json(f(r.url.query())),
+        (),
+    )
 }
 
 #[tokio::test]
@@ -309,7 +372,10 @@ async fn paging_refuses_a_link_to_another_host() {
         .await;
     let (client, _) = test_client(&server);
 
-    let err = client.get_all::<serde_json::Value>(get(&client, "/items")).await.unwrap_err();
+    let err = client
+        .get_all::<serde_json::Value>(get(&client, "/items"))
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, Error::ForeignLink { .. }), "{err:?}");
     assert_eq!(count(&server).await, 1);
@@ -382,8 +448,12 @@ async fn batch_packs_twenty_items_per_envelope_with_content_type_for_bodies() {
     let (client, _) = test_client(&server);
     let items: Vec<BatchItem> = (0..45)
         .map(|i| {
-            BatchItem::new(Method::POST, Surface::GraphWrite, format!("/groups/g/members/{i}"))
-                .with_body(json!({"n": i}))
+            BatchItem::new(
+                Method::POST,
+                Surface::GraphWrite,
+                format!("/groups/g/members/{i}"),
+            )
+            .with_body(json!({"n": i}))
         })
         .collect();
 
@@ -400,7 +470,11 @@ async fn batch_packs_twenty_items_per_envelope_with_content_type_for_bodies() {
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len(), items.len(), "ids unique within a batch");
-            assert!(items.iter().all(|i| i["headers"]["Content-Type"] == "application/json"));
+            assert!(
+                items
+                    .iter()
+                    .all(|i| i["headers"]["Content-Type"] == "application/json")
+            );
             items.len()
         })
         .collect();
@@ -412,7 +486,9 @@ async fn batch_packs_twenty_items_per_envelope_with_content_type_for_bodies() {
 async fn batch_envelope_client_error_is_permanent() {
     let server = MockServer::start().await;
     Mock::given(path("/v1.0/$batch"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {"code": "BadRequest", "message": "Invalid batch payload"}})))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"error": {"code": "BadRequest", "message": "Invalid batch payload"}}),
+        ))
         .mount(&server)
         .await;
     let (client, _) = test_client(&server);
@@ -451,16 +527,23 @@ fn tokens_never_appear_in_logs_or_errors() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let errors = rt.block_on(async {
         let server = MockServer::start().await;
         let (responder, _) = sequence(vec![
             ResponseTemplate::new(401),
             ResponseTemplate::new(429).insert_header("Retry-After", "0.01"),
             ResponseTemplate::new(500),
-            ResponseTemplate::new(403).set_body_json(json!({"error": {"code": "Forbidden", "message": "Missing role"}})),
+            ResponseTemplate::new(403)
+                .set_body_json(json!({"error": {"code": "Forbidden", "message": "Missing role"}})),
         ]);
-        Mock::given(path("/v1.0/x")).respond_with(responder).mount(&server).await;
+        Mock::given(path("/v1.0/x"))
+            .respond_with(responder)
+            .mount(&server)
+            .await;
         let (client, _) = test_client(&server);
         let err = client.send(get(&client, "/x")).await.unwrap_err();
         format!("{err} {err:?} {client:?}")
