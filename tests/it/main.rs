@@ -1,6 +1,9 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
 mod auth;
+mod defender;
 mod desired;
+mod graph;
+mod http;
 mod state;
 mod verdict;

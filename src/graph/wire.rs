@@ -1,0 +1,118 @@
+//! Serde mirrors of the Graph JSON dexscope reads. Every optional field tolerates absence and
+//! `null`; enums stay strings here and are parsed (case-insensitively) at conversion.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+/// A `value` list (one page, or a `$batch` item body).
+#[derive(Debug, Deserialize)]
+pub(crate) struct List<T> {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+}
+
+/// A directory object from `/groups/{id}/members`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Member {
+    #[serde(rename = "@odata.type")]
+    pub odata_type: Option<String>,
+    pub id: String,
+    pub user_principal_name: Option<String>,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct User {
+    pub id: String,
+    pub user_principal_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Incident {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub severity: Option<String>,
+    pub status: Option<String>,
+    pub redirect_incident_id: Option<String>,
+    pub created_date_time: DateTime<Utc>,
+    pub last_update_date_time: Option<DateTime<Utc>>,
+    pub alerts: Option<Vec<Alert>>,
+    pub comments: Option<Vec<Comment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Alert {
+    pub id: String,
+    pub title: Option<String>,
+    pub severity: Option<String>,
+    pub service_source: Option<String>,
+    pub detection_source: Option<String>,
+    /// Polymorphic through `@odata.type`; converted one by one so an unknown type is kept.
+    pub evidence: Option<Vec<serde_json::Value>>,
+}
+
+/// `alertComment`; older samples use `createdBy` / `createdTime`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Comment {
+    pub comment: Option<String>,
+    pub created_by_display_name: Option<String>,
+    pub created_by: Option<String>,
+    pub created_date_time: Option<DateTime<Utc>>,
+    pub created_time: Option<DateTime<Utc>>,
+}
+
+/// The fields of the `alertEvidence` base type dexscope reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EvidenceBase {
+    #[serde(rename = "@odata.type")]
+    pub odata_type: Option<String>,
+    pub roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserAccount {
+    pub account_name: Option<String>,
+    pub azure_ad_user_id: Option<String>,
+    pub display_name: Option<String>,
+    pub domain_name: Option<String>,
+    pub user_principal_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeviceEvidence {
+    pub mde_device_id: Option<String>,
+    pub azure_ad_device_id: Option<String>,
+    pub device_dns_name: Option<String>,
+    pub os_platform: Option<String>,
+    pub rbac_group_id: Option<i64>,
+    pub rbac_group_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserEvidence {
+    pub user_account: Option<UserAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MailboxEvidence {
+    pub display_name: Option<String>,
+    pub primary_address: Option<String>,
+    pub upn: Option<String>,
+    pub user_account: Option<UserAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProcessEvidence {
+    pub user_account: Option<UserAccount>,
+    pub mde_device_id: Option<String>,
+}

@@ -1,0 +1,480 @@
+//! The shared HTTP client: one `reqwest::Client`, the limiters, the bearer source, retry and
+//! paging.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use reqwest::Method;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use super::error::is_retryable_status;
+use super::limit::Limits;
+use super::retry::{Backoff, parse_retry_after};
+use super::stats::Recorder;
+use super::{ApiError, Error, Settings, Stats, Surface, cost};
+use crate::auth::BearerSource;
+
+/// The HTTP client every API client shares. Cheap to clone; build it once.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    settings: Settings,
+    bearer: Arc<dyn BearerSource>,
+    pub(super) limits: Limits,
+    pub(super) stats: Recorder,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("graph_root", &self.inner.settings.graph_root.as_str())
+            .field("defender_root", &self.inner.settings.defender_root.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request as the HTTP layer sends it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub url: Url,
+    pub surface: Surface,
+    /// Limiter cells this request takes (resource units on [`Surface::GraphRead`]).
+    pub cost: u32,
+    pub body: Option<serde_json::Value>,
+    pub headers: Vec<(&'static str, String)>,
+    /// False for requests that must not run twice (posting a comment): those are retried only
+    /// when the server certainly did not process them.
+    pub idempotent: bool,
+}
+
+impl Request {
+    pub fn new(method: Method, surface: Surface, url: Url) -> Self {
+        Self {
+            method,
+            url,
+            surface,
+            cost: cost::OTHER,
+            body: None,
+            headers: Vec::new(),
+            idempotent: true,
+        }
+    }
+
+    pub fn get(surface: Surface, url: Url) -> Self {
+        Self::new(Method::GET, surface, url)
+    }
+
+    pub fn post(surface: Surface, url: Url, body: serde_json::Value) -> Self {
+        Self::new(Method::POST, surface, url).with_body(body)
+    }
+
+    pub fn with_body(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub fn with_cost(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn non_idempotent(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+}
+
+/// A successful (2xx) response, body read whole.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Graph `request-id` (or `client-request-id`).
+    pub request_id: Option<String>,
+    pub body: Vec<u8>,
+    method: String,
+    path: String,
+}
+
+impl Response {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Decode {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    #[serde(default = "Vec::new")]
+    value: Vec<T>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+/// Percent-encodes an OData query value so `#`, `&`, `+`, `=`, `%` and spaces survive; the
+/// characters OData syntax needs (`'`, `(`, `)`, `,`, `:`, `/`, `@`, `$`) stay readable.
+pub fn encode_query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'\'' | b'(' | b')' | b',' | b':' | b'/' | b'@' | b'$'
+            );
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// Builds the one `reqwest::Client` (rustls, timeouts, `User-Agent: dexscope/<version>`).
+    pub fn new(settings: Settings, bearer: Arc<dyn BearerSource>) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .user_agent(concat!("dexscope/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .build()
+            .map_err(|e| Error::Build(error_chain(&e)))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                limits: Limits::new(&settings.quotas),
+                stats: Recorder::default(),
+                settings,
+                bearer,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// `{graph_root}/v1.0{path_and_query}`; `path_and_query` starts with `/` and is encoded.
+    pub fn graph_url(&self, path_and_query: &str) -> Result<Url, Error> {
+        join(&self.inner.settings.graph_root, "/v1.0", path_and_query)
+    }
+
+    /// `{defender_root}{path_and_query}`.
+    pub fn defender_url(&self, path_and_query: &str) -> Result<Url, Error> {
+        join(&self.inner.settings.defender_root, "", path_and_query)
+    }
+
+    /// Sends `req` with limiting and retry; returns the 2xx response or the final error.
+    pub async fn send(&self, req: Request) -> Result<Response, Error> {
+        let gates = [(req.surface, req.cost)];
+        self.execute(&req, &gates, true).await
+    }
+
+    /// GETs `first` and every page after it, following `@odata.nextLink` verbatim until it
+    /// is absent, and returns the `value` items of all pages in order.
+    pub async fn get_all<T: DeserializeOwned>(&self, first: Request) -> Result<Vec<T>, Error> {
+        self.pages(first, false).await
+    }
+
+    /// Like [`Client::get_all`], but a 404 on the first page means "no items" (MDE answers
+    /// 404 when there are no recent machines).
+    pub async fn get_all_or_empty<T: DeserializeOwned>(
+        &self,
+        first: Request,
+    ) -> Result<Vec<T>, Error> {
+        self.pages(first, true).await
+    }
+
+    async fn pages<T: DeserializeOwned>(
+        &self,
+        first: Request,
+        not_found_is_empty: bool,
+    ) -> Result<Vec<T>, Error> {
+        let origin = first.url.origin();
+        let mut req = first;
+        let mut items = Vec::new();
+        let mut page_no = 0u32;
+        loop {
+            page_no += 1;
+            let resp = match self.send(req.clone()).await {
+                Err(e) if not_found_is_empty && page_no == 1 && e.status() == Some(404) => {
+                    return Ok(Vec::new());
+                }
+                other => other?,
+            };
+            let page: Page<T> = resp.json()?;
+            items.extend(page.value);
+            let Some(link) = page.next_link else {
+                return Ok(items);
+            };
+            // Verbatim: the link is used as sent, never rebuilt from its parts.
+            let next = Url::parse(&link).map_err(|e| Error::Url {
+                input: "@odata.nextLink".into(),
+                detail: e.to_string(),
+            })?;
+            if next.origin() != origin {
+                return Err(Error::ForeignLink {
+                    host: next.host_str().unwrap_or("").to_string(),
+                    expected: req.url.host_str().unwrap_or("").to_string(),
+                });
+            }
+            req.url = next;
+        }
+    }
+
+    /// Sends `req` until it succeeds, fails for good, or retries run out. `gates` are the
+    /// limiter cells to take before every attempt (a `$batch` takes one per item).
+    pub(super) async fn execute(
+        &self,
+        req: &Request,
+        gates: &[(Surface, u32)],
+        count: bool,
+    ) -> Result<Response, Error> {
+        let inner = &*self.inner;
+        let rs = &inner.settings.retry;
+        let resource = req.surface.resource();
+        let method = req.method.as_str().to_string();
+        let path = req.url.path().to_string();
+        let started = Instant::now();
+        let mut backoff = Backoff::new(rs);
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        let mut force_refresh = false;
+        loop {
+            attempt += 1;
+            for (surface, cells) in gates {
+                inner.limits.acquire(*surface, *cells).await;
+            }
+            let token = inner
+                .bearer
+                .bearer(resource, std::mem::take(&mut force_refresh))
+                .await
+                .map_err(|source| Error::Token { resource, source })?;
+            let (failure, wait, retry_after) = match self.send_once(req, &token).await {
+                Ok((status, headers, body)) => {
+                    if count {
+                        inner.stats.response(req.surface, Some(status));
+                    }
+                    let mut request_id = request_id(&headers);
+                    let api = if (200..300).contains(&status) {
+                        ApiError::default()
+                    } else {
+                        ApiError::from_body(&body)
+                    };
+                    if request_id.is_none() {
+                        request_id = api.target.clone();
+                    }
+                    debug!(
+                        method = %method, path = %path, status, attempt,
+                        surface = %req.surface, request_id = request_id.as_deref().unwrap_or("-"),
+                        "http request"
+                    );
+                    if (200..300).contains(&status) {
+                        return Ok(Response {
+                            status,
+                            request_id,
+                            body,
+                            method,
+                            path,
+                        });
+                    }
+                    let err = Error::Status {
+                        method: method.clone(),
+                        path: path.clone(),
+                        surface: req.surface,
+                        status,
+                        api: Box::new(api),
+                        request_id,
+                    };
+                    if status == 401 && !refreshed {
+                        info!(method = %method, path = %path, surface = %req.surface,
+                              "token refused, refreshing it once");
+                        refreshed = true;
+                        force_refresh = true;
+                        continue;
+                    }
+                    if !is_retryable_status(status) {
+                        return Err(err);
+                    }
+                    if !req.idempotent && status != 429 {
+                        return Err(Error::Ambiguous {
+                            method,
+                            path,
+                            surface: req.surface,
+                            detail: format!("status {status}"),
+                        });
+                    }
+                    let ra = if matches!(status, 429 | 503) {
+                        headers
+                            .get(RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                    } else {
+                        None
+                    };
+                    if status == 429 || ra.is_some() {
+                        inner.stats.throttled(req.surface);
+                    }
+                    match ra {
+                        Some(ra) => (err, ra + rs.retry_after_margin, true),
+                        None => (err, backoff.next_delay(), false),
+                    }
+                }
+                Err(e) => {
+                    if count {
+                        inner.stats.response(req.surface, None);
+                    }
+                    let detail = describe_reqwest(&e);
+                    debug!(method = %method, path = %path, attempt, surface = %req.surface,
+                           error = %detail, "http request failed");
+                    // Retried when nothing reached the server (connect failure), otherwise
+                    // only when the request is idempotent.
+                    if !req.idempotent && !e.is_connect() {
+                        return Err(Error::Ambiguous {
+                            method,
+                            path,
+                            surface: req.surface,
+                            detail,
+                        });
+                    }
+                    let err = Error::Transport {
+                        method: method.clone(),
+                        path: path.clone(),
+                        surface: req.surface,
+                        detail,
+                        timeout: e.is_timeout(),
+                    };
+                    (err, backoff.next_delay(), false)
+                }
+            };
+            if retry_after {
+                // Global for the surface: nothing else goes there before it elapses.
+                let until = Instant::now() + wait;
+                for (surface, _) in gates {
+                    inner.limits.hold_until(*surface, until);
+                }
+            }
+            if attempt >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
+                warn!(method = %method, path = %path, surface = %req.surface, attempt,
+                      error = %failure, "giving up");
+                return Err(Error::Exhausted {
+                    attempts: attempt,
+                    last: Box::new(failure),
+                });
+            }
+            if retry_after {
+                inner.stats.retry_after_wait(req.surface, wait);
+                warn!(method = %method, path = %path, surface = %req.surface, attempt,
+                      wait_ms = wait.as_millis() as u64, "throttled, waiting as Retry-After says");
+            } else {
+                info!(method = %method, path = %path, surface = %req.surface, attempt,
+                      wait_ms = wait.as_millis() as u64, error = %failure, "retrying");
+            }
+            inner.stats.retry();
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        req: &Request,
+        token: &SecretString,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), reqwest::Error> {
+        let mut b = self
+            .inner
+            .http
+            .request(req.method.clone(), req.url.clone())
+            .bearer_auth(token.expose_secret());
+        for (name, value) in &req.headers {
+            b = b.header(*name, value);
+        }
+        if let Some(body) = &req.body {
+            b = b.json(body);
+        }
+        let resp = b.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?.to_vec();
+        Ok((status, headers, body))
+    }
+
+    pub(super) fn inner_limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(super) fn recorder(&self) -> &Recorder {
+        &self.inner.stats
+    }
+}
+
+fn join(root: &Url, version: &str, path_and_query: &str) -> Result<Url, Error> {
+    let s = format!(
+        "{}{}{}",
+        root.as_str().trim_end_matches('/'),
+        version,
+        path_and_query
+    );
+    Url::parse(&s).map_err(|e| Error::Url {
+        input: root.as_str().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn request_id(h: &HeaderMap) -> Option<String> {
+    ["request-id", "client-request-id"]
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()).map(str::to_string))
+}
+
+/// The error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A reqwest error without its URL (reqwest's Display names the URL with its query): the kind
+/// of failure and its sources.
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(e) {
+        Some(src) => format!("{kind}: {}", error_chain(src)),
+        None => kind.to_string(),
+    }
+}

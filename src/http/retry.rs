@@ -1,0 +1,101 @@
+//! Retry timing: `Retry-After` parsing and the exponential backoff (from `backon`).
+
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use super::RetrySettings;
+
+/// How long a `Retry-After` value asks to wait, measured from `now`: integer or fractional
+/// seconds (`2`, `1.5`) or an HTTP date. A date in the past means "now" (zero). Unparseable or
+/// negative values give `None`, and the caller falls back to exponential backoff.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if v.is_empty() {
+        return None;
+    }
+    if v.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        let secs: f64 = v.parse().ok()?;
+        // Round up to the next millisecond: never wait less than asked.
+        let millis = (secs * 1000.0).ceil();
+        if !(0.0..=86_400_000.0).contains(&millis) {
+            return None;
+        }
+        return Some(Duration::from_millis(millis as u64));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The exponential delays for one request: base × factor^n, plus a positive jitter, each
+/// capped at `max_delay`.
+pub(crate) struct Backoff {
+    inner: backon::ExponentialBackoff,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(s: &RetrySettings) -> Self {
+        let mut b = ExponentialBuilder::default()
+            .with_min_delay(s.base_delay)
+            .with_factor(s.factor)
+            .with_max_delay(s.max_delay)
+            .without_max_times();
+        if s.jitter {
+            b = b.with_jitter();
+        }
+        Self {
+            inner: b.build(),
+            cap: s.max_delay,
+        }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.inner.next().unwrap_or(self.cap).min(self.cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("1", Some(Duration::from_secs(1))),
+            ("1.5", Some(Duration::from_millis(1500))),
+            (" 2.128 ", Some(Duration::from_millis(2128))),
+            ("0.0001", Some(Duration::from_millis(1))),
+            ("0", Some(Duration::ZERO)),
+            (
+                "Wed, 21 Oct 2015 07:28:07 GMT",
+                Some(Duration::from_secs(7)),
+            ),
+            ("Wed, 21 Oct 2015 07:27:00 GMT", Some(Duration::ZERO)),
+            ("-1", None),
+            ("soon", None),
+            ("", None),
+            ("1.2.3", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_retry_after(input, now), *expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_never_shrinks_below_base_and_is_capped() {
+        let s = RetrySettings {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            ..RetrySettings::default()
+        };
+        let mut b = Backoff::new(&s);
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        let floors = [100, 200, 400, 500, 500, 500, 500, 500];
+        for (d, floor) in delays.iter().zip(floors) {
+            assert!(*d >= Duration::from_millis(floor), "{delays:?}");
+            assert!(*d <= Duration::from_millis(500), "{delays:?}");
+        }
+    }
+}
