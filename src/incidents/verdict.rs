@@ -1072,7 +1072,10 @@ fn judge_device(
         kind: AssetKind::Device,
         covered: matches!(reason, AssetReason::InDeviceGroup { .. }),
         id,
-        name: device.dns_name,
+        // Evidence often omits the DNS name; the tagged machine's name helps the reader.
+        name: device
+            .dns_name
+            .or_else(|| scoped.and_then(|s| s.dns_name.as_ref().map(|d| d.to_string()))),
         platform,
         reason,
     }

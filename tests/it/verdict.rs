@@ -1169,7 +1169,67 @@ fn digest_changes_with_outcome_and_covered_set() {
 fn json_snapshot() {
     let v = verdict(&mixed_incident(), &live_scope(), &Policy::default(), now());
     let json = serde_json::to_string_pretty(&v).unwrap();
-    expect![[r#""#]].assert_eq(&json);
+    expect![[r#"
+        {
+          "verdict": "in_scope",
+          "incident_id": "2972395",
+          "covered": [
+            "a000000000000000000000000000000000000001",
+            "alice@contoso.com"
+          ],
+          "assets": [
+            {
+              "kind": "device",
+              "id": "a000000000000000000000000000000000000001",
+              "name": "ws-1.contoso.local",
+              "platform": "Windows11",
+              "covered": true,
+              "reason": "in device group Defender_Experts_Scoped_Coverage_Devices",
+              "reason_code": "in_device_group"
+            },
+            {
+              "kind": "device",
+              "id": "a000000000000000000000000000000000000003",
+              "name": "phone-3.contoso.local",
+              "platform": "Android",
+              "covered": false,
+              "reason": "platform Android not covered",
+              "reason_code": "platform_not_covered"
+            },
+            {
+              "kind": "device",
+              "id": "a000000000000000000000000000000000000006",
+              "name": "ws-6.contoso.local",
+              "platform": "Windows10",
+              "covered": false,
+              "reason": "added 30 minutes ago, possibly still propagating",
+              "reason_code": "propagating"
+            },
+            {
+              "kind": "user",
+              "id": "33333333-3333-3333-3333-333333333333",
+              "name": null,
+              "platform": null,
+              "covered": false,
+              "reason": "not in scope",
+              "reason_code": "not_in_scope"
+            },
+            {
+              "kind": "user",
+              "id": "alice@contoso.com",
+              "name": "alice@contoso.com",
+              "platform": null,
+              "covered": true,
+              "reason": "direct member of the scoped user group",
+              "reason_code": "direct_member"
+            }
+          ],
+          "reasons": [
+            "policy: mixed incident kept eligible, some alerts are an excluded kind (data loss prevention) but an incident is excluded only when every alert is"
+          ],
+          "priority_findings": [],
+          "digest": "a6a66e53a33047d6a9332d7bb2083405"
+        }"#]].assert_eq(&json);
 }
 
 #[test]
@@ -1199,7 +1259,19 @@ fn json_of_skipped() {
 fn comment_in_scope_snapshot() {
     let incident = mixed_incident();
     let v = verdict(&incident, &live_scope(), &Policy::default(), now());
-    expect![[r#""#]].assert_eq(&render(&v, &incident));
+    expect![[r#"
+        IN SCOPE for Defender Experts scoped coverage
+        Incident 2972395, severity high, 3 alerts, 5 impacted assets.
+        Covered, Defender Experts respond:
+        - device ws-1.contoso.local (Windows11): in the scoped device group
+        - user alice@contoso.com: direct member of the scoped user group
+        Informational only, no response actions:
+        - device phone-3.contoso.local (Android): platform Android not covered
+        - device ws-6.contoso.local (Windows10): added 30 minutes ago, possibly still propagating
+        - user 33333333-3333-3333-3333-333333333333: not in scope
+        Notes:
+        - policy: mixed incident kept eligible, some alerts are an excluded kind (data loss prevention) but an incident is excluded only when every alert is
+        dexscope-verdict: v1 in_scope a6a66e53a33047d6a9332d7bb2083405"#]].assert_eq(&render(&v, &incident));
 }
 
 #[test]
@@ -1215,7 +1287,16 @@ fn comment_out_of_scope_snapshot() {
         ],
     );
     let v = verdict(&incident, &live_scope(), &Policy::default(), now());
-    expect![[r#""#]].assert_eq(&render(&v, &incident));
+    expect![[r#"
+        OUT OF SCOPE for Defender Experts scoped coverage
+        Incident 2972395, severity low, 2 alerts, 3 impacted assets.
+        Reasons:
+        - severity low not covered
+        Assets, informational only, no response actions:
+        - device ws-4.contoso.local (Windows10): outranked by group Tier0
+        - device ws-5.contoso.local (Windows10): tag not matched by group rule (device is in UnassignedGroup)
+        - user alice@contoso.com: direct member of the scoped user group
+        dexscope-verdict: v1 out_of_scope e3353bb2671b2b6fe2b17a5f8660eff7"#]].assert_eq(&render(&v, &incident));
 }
 
 // ---------------------------------------------------------------------------------------------
