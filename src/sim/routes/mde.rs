@@ -146,16 +146,21 @@ fn parse_filter(f: &str) -> Result<Vec<Clause>, String> {
             let Some(var) = word(j) else {
                 return Err("lambda variable expected".into());
             };
-            let var = if let Some(v) = var.strip_suffix(':') {
+            // `tag: tag eq`, `tag : tag eq` and `t:t eq` are all the same lambda.
+            let (var, used) = if let Some(v) = var.strip_suffix(':') {
                 j += 1;
-                v.to_string()
+                (v.to_string(), word(j).map(str::to_string))
             } else if word(j + 1) == Some(":") {
                 j += 2;
-                var.to_string()
+                (var.to_string(), word(j).map(str::to_string))
+            } else if let Some((v, u)) = var.split_once(':') {
+                (v.to_string(), Some(u.to_string()))
             } else {
                 return Err("':' expected in lambda".into());
             };
-            if word(j) != Some(var.as_str()) || !word(j + 1).is_some_and(|o| o.eq_ignore_ascii_case("eq")) {
+            if used.as_deref() != Some(var.as_str())
+                || !word(j + 1).is_some_and(|o| o.eq_ignore_ascii_case("eq"))
+            {
                 return Err(format!("'{var} eq <value>' expected in lambda"));
             }
             let Some(Tok::Str(tag)) = toks.get(j + 2) else {
