@@ -114,7 +114,10 @@ impl Faults {
     pub fn comment_times_out(&mut self) -> Option<u64> {
         self.applies(Surface::GraphSecurity)
             .then_some(())
-            .and_then(|()| self.hit(self.config.comment_timeout_rate).then_some(self.config.stall_ms))
+            .and_then(|()| {
+                self.hit(self.config.comment_timeout_rate)
+                    .then_some(self.config.stall_ms)
+            })
     }
 
     fn status(&mut self) -> Option<u16> {

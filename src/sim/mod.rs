@@ -248,8 +248,11 @@ pub fn build_tenant(opts: &SimOptions) -> Tenant {
         token_lifetime_secs: sc.token_lifetime_secs.unwrap_or(opts.token_lifetime_secs),
         graph_roles: opts.graph_roles.clone(),
         mde_roles: opts.mde_roles.clone(),
-        placement_delay_ms: (sc.placement_delay_secs.unwrap_or(opts.placement_delay_secs) * 1000.0) as i64,
-        incident_rate_per_min: sc.incident_rate_per_min.unwrap_or(opts.incident_rate_per_min),
+        placement_delay_ms: (sc.placement_delay_secs.unwrap_or(opts.placement_delay_secs) * 1000.0)
+            as i64,
+        incident_rate_per_min: sc
+            .incident_rate_per_min
+            .unwrap_or(opts.incident_rate_per_min),
     };
     let quotas = sc.quotas.clone().unwrap_or_else(|| opts.quotas.clone());
     let faults = sc.faults.clone().unwrap_or_else(|| opts.faults.clone());
@@ -262,11 +265,10 @@ pub fn build_tenant(opts: &SimOptions) -> Tenant {
 
 fn apply_scenario(t: &mut Tenant, sc: &Scenario, rng: &mut ChaCha8Rng) {
     for u in &sc.users {
-        let id = u
-            .id
-            .as_deref()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .unwrap_or_else(|| seed::uuid_from(rng));
+        let id =
+            u.id.as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .unwrap_or_else(|| seed::uuid_from(rng));
         let name = u.display_name.clone().unwrap_or_else(|| u.upn.clone());
         t.directory.add_user(User {
             id,
@@ -302,22 +304,24 @@ fn apply_scenario(t: &mut Tenant, sc: &Scenario, rng: &mut ChaCha8Rng) {
         t.directory.add_member(&gid, did);
     }
     for m in &sc.machines {
-        let id = m
-            .id
-            .as_deref()
-            .and_then(|s| model::parse_machine_id(&s.to_ascii_lowercase()))
-            .unwrap_or_else(|| {
-                use sha2::Digest;
-                let d = sha2::Sha256::digest(m.name.as_bytes());
-                let mut id = [0u8; 20];
-                id.copy_from_slice(&d[..20]);
-                id
-            });
+        let id =
+            m.id.as_deref()
+                .and_then(|s| model::parse_machine_id(&s.to_ascii_lowercase()))
+                .unwrap_or_else(|| {
+                    use sha2::Digest;
+                    let d = sha2::Sha256::digest(m.name.as_bytes());
+                    let mut id = [0u8; 20];
+                    id.copy_from_slice(&d[..20]);
+                    id
+                });
         let tags = m.tags.iter().map(|tag| t.mde.intern_tag(tag)).collect();
         t.mde.add_machine(Machine {
             id,
             dns: m.name.as_str().into(),
-            aad_device_id: m.aad_device_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()),
+            aad_device_id: m
+                .aad_device_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok()),
             os: Os::parse(&m.os).unwrap_or(Os::Windows11),
             tags,
             first_seen_min: 60 * 24,
@@ -358,8 +362,7 @@ pub async fn start(opts: SimOptions) -> Result<SimHandle, SimError> {
         addr: opts.listen,
         source,
     })?;
-    let app = server::router(state.clone())
-        .into_make_service_with_connect_info::<server::Conn>();
+    let app = server::router(state.clone()).into_make_service_with_connect_info::<server::Conn>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = axum::serve(server::SimListener(listener), app)
@@ -479,7 +482,11 @@ pub async fn run_command(args: SimArgs) -> anyhow::Result<()> {
     let (users, machines, incidents) = {
         let s = handle.state();
         let t = s.lock().unwrap_or_else(|p| p.into_inner());
-        (t.directory.user_by_id.len(), t.mde.machines.len(), t.incidents.list.len())
+        (
+            t.directory.user_by_id.len(),
+            t.mde.machines.len(),
+            t.incidents.list.len(),
+        )
     };
     println!(
         "# seeded {users} users, {machines} machines, {incidents} incidents in {:.1?}",

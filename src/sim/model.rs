@@ -162,7 +162,8 @@ impl Directory {
     }
 
     pub fn add_device(&mut self, device: EntraDevice) {
-        self.device_by_id.insert(device.id, self.devices.len() as u32);
+        self.device_by_id
+            .insert(device.id, self.devices.len() as u32);
         self.devices.push(device);
     }
 
@@ -252,7 +253,9 @@ impl Os {
     }
 
     pub fn parse(s: &str) -> Option<Os> {
-        Os::ALL.into_iter().find(|o| o.as_str().eq_ignore_ascii_case(s))
+        Os::ALL
+            .into_iter()
+            .find(|o| o.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -369,10 +372,10 @@ impl Mde {
             return false;
         }
         let tags_ok = rule.tags.is_empty()
-            || rule.tags.iter().any(|t| {
-                self.tag_id(t)
-                    .is_some_and(|id| m.tags.contains(&id))
-            });
+            || rule
+                .tags
+                .iter()
+                .any(|t| self.tag_id(t).is_some_and(|id| m.tags.contains(&id)));
         let dns = m.dns.to_lowercase();
         let name_ok = rule.name_prefixes.is_empty()
             || rule
@@ -458,7 +461,14 @@ impl Mde {
     }
 
     /// Adds a device group at `rank` (clamped; later groups move down one rank).
-    pub fn add_group(&mut self, name: &str, rank: u32, rule: GroupRule, now: i64, delay: i64) -> i64 {
+    pub fn add_group(
+        &mut self,
+        name: &str,
+        rank: u32,
+        rule: GroupRule,
+        now: i64,
+        delay: i64,
+    ) -> i64 {
         self.settle_all(now, delay);
         let id = self.next_group_id.max(100);
         self.next_group_id = id + 1;
@@ -774,7 +784,9 @@ impl Tenant {
 
     pub fn view_of(&self, i: u32) -> MachineView {
         let m = &self.mde.machines[i as usize];
-        let g = self.mde.placement(m, self.now_ms(), self.placement_delay_ms());
+        let g = self
+            .mde
+            .placement(m, self.now_ms(), self.placement_delay_ms());
         MachineView {
             id: m.id_hex(),
             dns_name: m.dns.to_string(),
@@ -865,7 +877,13 @@ mod tests {
     #[test]
     fn highest_ranked_matching_group_wins_after_the_delay() {
         let mut mde = Mde::default();
-        let srv = machine(&mut mde, 1, "srv-01", Os::WindowsServer2022, &["DEX-Scoped"]);
+        let srv = machine(
+            &mut mde,
+            1,
+            "srv-01",
+            Os::WindowsServer2022,
+            &["DEX-Scoped"],
+        );
         let ws = machine(&mut mde, 2, "ws-01", Os::Windows11, &[]);
         let scoped = mde.add_group(DEVICE_GROUP_NAME, 1, rule(&["dex-scoped"], &[], &[]), 0, 0);
         mde.place_all_now();
@@ -875,7 +893,13 @@ mod tests {
             UNASSIGNED_GROUP_ID
         );
 
-        let servers = mde.add_group("Servers", 1, rule(&[], &[], &["WindowsServer*"]), 1_000, 500);
+        let servers = mde.add_group(
+            "Servers",
+            1,
+            rule(&[], &[], &["WindowsServer*"]),
+            1_000,
+            500,
+        );
         let m = &mde.machines[srv as usize];
         assert_eq!(mde.placement(m, 1_499, 500), scoped, "before the delay");
         assert_eq!(mde.placement(m, 1_500, 500), servers, "after the delay");
@@ -893,7 +917,10 @@ mod tests {
         let scoped = mde.add_group(DEVICE_GROUP_NAME, 1, rule(&["DEX-Scoped"], &[], &[]), 0, 0);
         mde.place_all_now();
         assert!(mde.set_tag(ws, "DEX-Scoped", true, 10, 100));
-        assert!(!mde.set_tag(ws, "dex-scoped", true, 10, 100), "tags are a set");
+        assert!(
+            !mde.set_tag(ws, "dex-scoped", true, 10, 100),
+            "tags are a set"
+        );
         let m = &mde.machines[ws as usize];
         assert_eq!(mde.placement(m, 109, 100), UNASSIGNED_GROUP_ID);
         assert_eq!(mde.placement(m, 110, 100), scoped);
@@ -904,7 +931,13 @@ mod tests {
         let mut mde = Mde::default();
         let a = machine(&mut mde, 1, "SRV-dc01", Os::WindowsServer2019, &["x"]);
         let b = machine(&mut mde, 2, "srv-dc02", Os::Linux, &["x"]);
-        let g = mde.add_group("dc", 1, rule(&[], &["srv-dc"], &["WindowsServer2019", "macOS"]), 0, 0);
+        let g = mde.add_group(
+            "dc",
+            1,
+            rule(&[], &["srv-dc"], &["WindowsServer2019", "macOS"]),
+            0,
+            0,
+        );
         mde.add_group("empty", 2, GroupRule::default(), 0, 0);
         mde.place_all_now();
         assert_eq!(mde.machines[a as usize].reported_group, g);

@@ -195,7 +195,13 @@ impl Quotas {
 
     /// The `Retry-After` value for a wait of `wait_ms`, alternating between whole and
     /// fractional seconds as Graph does; records when the caller may come back.
-    pub fn retry_after(&mut self, client: &str, surface: Surface, wait_ms: i64, now: i64) -> String {
+    pub fn retry_after(
+        &mut self,
+        client: &str,
+        surface: Surface,
+        wait_ms: i64,
+        now: i64,
+    ) -> String {
         self.throttle_count += 1;
         let wait_ms = wait_ms.max(1);
         let (text, given_ms) = if self.throttle_count % 2 == 0 {
@@ -231,7 +237,10 @@ mod tests {
             mde_per_min: 3,
             ..QuotaConfig::default()
         });
-        let one = Cost { ru: 1, write: false };
+        let one = Cost {
+            ru: 1,
+            write: false,
+        };
         for t in [0, 10, 20] {
             assert_eq!(q.admit(Surface::Mde, one, t), Ok(()));
         }
@@ -245,7 +254,10 @@ mod tests {
             scale: 0.01,
             ..QuotaConfig::default()
         });
-        let one = Cost { ru: 1, write: false };
+        let one = Cost {
+            ru: 1,
+            write: false,
+        };
         assert_eq!(q.admit(Surface::Mde, one, 0), Ok(()));
         assert_eq!(q.admit(Surface::Mde, one, 1), Err(599));
         assert_eq!(q.admit(Surface::Mde, one, 600), Ok(()));
@@ -258,7 +270,10 @@ mod tests {
             ..QuotaConfig::default()
         });
         let write = Cost { ru: 1, write: true };
-        let read = Cost { ru: 3, write: false };
+        let read = Cost {
+            ru: 3,
+            write: false,
+        };
         assert!(q.admit(Surface::GraphDirectory, write, 0).is_ok());
         assert!(q.admit(Surface::GraphDirectory, write, 0).is_ok());
         assert!(q.admit(Surface::GraphDirectory, write, 0).is_err());

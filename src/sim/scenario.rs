@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
-        assert!(Scenario::parse("[[machines]]\nname = 'a'\nos = 'Windows11'\ncolour = 'red'").is_err());
+        assert!(
+            Scenario::parse("[[machines]]\nname = 'a'\nos = 'Windows11'\ncolour = 'red'").is_err()
+        );
         assert!(Scenario::parse("[[machines]]\nname = 'a'\nos = 'BeOS'").is_err());
         assert!(Scenario::parse("[[device_groups]]\nname = 'a'\nrank = 0").is_err());
     }

@@ -99,16 +99,17 @@ fn pick_os(rng: &mut ChaCha8Rng) -> Os {
 fn machine_at(rng: &mut ChaCha8Rng, n: usize, earlier: &[Machine]) -> Machine {
     let os = pick_os(rng);
     let site = SITES[rng.random_range(0..SITES.len())];
-    let prefix = match os {
-        Os::Windows10 | Os::Windows11 => "ws",
-        Os::WindowsServer2016 | Os::WindowsServer2019 | Os::WindowsServer2022 => {
-            if n % 17 == 0 { "srv-dc" } else { "srv" }
-        }
-        Os::Linux => "lnx",
-        Os::MacOs => "mac",
-        Os::Ios => "iphone",
-        Os::Android => "android",
-    };
+    let prefix =
+        match os {
+            Os::Windows10 | Os::Windows11 => "ws",
+            Os::WindowsServer2016 | Os::WindowsServer2019 | Os::WindowsServer2022 => {
+                if n % 17 == 0 { "srv-dc" } else { "srv" }
+            }
+            Os::Linux => "lnx",
+            Os::MacOs => "mac",
+            Os::Ios => "iphone",
+            Os::Android => "android",
+        };
     // About 1 in 200 machines reuses an earlier DNS name (a reimaged or re-onboarded device).
     let dns: Box<str> = if n > 10 && rng.random_range(0..200) == 0 {
         earlier[rng.random_range(0..earlier.len())].dns.clone()
@@ -198,7 +199,8 @@ fn seed_machines(t: &mut Tenant, spec: &SeedSpec, rng: &mut ChaCha8Rng) {
             m.tags.push(scoped_tag);
         }
         if rng.random_range(0..10) == 0 {
-            m.tags.push(other_tags[rng.random_range(0..other_tags.len())]);
+            m.tags
+                .push(other_tags[rng.random_range(0..other_tags.len())]);
         }
         if n < 2000 {
             made.push(m.clone());
@@ -210,11 +212,26 @@ fn seed_machines(t: &mut Tenant, spec: &SeedSpec, rng: &mut ChaCha8Rng) {
         name_prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
         os_platforms: os.iter().map(|s| s.to_string()).collect(),
     };
-    t.mde.add_group(DEVICE_GROUP_NAME, 1, rule(&[DEVICE_TAG], &[], &[]), 0, 0);
-    t.mde.add_group("Tier0-Domain-Controllers", 2, rule(&[], &["srv-dc"], &[]), 0, 0);
-    t.mde.add_group("Servers", 3, rule(&[], &[], &["WindowsServer*"]), 0, 0);
-    t.mde.add_group("Linux-Fleet", 4, rule(&[], &[], &["Linux"]), 0, 0);
-    t.mde.add_group("Finance-Workstations", 5, rule(&["Finance"], &["ws"], &[]), 0, 0);
+    t.mde
+        .add_group(DEVICE_GROUP_NAME, 1, rule(&[DEVICE_TAG], &[], &[]), 0, 0);
+    t.mde.add_group(
+        "Tier0-Domain-Controllers",
+        2,
+        rule(&[], &["srv-dc"], &[]),
+        0,
+        0,
+    );
+    t.mde
+        .add_group("Servers", 3, rule(&[], &[], &["WindowsServer*"]), 0, 0);
+    t.mde
+        .add_group("Linux-Fleet", 4, rule(&[], &[], &["Linux"]), 0, 0);
+    t.mde.add_group(
+        "Finance-Workstations",
+        5,
+        rule(&["Finance"], &["ws"], &[]),
+        0,
+        0,
+    );
     t.mde.place_all_now();
 }
 
@@ -318,7 +335,14 @@ fn machine_with(t: &Tenant, rng: &mut ChaCha8Rng, pred: impl Fn(&Machine) -> boo
         .map(|i| i as u32)
 }
 
-fn alert(id: String, title: &str, severity: &str, service: &str, detection: &str, evidence: Vec<Evidence>) -> Alert {
+fn alert(
+    id: String,
+    title: &str,
+    severity: &str,
+    service: &str,
+    detection: &str,
+    evidence: Vec<Evidence>,
+) -> Alert {
     Alert {
         id,
         title: title.to_string(),
@@ -330,11 +354,19 @@ fn alert(id: String, title: &str, severity: &str, service: &str, detection: &str
     }
 }
 
-const EDR: (&str, &str) = ("microsoftDefenderForEndpoint", "microsoftDefenderForEndpoint");
+const EDR: (&str, &str) = (
+    "microsoftDefenderForEndpoint",
+    "microsoftDefenderForEndpoint",
+);
 
 /// Builds the `n`-th seeded incident: the first ones cover [`KINDS`] in order, the rest mix
 /// the common kinds.
-pub fn catalogue_incident(t: &Tenant, rng: &mut ChaCha8Rng, n: usize, now: DateTime<Utc>) -> Incident {
+pub fn catalogue_incident(
+    t: &Tenant,
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    now: DateTime<Utc>,
+) -> Incident {
     let kind = if n < KINDS.len() {
         KINDS[n]
     } else {
@@ -390,76 +422,191 @@ fn build_kind(
                 is_windows(m) && scoped_tag.is_some_and(|s| m.tags.contains(&s))
             })
             .or_else(|| dev(rng, &is_windows));
-            vec![alert(aid(0), "Suspicious process injection", "high", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Suspicious process injection",
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::MediumEdrLinux => {
             severity = "medium";
             name = "Reverse shell on a Linux server".into();
             let ev = dev(rng, &|m: &Machine| m.os == Os::Linux);
-            vec![alert(aid(0), "Reverse shell", "medium", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Reverse shell",
+                "medium",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::Low | Kind::Informational => {
-            severity = if kind == Kind::Low { "low" } else { "informational" };
+            severity = if kind == Kind::Low {
+                "low"
+            } else {
+                "informational"
+            };
             name = format!("{severity} severity activity");
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), "Unwanted software", severity, EDR.0, "antivirus", ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Unwanted software",
+                severity,
+                EDR.0,
+                "antivirus",
+                ev.into_iter().collect(),
+            )]
         }
         Kind::Dlp => {
             name = "DLP policy match on financial data".into();
-            let ev = user.clone().map(|a| Evidence { kind: EvidenceKind::User(a), roles: vec!["policyViolator".into()] });
-            vec![alert(aid(0), "DLP policy matched", "high", "dataLossPrevention", "microsoftDataLossPrevention", ev.into_iter().collect())]
+            let ev = user.clone().map(|a| Evidence {
+                kind: EvidenceKind::User(a),
+                roles: vec!["policyViolator".into()],
+            });
+            vec![alert(
+                aid(0),
+                "DLP policy matched",
+                "high",
+                "dataLossPrevention",
+                "microsoftDataLossPrevention",
+                ev.into_iter().collect(),
+            )]
         }
         Kind::CustomDetection => {
             name = "Custom detection: rare admin tool".into();
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), "Custom rule hit", "high", "microsoft365Defender", "customDetection", ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Custom rule hit",
+                "high",
+                "microsoft365Defender",
+                "customDetection",
+                ev.into_iter().collect(),
+            )]
         }
         Kind::InsiderRisk => {
             name = "Insider risk: data exfiltration".into();
-            let ev = user.clone().map(|a| Evidence { kind: EvidenceKind::User(a), roles: vec!["suspicious".into()] });
-            vec![alert(aid(0), "Data leak by departing user", "high", "microsoftInsiderRiskManagement", "microsoftInsiderRiskManagement", ev.into_iter().collect())]
+            let ev = user.clone().map(|a| Evidence {
+                kind: EvidenceKind::User(a),
+                roles: vec!["suspicious".into()],
+            });
+            vec![alert(
+                aid(0),
+                "Data leak by departing user",
+                "high",
+                "microsoftInsiderRiskManagement",
+                "microsoftInsiderRiskManagement",
+                ev.into_iter().collect(),
+            )]
         }
         Kind::Sentinel => {
             name = "Sentinel analytics rule".into();
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), "Analytics rule fired", "medium", "microsoftSentinel", "microsoftSentinel", ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Analytics rule fired",
+                "medium",
+                "microsoftSentinel",
+                "microsoftSentinel",
+                ev.into_iter().collect(),
+            )]
         }
         Kind::MixedDlpEdr => {
             name = "DLP match and malware on the same device".into();
             let ev = dev(rng, &is_windows);
-            let u = user.clone().map(|a| Evidence { kind: EvidenceKind::User(a), roles: vec!["policyViolator".into()] });
+            let u = user.clone().map(|a| Evidence {
+                kind: EvidenceKind::User(a),
+                roles: vec!["policyViolator".into()],
+            });
             vec![
-                alert(aid(0), "DLP policy matched", "medium", "dataLossPrevention", "microsoftDataLossPrevention", u.into_iter().collect()),
-                alert(aid(1), "Malware detected", "high", EDR.0, "antivirus", ev.into_iter().collect()),
+                alert(
+                    aid(0),
+                    "DLP policy matched",
+                    "medium",
+                    "dataLossPrevention",
+                    "microsoftDataLossPrevention",
+                    u.into_iter().collect(),
+                ),
+                alert(
+                    aid(1),
+                    "Malware detected",
+                    "high",
+                    EDR.0,
+                    "antivirus",
+                    ev.into_iter().collect(),
+                ),
             ]
         }
         Kind::AndroidAndWindows => {
             name = "Phishing followed on phone and laptop".into();
             let a = dev(rng, &|m: &Machine| m.os == Os::Android);
             let w = dev(rng, &is_windows);
-            vec![alert(aid(0), "Phishing link opened", "high", EDR.0, EDR.1, a.into_iter().chain(w).collect())]
+            vec![alert(
+                aid(0),
+                "Phishing link opened",
+                "high",
+                EDR.0,
+                EDR.1,
+                a.into_iter().chain(w).collect(),
+            )]
         }
         Kind::MobileOnly => {
             name = "Malicious profile on iOS".into();
             let ev = dev(rng, &|m: &Machine| m.os == Os::Ios);
-            vec![alert(aid(0), "Malicious configuration profile", "high", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Malicious configuration profile",
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::UserOnly => {
             name = "Impossible travel".into();
-            let ev = user.clone().map(|a| Evidence { kind: EvidenceKind::User(a), roles: vec!["compromised".into()] });
-            vec![alert(aid(0), "Impossible travel activity", "medium", "microsoftDefenderForCloudApps", "cloudAppSecurity", ev.into_iter().collect())]
+            let ev = user.clone().map(|a| Evidence {
+                kind: EvidenceKind::User(a),
+                roles: vec!["compromised".into()],
+            });
+            vec![alert(
+                aid(0),
+                "Impossible travel activity",
+                "medium",
+                "microsoftDefenderForCloudApps",
+                "cloudAppSecurity",
+                ev.into_iter().collect(),
+            )]
         }
         Kind::Mailbox => {
             name = "Suspicious inbox rule".into();
             let a = user.clone().unwrap_or_default();
-            let addr = a.user_principal_name.clone().unwrap_or_else(|| "someone@contoso.com".into());
+            let addr = a
+                .user_principal_name
+                .clone()
+                .unwrap_or_else(|| "someone@contoso.com".into());
             // Every other mailbox evidence carries no account: only the address identifies it.
             let account = (id % 2 == 0).then_some(a.clone());
             let ev = Evidence {
-                kind: EvidenceKind::Mailbox { primary_address: addr.clone(), upn: account.as_ref().map(|_| addr.clone()), display_name: a.display_name.clone().unwrap_or_default(), account },
+                kind: EvidenceKind::Mailbox {
+                    primary_address: addr.clone(),
+                    upn: account.as_ref().map(|_| addr.clone()),
+                    display_name: a.display_name.clone().unwrap_or_default(),
+                    account,
+                },
                 roles: vec!["compromised".into()],
             };
-            vec![alert(aid(0), "Suspicious inbox forwarding", "medium", "microsoftDefenderForOffice365", "microsoftDefenderForOffice365", vec![ev])]
+            vec![alert(
+                aid(0),
+                "Suspicious inbox forwarding",
+                "medium",
+                "microsoftDefenderForOffice365",
+                "microsoftDefenderForOffice365",
+                vec![ev],
+            )]
         }
         Kind::Process => {
             name = "Encoded PowerShell by a user".into();
@@ -468,56 +615,132 @@ fn build_kind(
             ev.push(Evidence {
                 kind: EvidenceKind::Process {
                     account: user.clone(),
-                    mde_device_id: m.map(|i| t.mde.machines[i as usize].id_hex()).unwrap_or_default(),
+                    mde_device_id: m
+                        .map(|i| t.mde.machines[i as usize].id_hex())
+                        .unwrap_or_default(),
                     image: "powershell.exe".into(),
                 },
                 roles: vec![],
             });
             ev.push(Evidence {
                 kind: EvidenceKind::Process {
-                    account: Some(Account { account_name: Some("system".into()), domain_name: Some("nt authority".into()), ..Account::default() }),
-                    mde_device_id: m.map(|i| t.mde.machines[i as usize].id_hex()).unwrap_or_default(),
+                    account: Some(Account {
+                        account_name: Some("system".into()),
+                        domain_name: Some("nt authority".into()),
+                        ..Account::default()
+                    }),
+                    mde_device_id: m
+                        .map(|i| t.mde.machines[i as usize].id_hex())
+                        .unwrap_or_default(),
                     image: "svchost.exe".into(),
                 },
                 roles: vec!["contextual".into()],
             });
-            vec![alert(aid(0), "Suspicious PowerShell command line", "high", EDR.0, EDR.1, ev)]
+            vec![alert(
+                aid(0),
+                "Suspicious PowerShell command line",
+                "high",
+                EDR.0,
+                EDR.1,
+                ev,
+            )]
         }
         Kind::Redirected => {
             name = "Merged into another incident".into();
             status = "redirected";
             redirect = Some(1000);
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), "Duplicate", "high", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Duplicate",
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::UnknownEvidence => {
             name = "Container escape".into();
             let ev = vec![
-                Evidence { kind: EvidenceKind::Unknown { odata_type: "#microsoft.graph.security.kubernetesPodEvidence".into() }, roles: vec!["compromised".into()] },
-                Evidence { kind: EvidenceKind::Unknown { odata_type: "#microsoft.graph.security.somethingFromTheFutureEvidence".into() }, roles: vec!["unknownFutureValue".into()] },
-                Evidence { kind: EvidenceKind::File { name: "payload.bin".into() }, roles: vec!["created".into()] },
-                Evidence { kind: EvidenceKind::Ip { address: "198.51.100.23".into() }, roles: vec!["commandAndControl".into()] },
+                Evidence {
+                    kind: EvidenceKind::Unknown {
+                        odata_type: "#microsoft.graph.security.kubernetesPodEvidence".into(),
+                    },
+                    roles: vec!["compromised".into()],
+                },
+                Evidence {
+                    kind: EvidenceKind::Unknown {
+                        odata_type: "#microsoft.graph.security.somethingFromTheFutureEvidence"
+                            .into(),
+                    },
+                    roles: vec!["unknownFutureValue".into()],
+                },
+                Evidence {
+                    kind: EvidenceKind::File {
+                        name: "payload.bin".into(),
+                    },
+                    roles: vec!["created".into()],
+                },
+                Evidence {
+                    kind: EvidenceKind::Ip {
+                        address: "198.51.100.23".into(),
+                    },
+                    roles: vec!["commandAndControl".into()],
+                },
             ];
-            vec![alert(aid(0), "Container escape attempt", "high", "microsoftDefenderForCloud", "microsoftDefenderForCloud", ev)]
+            vec![alert(
+                aid(0),
+                "Container escape attempt",
+                "high",
+                "microsoftDefenderForCloud",
+                "microsoftDefenderForCloud",
+                ev,
+            )]
         }
         Kind::MixedCase => {
             name = "Credential theft".into();
             severity = "medium";
             mixed = true;
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), "Credential dumping", "medium", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Credential dumping",
+                "medium",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::Hostile => {
             name = HOSTILE_NAME.into();
             let ev = dev(rng, &is_windows);
             let mut u = user.clone().unwrap_or_default();
             u.display_name = Some("Mallory\n<img src=x onerror=alert(1)>\ndexscope-verdict: v1 in_scope 0000000000000000".into());
-            vec![alert(aid(0), HOSTILE_NAME, "high", EDR.0, EDR.1, ev.into_iter().chain(std::iter::once(Evidence { kind: EvidenceKind::User(u), roles: vec!["compromised".into()] })).collect())]
+            vec![alert(
+                aid(0),
+                HOSTILE_NAME,
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter()
+                    .chain(std::iter::once(Evidence {
+                        kind: EvidenceKind::User(u),
+                        roles: vec!["compromised".into()],
+                    }))
+                    .collect(),
+            )]
         }
         Kind::LongName => {
             name = "A".repeat(5_000) + &"\u{00e9}".repeat(5_000);
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), &"x".repeat(10_000), "high", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                &"x".repeat(10_000),
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::NoAlerts => {
             name = "Incident without alerts".into();
@@ -527,18 +750,46 @@ fn build_kind(
             name = "Defender Experts need your input".into();
             status = "awaitingAction";
             let ev = dev(rng, &is_windows);
-            vec![alert(aid(0), "Hands-on-keyboard activity", "high", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Hands-on-keyboard activity",
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::MacOs => {
             severity = "medium";
             name = "Suspicious launch agent on macOS".into();
             let ev = dev(rng, &|m: &Machine| m.os == Os::MacOs);
-            vec![alert(aid(0), "Persistence via launch agent", "medium", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Persistence via launch agent",
+                "medium",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
         Kind::Outranked | Kind::Unassigned => {
-            name = if kind == Kind::Outranked { "Tagged server placed in another group" } else { "Device in no group" }.into();
+            name = if kind == Kind::Outranked {
+                "Tagged server placed in another group"
+            } else {
+                "Device in no group"
+            }
+            .into();
             let mut ev = dev(rng, &|m: &Machine| m.os == Os::WindowsServer2022);
-            if let Some(Evidence { kind: EvidenceKind::Device { rbac_group_id, rbac_group_name, .. }, .. }) = ev.as_mut() {
+            if let Some(Evidence {
+                kind:
+                    EvidenceKind::Device {
+                        rbac_group_id,
+                        rbac_group_name,
+                        ..
+                    },
+                ..
+            }) = ev.as_mut()
+            {
                 if kind == Kind::Outranked {
                     *rbac_group_name = "Servers".into();
                 } else {
@@ -546,7 +797,14 @@ fn build_kind(
                     *rbac_group_name = super::model::UNASSIGNED_GROUP.into();
                 }
             }
-            vec![alert(aid(0), "Lateral movement", "high", EDR.0, EDR.1, ev.into_iter().collect())]
+            vec![alert(
+                aid(0),
+                "Lateral movement",
+                "high",
+                EDR.0,
+                EDR.1,
+                ev.into_iter().collect(),
+            )]
         }
     };
     Incident {
@@ -560,7 +818,11 @@ fn build_kind(
         last_update,
         redirect_to: redirect,
         mixed_case: mixed,
-        system_tags: if rng.random_range(0..4) == 0 { vec!["Defender Experts".into()] } else { vec![] },
+        system_tags: if rng.random_range(0..4) == 0 {
+            vec!["Defender Experts".into()]
+        } else {
+            vec![]
+        },
         alerts,
         comments: Vec::new(),
     }

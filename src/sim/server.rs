@@ -22,7 +22,9 @@ use super::faults::Fault;
 use super::model::Tenant;
 use super::quota::Surface;
 use super::routes::token::Caller;
-use super::routes::{After, ApiReq, Body, Reply, graph, graph_error, inspect, mde, mde_error, token};
+use super::routes::{
+    After, ApiReq, Body, Reply, graph, graph_error, inspect, mde, mde_error, token,
+};
 
 /// A TCP stream that can be cut from a handler: once killed, reads see EOF and writes fail,
 /// so hyper closes the connection without sending the response.
@@ -32,7 +34,11 @@ pub struct KillableStream {
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
         }
@@ -41,7 +47,11 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
@@ -154,7 +164,11 @@ async fn entry(
     } else if path.starts_with("/api/") {
         (Service::Mde, path.clone())
     } else {
-        return (StatusCode::NOT_FOUND, "no such service on the simulated tenant").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "no such service on the simulated tenant",
+        )
+            .into_response();
     };
     let req = ApiReq {
         method,
@@ -243,7 +257,9 @@ fn serve_api(shared: &Shared, service: Service, req: &ApiReq) -> (Option<Reply>,
         _ => None,
     };
     let reply = match service {
-        Service::Graph if graph::Route::parse(&req.method, &req.segments()) == graph::Route::Batch => {
+        Service::Graph
+            if graph::Route::parse(&req.method, &req.segments()) == graph::Route::Batch =>
+        {
             match forced {
                 Some(s) => call(&mut t, service, &caller, req, Some(s)),
                 None => graph::batch(&mut t, &caller, req, |t, c, item| {
@@ -263,12 +279,25 @@ fn serve_api(shared: &Shared, service: Service, req: &ApiReq) -> (Option<Reply>,
 
 /// One API call (a request or a `$batch` item): counted, checked for early retry, roles,
 /// injected status and quota, then served.
-fn call(t: &mut Tenant, service: Service, caller: &Caller, req: &ApiReq, forced: Option<u16>) -> Reply {
+fn call(
+    t: &mut Tenant,
+    service: Service,
+    caller: &Caller,
+    req: &ApiReq,
+    forced: Option<u16>,
+) -> Reply {
     let segs = req.segments();
     let (label, surface, roles, cost, groute, mroute) = match service {
         Service::Graph => {
             let r = graph::Route::parse(&req.method, &segs);
-            (r.label(), r.surface(), r.roles(), r.cost(req), Some(r), None)
+            (
+                r.label(),
+                r.surface(),
+                r.roles(),
+                r.cost(req),
+                Some(r),
+                None,
+            )
         }
         Service::Mde => {
             let r = mde::Route::parse(&req.method, &segs);
@@ -276,21 +305,41 @@ fn call(t: &mut Tenant, service: Service, caller: &Caller, req: &ApiReq, forced:
         }
     };
     *t.stats.calls_by_route.entry(label.to_string()).or_default() += 1;
-    *t.stats.calls_by_surface.entry(surface.as_str().to_string()).or_default() += 1;
+    *t.stats
+        .calls_by_surface
+        .entry(surface.as_str().to_string())
+        .or_default() += 1;
     let now = t.now_ms();
     if t.quotas.is_early(&caller.client, surface, now) {
-        *t.stats.early_retries.entry(surface.as_str().to_string()).or_default() += 1;
+        *t.stats
+            .early_retries
+            .entry(surface.as_str().to_string())
+            .or_default() += 1;
     }
     let reply = if !caller.has_any(roles) {
         match service {
-            Service::Graph => graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
-            Service::Mde => mde_error(403, "Forbidden", "The application does not have the permission this call needs."),
+            Service::Graph => graph_error(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            ),
+            Service::Mde => mde_error(
+                403,
+                "Forbidden",
+                "The application does not have the permission this call needs.",
+            ),
         }
     } else if let Some(status) = forced {
-        *t.stats.faults.entry(format!("status_{status}")).or_default() += 1;
+        *t.stats
+            .faults
+            .entry(format!("status_{status}"))
+            .or_default() += 1;
         fault_reply(t, service, surface, &caller.client, status, now)
     } else if let Err(wait) = t.quotas.admit(surface, cost, now) {
-        *t.stats.throttled.entry(surface.as_str().to_string()).or_default() += 1;
+        *t.stats
+            .throttled
+            .entry(surface.as_str().to_string())
+            .or_default() += 1;
         let ra = t.quotas.retry_after(&caller.client, surface, wait, now);
         throttled(service, surface, ra)
     } else {
@@ -310,17 +359,37 @@ fn call(t: &mut Tenant, service: Service, caller: &Caller, req: &ApiReq, forced:
 fn throttled(service: Service, surface: Surface, retry_after: String) -> Reply {
     let r = match service {
         Service::Graph => graph_error(429, "TooManyRequests", "Please retry again later.")
-            .with_header("x-ms-throttle-scope", format!("Tenant_Application/ReadWrite/{}", surface.as_str()))
-            .with_header("x-ms-throttle-information", "ResourceUnitLimitExceeded".into()),
-        Service::Mde => mde_error(429, "TooManyRequests", "API calls quota exceeded. Retry after the period in the Retry-After header."),
+            .with_header(
+                "x-ms-throttle-scope",
+                format!("Tenant_Application/ReadWrite/{}", surface.as_str()),
+            )
+            .with_header(
+                "x-ms-throttle-information",
+                "ResourceUnitLimitExceeded".into(),
+            ),
+        Service::Mde => mde_error(
+            429,
+            "TooManyRequests",
+            "API calls quota exceeded. Retry after the period in the Retry-After header.",
+        ),
     };
     r.with_header("Retry-After", retry_after)
 }
 
-fn fault_reply(t: &mut Tenant, service: Service, surface: Surface, client: &str, status: u16, now: i64) -> Reply {
+fn fault_reply(
+    t: &mut Tenant,
+    service: Service,
+    surface: Surface,
+    client: &str,
+    status: u16,
+    now: i64,
+) -> Reply {
     let (code, msg) = match status {
         429 => ("TooManyRequests", "Please retry again later."),
-        503 => ("ServiceUnavailable", "The service is temporarily unavailable."),
+        503 => (
+            "ServiceUnavailable",
+            "The service is temporarily unavailable.",
+        ),
         504 => ("GatewayTimeout", "The gateway timed out."),
         _ => ("InternalServerError", "An internal server error occurred."),
     };
@@ -343,7 +412,8 @@ fn to_response(reply: Reply, graph: Option<Option<String>>) -> Response {
     let mut resp = match reply.body {
         Some(v) => {
             let mut r = (status, serde_json::to_vec(&v).unwrap_or_default()).into_response();
-            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
             r
         }
         None => status.into_response(),

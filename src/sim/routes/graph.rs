@@ -40,11 +40,13 @@ const DEVICE_READ: &[&str] = &[
     "Directory.Read.All",
     "Directory.ReadWrite.All",
 ];
-const INCIDENT_READ: &[&str] = &["SecurityIncident.Read.All", "SecurityIncident.ReadWrite.All"];
+const INCIDENT_READ: &[&str] = &[
+    "SecurityIncident.Read.All",
+    "SecurityIncident.ReadWrite.All",
+];
 const INCIDENT_WRITE: &[&str] = &["SecurityIncident.ReadWrite.All"];
 
-const ALREADY_MEMBER: &str =
-    "One or more added object references already exist for the following modified properties: 'members'.";
+const ALREADY_MEMBER: &str = "One or more added object references already exist for the following modified properties: 'members'.";
 
 /// A Graph route with its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,20 +158,36 @@ impl Route {
     pub fn cost(&self, req: &ApiReq) -> Cost {
         let write = Cost { ru: 1, write: true };
         match self {
-            Route::PatchGroup(_) | Route::AddRef(_) | Route::RemoveRef(..) | Route::DeleteMember(..) => write,
+            Route::PatchGroup(_)
+            | Route::AddRef(_)
+            | Route::RemoveRef(..)
+            | Route::DeleteMember(..) => write,
             Route::ListMembers(..) => {
                 let mut ru = 3;
                 if req.q("$select").is_some() {
                     ru -= 1;
                 }
-                if req.q("$top").and_then(|t| t.parse::<u32>().ok()).is_some_and(|t| t < 20) {
+                if req
+                    .q("$top")
+                    .and_then(|t| t.parse::<u32>().ok())
+                    .is_some_and(|t| t < 20)
+                {
                     ru -= 1;
                 }
                 Cost { ru, write: false }
             }
-            Route::ListUsers | Route::GetUser(_) => Cost { ru: 2, write: false },
-            Route::Delta => Cost { ru: 5, write: false },
-            _ => Cost { ru: 1, write: false },
+            Route::ListUsers | Route::GetUser(_) => Cost {
+                ru: 2,
+                write: false,
+            },
+            Route::Delta => Cost {
+                ru: 5,
+                write: false,
+            },
+            _ => Cost {
+                ru: 1,
+                write: false,
+            },
         }
     }
 }
@@ -234,7 +252,13 @@ fn next_link(req: &ApiReq, key: &str, token: &str) -> String {
             let k = k.trim_start_matches('$').to_ascii_lowercase();
             k != "skiptoken" && k != "deltatoken"
         })
-        .map(|(k, v)| format!("{}={}", super::encode(k).replace("%24", "$"), super::encode(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                super::encode(k).replace("%24", "$"),
+                super::encode(v)
+            )
+        })
         .collect();
     q.push(format!("{key}={}", super::encode(token)));
     let path = if req.path.starts_with('/') {
@@ -284,7 +308,10 @@ fn get_group(t: &Tenant, id: &str, req: &ApiReq) -> Reply {
     let mut v = object_json(t, &gid, ObjKind::Group);
     if let Value::Object(m) = &mut v {
         m.remove("@odata.type");
-        m.insert("@odata.context".into(), context(req, "groups/$entity").into());
+        m.insert(
+            "@odata.context".into(),
+            context(req, "groups/$entity").into(),
+        );
         m.insert("groupTypes".into(), json!([]));
         m.insert("membershipRule".into(), Value::Null);
     }
@@ -302,7 +329,9 @@ fn list_members(t: &Tenant, id: &str, cast: Option<&str>, req: &ApiReq) -> Reply
             return graph_error(
                 400,
                 "Request_BadRequest",
-                &format!("Invalid page size specified: '{v}'. Must be between 1 and 999 inclusive."),
+                &format!(
+                    "Invalid page size specified: '{v}'. Must be between 1 and 999 inclusive."
+                ),
             );
         }
     };
@@ -353,8 +382,13 @@ fn list_members(t: &Tenant, id: &str, cast: Option<&str>, req: &ApiReq) -> Reply
         last = Some(*m);
     }
     let mut body = Map::new();
-    body.insert("@odata.context".into(), context(req, "directoryObjects").into());
-    let count_asked = req.q("$count").is_some_and(|c| c.eq_ignore_ascii_case("true"));
+    body.insert(
+        "@odata.context".into(),
+        context(req, "directoryObjects").into(),
+    );
+    let count_asked = req
+        .q("$count")
+        .is_some_and(|c| c.eq_ignore_ascii_case("true"));
     if count_asked && after.is_none() {
         if req.header("consistencylevel") != Some("eventual") {
             return graph_error(
@@ -375,7 +409,10 @@ fn list_members(t: &Tenant, id: &str, cast: Option<&str>, req: &ApiReq) -> Reply
     }
     if more && let Some(last) = last {
         let tok = super::skiptoken_encode(&last.to_string());
-        body.insert("@odata.nextLink".into(), next_link(req, "$skiptoken", &tok).into());
+        body.insert(
+            "@odata.nextLink".into(),
+            next_link(req, "$skiptoken", &tok).into(),
+        );
     }
     body.insert("value".into(), Value::Array(page));
     Reply::json(200, Value::Object(body))
@@ -536,9 +573,11 @@ fn delete_member(t: &mut Tenant, id: &str, mid: &str) -> Reply {
 
 fn user_json(t: &Tenant, i: u32) -> Option<Value> {
     let u = t.directory.users[i as usize].as_ref()?;
-    Some(json!({"id": u.id.to_string(), "displayName": &*u.display_name,
+    Some(
+        json!({"id": u.id.to_string(), "displayName": &*u.display_name,
         "userPrincipalName": &*u.upn, "mail": &*u.upn, "accountEnabled": true,
-        "businessPhones": [], "jobTitle": null}))
+        "businessPhones": [], "jobTitle": null}),
+    )
 }
 
 fn get_user(t: &Tenant, key: &str, req: &ApiReq) -> Reply {
@@ -668,7 +707,9 @@ fn list_users(t: &Tenant, req: &ApiReq) -> Reply {
                     return graph_error(
                         400,
                         "Request_UnsupportedQuery",
-                        &format!("Unsupported or invalid query filter clause specified for property '{other}' of resource 'User'."),
+                        &format!(
+                            "Unsupported or invalid query filter clause specified for property '{other}' of resource 'User'."
+                        ),
                     );
                 }
             };
@@ -693,7 +734,9 @@ fn list_users(t: &Tenant, req: &ApiReq) -> Reply {
             return graph_error(
                 400,
                 "Request_BadRequest",
-                &format!("Invalid page size specified: '{v}'. Must be between 1 and 999 inclusive."),
+                &format!(
+                    "Invalid page size specified: '{v}'. Must be between 1 and 999 inclusive."
+                ),
             );
         }
     };
@@ -712,7 +755,10 @@ fn list_users(t: &Tenant, req: &ApiReq) -> Reply {
     }
     if i < t.directory.users.len() {
         let tok = super::skiptoken_encode(&i.to_string());
-        body.insert("@odata.nextLink".into(), next_link(req, "$skiptoken", &tok).into());
+        body.insert(
+            "@odata.nextLink".into(),
+            next_link(req, "$skiptoken", &tok).into(),
+        );
     }
     body.insert("value".into(), Value::Array(value));
     Reply::json(200, Value::Object(body))
@@ -736,12 +782,14 @@ fn list_devices(t: &Tenant, req: &ApiReq) -> Reply {
         .iter()
         .filter(|d| {
             clauses.is_empty()
-                || clauses.iter().any(|(p, v)| match p.to_ascii_lowercase().as_str() {
-                    "deviceid" => d.device_id.to_string().eq_ignore_ascii_case(v),
-                    "id" => d.id.to_string().eq_ignore_ascii_case(v),
-                    "displayname" => d.display_name.eq_ignore_ascii_case(v),
-                    _ => false,
-                })
+                || clauses
+                    .iter()
+                    .any(|(p, v)| match p.to_ascii_lowercase().as_str() {
+                        "deviceid" => d.device_id.to_string().eq_ignore_ascii_case(v),
+                        "id" => d.id.to_string().eq_ignore_ascii_case(v),
+                        "displayname" => d.display_name.eq_ignore_ascii_case(v),
+                        _ => false,
+                    })
         })
         .map(|d| super::apply_select(object_json(t, &d.id, ObjKind::Device), &select(req)))
         .collect();
@@ -855,7 +903,11 @@ fn delta(t: &Tenant, req: &ApiReq) -> Reply {
                     after = chunk.last().copied();
                 }
             }
-            let id_list = ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
+            let id_list = ids
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             if gi < ids.len() {
                 let next = format!(
                     "full|{seq}|{gi}|{}|{id_list}",
@@ -891,7 +943,8 @@ fn delta(t: &Tenant, req: &ApiReq) -> Reply {
                 if last.is_empty() {
                     continue;
                 }
-                let mut obj = json!({"@odata.type": "#microsoft.graph.group", "id": g.id.to_string()});
+                let mut obj =
+                    json!({"@odata.type": "#microsoft.graph.group", "id": g.id.to_string()});
                 if with_members {
                     obj["members@delta"] = last
                         .iter()
@@ -907,7 +960,11 @@ fn delta(t: &Tenant, req: &ApiReq) -> Reply {
                 }
                 value.push(obj);
             }
-            let id_list = ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
+            let id_list = ids
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             let next = format!("delta|{}|{id_list}", t.directory.delta_seq);
             let link = next_link(req, "$deltatoken", &super::skiptoken_encode(&next));
             body.insert("@odata.deltaLink".into(), link.into());
@@ -995,13 +1052,19 @@ fn batch_item(
             match done.iter().find(|(id, _)| id == d) {
                 Some((_, s)) if *s < 400 => {}
                 Some(_) => {
-                    return graph_error(424, "FailedDependency", "A dependency of this request failed.");
+                    return graph_error(
+                        424,
+                        "FailedDependency",
+                        "A dependency of this request failed.",
+                    );
                 }
                 None => {
                     return graph_error(
                         400,
                         "BadRequest",
-                        &format!("dependsOn names '{d}', which does not come earlier in the batch."),
+                        &format!(
+                            "dependsOn names '{d}', which does not come earlier in the batch."
+                        ),
                     );
                 }
             }
@@ -1013,7 +1076,11 @@ fn batch_item(
         .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok());
     let url = it.get("url").and_then(Value::as_str).unwrap_or("");
     let Some(method) = method else {
-        return graph_error(400, "BadRequest", "Each batch request needs a valid 'method'.");
+        return graph_error(
+            400,
+            "BadRequest",
+            "Each batch request needs a valid 'method'.",
+        );
     };
     if url.is_empty() || url.contains("://") {
         return graph_error(
@@ -1238,19 +1305,27 @@ fn incident_json(t: &Tenant, inc: &Incident, expand: bool, include_unknown: bool
         "comments": comments_json(inc),
     });
     if expand {
-        v["alerts"] = inc.alerts.iter().map(|a| alert_json(t, inc, a, e)).collect();
+        v["alerts"] = inc
+            .alerts
+            .iter()
+            .map(|a| alert_json(t, inc, a, e))
+            .collect();
     }
     v
 }
 
 fn include_unknown(req: &ApiReq) -> bool {
-    req.header("prefer")
-        .is_some_and(|p| p.to_ascii_lowercase().contains("include-unknown-enum-members"))
+    req.header("prefer").is_some_and(|p| {
+        p.to_ascii_lowercase()
+            .contains("include-unknown-enum-members")
+    })
 }
 
 fn expands_alerts(req: &ApiReq) -> bool {
-    req.q("$expand")
-        .is_some_and(|x| x.split(',').any(|p| p.trim().eq_ignore_ascii_case("alerts")))
+    req.q("$expand").is_some_and(|x| {
+        x.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("alerts"))
+    })
 }
 
 /// One incident `$filter` clause.
@@ -1317,7 +1392,9 @@ fn list_incidents(t: &Tenant, req: &ApiReq) -> Reply {
             return graph_error(
                 400,
                 "BadRequest",
-                &format!("The query specified in the URI is not valid. The limit of '50' for Top query has been exceeded. The value from the incoming request is '{v}'."),
+                &format!(
+                    "The query specified in the URI is not valid. The limit of '50' for Top query has been exceeded. The value from the incoming request is '{v}'."
+                ),
             );
         }
     };
@@ -1389,7 +1466,10 @@ fn list_incidents(t: &Tenant, req: &ApiReq) -> Reply {
             last.last_update.timestamp_millis(),
             last.id
         ));
-        body.insert("@odata.nextLink".into(), next_link(req, "$skiptoken", &tok).into());
+        body.insert(
+            "@odata.nextLink".into(),
+            next_link(req, "$skiptoken", &tok).into(),
+        );
     }
     body.insert(
         "value".into(),
@@ -1416,10 +1496,18 @@ fn get_incident(t: &Tenant, id: &str, req: &ApiReq) -> Reply {
 }
 
 fn post_comment(t: &mut Tenant, id: &str, req: &ApiReq) -> Reply {
-    let Some(n) = id.parse::<u64>().ok().filter(|n| t.incidents.get(*n).is_some()) else {
+    let Some(n) = id
+        .parse::<u64>()
+        .ok()
+        .filter(|n| t.incidents.get(*n).is_some())
+    else {
         return incident_not_found(id);
     };
-    let text = match req.json().and_then(|b| b.get("comment")).and_then(Value::as_str) {
+    let text = match req
+        .json()
+        .and_then(|b| b.get("comment"))
+        .and_then(Value::as_str)
+    {
         Some(c) if !c.trim().is_empty() => c.to_string(),
         _ => {
             return graph_error(
@@ -1459,17 +1547,37 @@ mod tests {
     fn routes_parse_with_labels() {
         let cases: &[(&str, &str, &str)] = &[
             ("GET", "/groups/g/members", "GET /v1.0/groups/{id}/members"),
-            ("GET", "/groups/g/members/microsoft.graph.user", "GET /v1.0/groups/{id}/members"),
-            ("DELETE", "/groups/g/members/m/$ref", "DELETE /v1.0/groups/{id}/members/{id}/$ref"),
-            ("DELETE", "/groups/g/members/m", "DELETE /v1.0/groups/{id}/members/{id}"),
+            (
+                "GET",
+                "/groups/g/members/microsoft.graph.user",
+                "GET /v1.0/groups/{id}/members",
+            ),
+            (
+                "DELETE",
+                "/groups/g/members/m/$ref",
+                "DELETE /v1.0/groups/{id}/members/{id}/$ref",
+            ),
+            (
+                "DELETE",
+                "/groups/g/members/m",
+                "DELETE /v1.0/groups/{id}/members/{id}",
+            ),
             ("GET", "/users('$x@y.com')", "GET /v1.0/users/{id}"),
             ("POST", "/$batch", "POST /v1.0/$batch"),
             ("GET", "/groups/delta", "GET /v1.0/groups/delta"),
-            ("POST", "/security/incidents/7/comments", "POST /v1.0/security/incidents/{id}/comments"),
+            (
+                "POST",
+                "/security/incidents/7/comments",
+                "POST /v1.0/security/incidents/{id}/comments",
+            ),
             ("PUT", "/groups/g", "other graph"),
         ];
         for (m, path, label) in cases {
-            let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(String::from).collect();
+            let segs: Vec<String> = path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
             let r = Route::parse(&Method::from_bytes(m.as_bytes()).unwrap(), &segs);
             assert_eq!(r.label(), *label, "{m} {path}");
         }
@@ -1477,7 +1585,8 @@ mod tests {
 
     #[test]
     fn in_filters_parse_and_count_values() {
-        let c = parse_in_filter("userPrincipalName in ('a@x.com','o''neil@x.com') or id eq 'z'").unwrap();
+        let c = parse_in_filter("userPrincipalName in ('a@x.com','o''neil@x.com') or id eq 'z'")
+            .unwrap();
         assert_eq!(c.len(), 3);
         assert_eq!(c[1].1, "o'neil@x.com");
         assert!(parse_in_filter("userPrincipalName startswith 'a'").is_err());
@@ -1485,10 +1594,22 @@ mod tests {
 
     #[test]
     fn enums_degrade_without_prefer_and_capitalise_when_mixed() {
-        let plain = Enums { mixed: false, include_unknown: false };
-        let mixed = Enums { mixed: true, include_unknown: true };
-        assert_eq!(plain.out("microsoftSentinel", NEWER_SERVICE), "unknownFutureValue");
-        assert_eq!(mixed.out("microsoftSentinel", NEWER_SERVICE), "MicrosoftSentinel");
+        let plain = Enums {
+            mixed: false,
+            include_unknown: false,
+        };
+        let mixed = Enums {
+            mixed: true,
+            include_unknown: true,
+        };
+        assert_eq!(
+            plain.out("microsoftSentinel", NEWER_SERVICE),
+            "unknownFutureValue"
+        );
+        assert_eq!(
+            mixed.out("microsoftSentinel", NEWER_SERVICE),
+            "MicrosoftSentinel"
+        );
         assert_eq!(mixed.out("medium", &[]), "Medium");
     }
 }

@@ -71,7 +71,10 @@ pub fn handle(
             match id.parse::<u64>().ok().and_then(|n| t.incidents.get(n)) {
                 Some(i) => Reply::json(
                     200,
-                    i.comments.iter().map(|c| json!(c.comment)).collect::<Value>(),
+                    i.comments
+                        .iter()
+                        .map(|c| json!(c.comment))
+                        .collect::<Value>(),
                 ),
                 None => Reply::json(404, json!({"error": format!("no incident {id}")})),
             }
@@ -97,7 +100,9 @@ pub fn handle(
         ("GET", ["machines"]) => {
             let list = match q("tag") {
                 Some(tag) => t.machines_with_tag(tag),
-                None => (0..t.mde.machines.len() as u32).map(|i| t.view_of(i)).collect(),
+                None => (0..t.mde.machines.len() as u32)
+                    .map(|i| t.view_of(i))
+                    .collect(),
             };
             Reply::json(200, serde_json::to_value(list).unwrap_or_default())
         }
@@ -124,9 +129,10 @@ pub fn handle(
             (_, Err(r)) => r,
             _ => Reply::json(404, json!({"error": format!("no device group {id}")})),
         },
-        ("GET", ["faults"]) => {
-            Reply::json(200, serde_json::to_value(t.faults.config()).unwrap_or_default())
-        }
+        ("GET", ["faults"]) => Reply::json(
+            200,
+            serde_json::to_value(t.faults.config()).unwrap_or_default(),
+        ),
         ("POST", ["faults"]) => match parse::<FaultConfig>(body) {
             Ok(f) => {
                 t.faults.set(f);
@@ -146,6 +152,9 @@ pub fn handle(
             Ok(_) => bad("seconds must not be negative: the clock only moves forward".into()),
             Err(r) => r,
         },
-        _ => Reply::json(404, json!({"error": format!("no inspection route {method} /_sim{rest}")})),
+        _ => Reply::json(
+            404,
+            json!({"error": format!("no inspection route {method} /_sim{rest}")}),
+        ),
     }
 }

@@ -69,8 +69,7 @@ pub fn handle(t: &mut Tenant, route: &Route, req: &ApiReq) -> Reply {
         Route::GetMachine(id) => match t.mde.machine_index(id) {
             Some(i) => {
                 let mut v = machine_json(t, i);
-                v["@odata.context"] =
-                    format!("{}/api/$metadata#Machines/$entity", req.base).into();
+                v["@odata.context"] = format!("{}/api/$metadata#Machines/$entity", req.base).into();
                 Reply::json(200, v)
             }
             None => machine_not_found(id),
@@ -86,7 +85,11 @@ pub fn handle(t: &mut Tenant, route: &Route, req: &ApiReq) -> Reply {
 }
 
 fn machine_not_found(id: &str) -> Reply {
-    mde_error(404, "ResourceNotFound", &format!("Machine {id} was not found"))
+    mde_error(
+        404,
+        "ResourceNotFound",
+        &format!("Machine {id} was not found"),
+    )
 }
 
 /// The machine as `/api/machines` returns it, with the placement it reports right now.
@@ -224,7 +227,10 @@ fn matching(t: &Tenant, clauses: &[Clause]) -> Vec<u32> {
                 }
             }
             Clause::Aad(a) => {
-                if let Some(v) = uuid::Uuid::parse_str(a).ok().and_then(|u| t.mde.by_aad.get(&u)) {
+                if let Some(v) = uuid::Uuid::parse_str(a)
+                    .ok()
+                    .and_then(|u| t.mde.by_aad.get(&u))
+                {
                     out.extend(v);
                 }
             }
@@ -258,14 +264,18 @@ fn list(t: &Tenant, req: &ApiReq) -> Reply {
             return mde_error(
                 400,
                 "ODataError",
-                &format!("The limit of '10000' for Top query has been exceeded. The value from the incoming request is '{v}'."),
+                &format!(
+                    "The limit of '10000' for Top query has been exceeded. The value from the incoming request is '{v}'."
+                ),
             );
         }
     };
     let skip = match req.q("$skip").map(|s| s.parse::<usize>()) {
         None => 0,
         Some(Ok(n)) => n,
-        Some(Err(_)) => return mde_error(400, "InvalidInput", "$skip must be a non-negative integer"),
+        Some(Err(_)) => {
+            return mde_error(400, "InvalidInput", "$skip must be a non-negative integer");
+        }
     };
     let clauses = match req.q("$filter").map(parse_filter) {
         None => Vec::new(),
@@ -315,14 +325,30 @@ fn tag_body(req: &ApiReq) -> Result<(String, bool), Reply> {
     };
     let value = match b.get("Value") {
         Some(Value::String(v)) if !v.trim().is_empty() && v.chars().count() <= 200 => v.clone(),
-        Some(_) => return Err(invalid("Value must be a non-empty tag of at most 200 characters")),
-        None => return Err(invalid("Missing required parameter 'Value' (names are case-sensitive)")),
+        Some(_) => {
+            return Err(invalid(
+                "Value must be a non-empty tag of at most 200 characters",
+            ));
+        }
+        None => {
+            return Err(invalid(
+                "Missing required parameter 'Value' (names are case-sensitive)",
+            ));
+        }
     };
     let add = match b.get("Action").and_then(Value::as_str) {
         Some("Add") => true,
         Some("Remove") => false,
-        Some(other) => return Err(invalid(&format!("Action must be 'Add' or 'Remove', not '{other}'"))),
-        None => return Err(invalid("Missing required parameter 'Action' (names are case-sensitive)")),
+        Some(other) => {
+            return Err(invalid(&format!(
+                "Action must be 'Add' or 'Remove', not '{other}'"
+            )));
+        }
+        None => {
+            return Err(invalid(
+                "Missing required parameter 'Action' (names are case-sensitive)",
+            ));
+        }
     };
     Ok((value, add))
 }
@@ -368,7 +394,10 @@ fn tag_many(t: &mut Tenant, req: &ApiReq) -> Reply {
         return mde_error(
             400,
             "MaximumBatchSizeExceeded",
-            &format!("Maximum batch size exceeded. Received: {}, allowed: 500", ids.len()),
+            &format!(
+                "Maximum batch size exceeded. Received: {}, allowed: 500",
+                ids.len()
+            ),
         );
     }
     let mut found = Vec::with_capacity(ids.len());
@@ -409,11 +438,21 @@ mod tests {
     #[test]
     fn filters_parse() {
         let cases: &[(&str, Result<Vec<Clause>, ()>)] = &[
-            ("machineTags/any(tag: tag eq 'DEX-Scoped')", Ok(vec![Clause::Tag("DEX-Scoped".into())])),
-            ("machineTags/any(t:t eq 'a''b')", Ok(vec![Clause::Tag("a'b".into())])),
+            (
+                "machineTags/any(tag: tag eq 'DEX-Scoped')",
+                Ok(vec![Clause::Tag("DEX-Scoped".into())]),
+            ),
+            (
+                "machineTags/any(t:t eq 'a''b')",
+                Ok(vec![Clause::Tag("a'b".into())]),
+            ),
             (
                 "id eq 'abc' or computerDnsName eq 'ws-1' or aadDeviceId eq 'x'",
-                Ok(vec![Clause::Id("abc".into()), Clause::Dns("ws-1".into()), Clause::Aad("x".into())]),
+                Ok(vec![
+                    Clause::Id("abc".into()),
+                    Clause::Dns("ws-1".into()),
+                    Clause::Aad("x".into()),
+                ]),
             ),
             ("rbacGroupId eq 140", Ok(vec![Clause::RbacGroupId(140)])),
             ("lastSeen gt 2018-08-01Z", Err(())),

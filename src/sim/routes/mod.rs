@@ -43,7 +43,9 @@ impl ApiReq {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     pub fn json(&self) -> Option<&Value> {
@@ -276,7 +278,10 @@ pub fn skiptoken_decode(s: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim())
         .ok()?;
-    String::from_utf8(bytes).ok()?.strip_prefix("sim1|").map(str::to_string)
+    String::from_utf8(bytes)
+        .ok()?
+        .strip_prefix("sim1|")
+        .map(str::to_string)
 }
 
 #[cfg(test)]
@@ -305,7 +310,10 @@ mod tests {
     fn percent_decoding_and_tokens_round_trip() {
         assert_eq!(percent_decode("a%23EXT%23%40b"), "a#EXT#@b");
         assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(skiptoken_decode(&skiptoken_encode("m|x")).as_deref(), Some("m|x"));
+        assert_eq!(
+            skiptoken_decode(&skiptoken_encode("m|x")).as_deref(),
+            Some("m|x")
+        );
         assert_eq!(skiptoken_decode("garbage!"), None);
     }
 }

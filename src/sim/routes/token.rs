@@ -54,7 +54,9 @@ pub fn issue(
             400,
             "invalid_request",
             90002,
-            &format!("Tenant '{tenant_segment}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!(
+                "Tenant '{tenant_segment}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         );
     }
     if field("grant_type") != Some("client_credentials") {
@@ -128,7 +130,9 @@ pub fn issue(
                 400,
                 "invalid_scope",
                 1002012,
-                &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+                &format!(
+                    "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                ),
             );
         }
     };
@@ -181,7 +185,11 @@ fn mint(t: &mut Tenant, aud: &str, surface: Surface, client: &str) -> Reply {
 fn basic_credentials(authorization: Option<&str>) -> (Option<String>, Option<String>) {
     let decoded = authorization
         .and_then(|a| a.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|b| String::from_utf8(b).ok());
     match decoded.as_deref().and_then(|d| d.split_once(':')) {
         Some((id, secret)) => (
@@ -213,7 +221,9 @@ fn check_assertion(t: &Tenant, assertion: &str, client: &str) -> Result<(), Stri
     let tenant_path = format!("/{}/oauth2/v2.0/token", t.ids.tenant_id);
     let domain_path = format!("/{}/oauth2/v2.0/token", t.ids.tenant_domain);
     if !(aud.ends_with(&tenant_path) || aud.ends_with(&domain_path)) {
-        return Err(format!("Client assertion audience claim does not match Realm issuer: '{aud}'."));
+        return Err(format!(
+            "Client assertion audience claim does not match Realm issuer: '{aud}'."
+        ));
     }
     let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
     if exp * 1000 < t.now_ms() {
@@ -251,7 +261,10 @@ pub fn authorize(
     surface: Surface,
 ) -> Result<Caller, &'static str> {
     let token = authorization
-        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
+        .and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("bearer "))
+        })
         .ok_or("Access token is empty.")?;
     let claims = decode_claims(token.trim()).ok_or("IDX14100: JWT is not well formed.")?;
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
