@@ -204,7 +204,7 @@ impl Quotas {
     ) -> String {
         self.throttle_count += 1;
         let wait_ms = wait_ms.max(1);
-        let (text, given_ms) = if self.throttle_count % 2 == 0 {
+        let (text, given_ms) = if self.throttle_count.is_multiple_of(2) {
             (format!("{:.3}", wait_ms as f64 / 1000.0), wait_ms)
         } else {
             let secs = (wait_ms + 999) / 1000;

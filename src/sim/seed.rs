@@ -103,7 +103,7 @@ fn machine_at(rng: &mut ChaCha8Rng, n: usize, earlier: &[Machine]) -> Machine {
         match os {
             Os::Windows10 | Os::Windows11 => "ws",
             Os::WindowsServer2016 | Os::WindowsServer2019 | Os::WindowsServer2022 => {
-                if n % 17 == 0 { "srv-dc" } else { "srv" }
+                if n.is_multiple_of(17) { "srv-dc" } else { "srv" }
             }
             Os::Linux => "lnx",
             Os::MacOs => "mac",
@@ -589,7 +589,7 @@ fn build_kind(
                 .clone()
                 .unwrap_or_else(|| "someone@contoso.com".into());
             // Every other mailbox evidence carries no account: only the address identifies it.
-            let account = (id % 2 == 0).then_some(a.clone());
+            let account = id.is_multiple_of(2).then_some(a.clone());
             let ev = Evidence {
                 kind: EvidenceKind::Mailbox {
                     primary_address: addr.clone(),

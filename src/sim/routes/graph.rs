@@ -1433,7 +1433,7 @@ fn list_incidents(t: &Tenant, req: &ApiReq) -> Reply {
         }
     }
     // Most recently updated first; the keyset (update time, id) makes paging stable.
-    matching.sort_unstable_by(|a, b| (b.last_update, b.id).cmp(&(a.last_update, a.id)));
+    matching.sort_unstable_by_key(|i| std::cmp::Reverse((i.last_update, i.id)));
     let start = match req.q("$skiptoken") {
         None => 0,
         Some(tok) => {
