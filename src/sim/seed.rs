@@ -99,17 +99,20 @@ fn pick_os(rng: &mut ChaCha8Rng) -> Os {
 fn machine_at(rng: &mut ChaCha8Rng, n: usize, earlier: &[Machine]) -> Machine {
     let os = pick_os(rng);
     let site = SITES[rng.random_range(0..SITES.len())];
-    let prefix =
-        match os {
-            Os::Windows10 | Os::Windows11 => "ws",
-            Os::WindowsServer2016 | Os::WindowsServer2019 | Os::WindowsServer2022 => {
-                if n.is_multiple_of(17) { "srv-dc" } else { "srv" }
+    let prefix = match os {
+        Os::Windows10 | Os::Windows11 => "ws",
+        Os::WindowsServer2016 | Os::WindowsServer2019 | Os::WindowsServer2022 => {
+            if n.is_multiple_of(17) {
+                "srv-dc"
+            } else {
+                "srv"
             }
-            Os::Linux => "lnx",
-            Os::MacOs => "mac",
-            Os::Ios => "iphone",
-            Os::Android => "android",
-        };
+        }
+        Os::Linux => "lnx",
+        Os::MacOs => "mac",
+        Os::Ios => "iphone",
+        Os::Android => "android",
+    };
     // About 1 in 200 machines reuses an earlier DNS name (a reimaged or re-onboarded device).
     let dns: Box<str> = if n > 10 && rng.random_range(0..200) == 0 {
         earlier[rng.random_range(0..earlier.len())].dns.clone()
