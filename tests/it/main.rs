@@ -5,5 +5,6 @@ mod defender;
 mod desired;
 mod graph;
 mod http;
+mod sim;
 mod state;
 mod verdict;

@@ -1,0 +1,295 @@
+//! Service quotas of the simulated tenant: sliding windows per API surface at the documented
+//! rates, the `Retry-After` a throttled call gets, and the early-retry count.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// The API surfaces the real services throttle separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Surface {
+    /// The identity platform token endpoint (not throttled by the simulator).
+    Token,
+    /// Graph users, groups, devices, `$batch` envelopes and delta.
+    GraphDirectory,
+    /// Graph `/security/…`.
+    GraphSecurity,
+    /// Defender for Endpoint `/api/…`.
+    Mde,
+}
+
+impl Surface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::Token => "token",
+            Surface::GraphDirectory => "graph_directory",
+            Surface::GraphSecurity => "graph_security",
+            Surface::Mde => "mde",
+        }
+    }
+}
+
+/// Quota settings. `scale` shrinks every budget *and* its window by the same factor, so the
+/// sustained rate stays the documented one while bursts and `Retry-After` values get short:
+/// with `scale = 0.01` MDE allows 1 call per 0.6 s and 15 per 36 s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub enabled: bool,
+    pub scale: f64,
+    /// Graph directory resource units per 10 s for app + tenant (8,000 for a large tenant).
+    pub graph_ru_per_10s: u64,
+    /// Graph directory writes per 150 s.
+    pub graph_writes_per_150s: u64,
+    /// Graph security calls per minute.
+    pub security_per_min: u64,
+    /// MDE calls per minute.
+    pub mde_per_min: u64,
+    /// MDE calls per hour.
+    pub mde_per_hour: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scale: 1.0,
+            graph_ru_per_10s: 8_000,
+            graph_writes_per_150s: 3_000,
+            security_per_min: 150,
+            mde_per_min: 100,
+            mde_per_hour: 1_500,
+        }
+    }
+}
+
+/// What one call costs: Graph resource units and writes; every call costs one on the other
+/// surfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub ru: u32,
+    pub write: bool,
+}
+
+/// One sliding window: at most `limit` units within any `window_ms`.
+#[derive(Debug)]
+struct Window {
+    limit: u64,
+    window_ms: i64,
+    events: VecDeque<(i64, u64)>,
+    used: u64,
+}
+
+impl Window {
+    fn new(limit: u64, window_ms: i64, scale: f64) -> Self {
+        let limit = ((limit as f64) * scale).ceil().max(1.0) as u64;
+        let window_ms = ((window_ms as f64) * scale).round().max(1.0) as i64;
+        Self {
+            limit,
+            window_ms,
+            events: VecDeque::new(),
+            used: 0,
+        }
+    }
+
+    fn expire(&mut self, now: i64) {
+        while let Some(&(t, c)) = self.events.front() {
+            if t + self.window_ms <= now {
+                self.used -= c;
+                self.events.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Milliseconds until `cost` fits, or `None` when it fits now.
+    fn wait_ms(&mut self, now: i64, cost: u64) -> Option<i64> {
+        self.expire(now);
+        let cost = cost.min(self.limit);
+        if self.used + cost <= self.limit {
+            return None;
+        }
+        let mut freed = 0;
+        for &(t, c) in &self.events {
+            freed += c;
+            if self.used - freed + cost <= self.limit {
+                return Some((t + self.window_ms - now).max(1));
+            }
+        }
+        Some(self.window_ms)
+    }
+
+    fn add(&mut self, now: i64, cost: u64) {
+        if cost > 0 {
+            self.events.push_back((now, cost));
+            self.used += cost;
+        }
+    }
+}
+
+/// The quota state of the tenant (one application: the simulator issues tokens to one client).
+#[derive(Debug)]
+pub struct Quotas {
+    config: QuotaConfig,
+    graph_ru: Window,
+    graph_writes: Window,
+    security: Window,
+    mde_min: Window,
+    mde_hour: Window,
+    /// When each (client, surface) may call again, as told by the last `Retry-After`.
+    not_before: HashMap<(String, Surface), i64>,
+    throttle_count: u64,
+}
+
+impl Quotas {
+    pub fn new(config: QuotaConfig) -> Self {
+        let s = config.scale;
+        Self {
+            graph_ru: Window::new(config.graph_ru_per_10s, 10_000, s),
+            graph_writes: Window::new(config.graph_writes_per_150s, 150_000, s),
+            security: Window::new(config.security_per_min, 60_000, s),
+            mde_min: Window::new(config.mde_per_min, 60_000, s),
+            mde_hour: Window::new(config.mde_per_hour, 3_600_000, s),
+            config,
+            not_before: HashMap::new(),
+            throttle_count: 0,
+        }
+    }
+
+    pub fn config(&self) -> &QuotaConfig {
+        &self.config
+    }
+
+    /// Admits the call and charges it, or returns how long the caller must wait (ms).
+    pub fn admit(&mut self, surface: Surface, cost: Cost, now: i64) -> Result<(), i64> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let windows: Vec<(&mut Window, u64)> = match surface {
+            Surface::Token => return Ok(()),
+            Surface::GraphDirectory => {
+                let mut w = vec![(&mut self.graph_ru, u64::from(cost.ru))];
+                if cost.write {
+                    w.push((&mut self.graph_writes, 1));
+                }
+                w
+            }
+            Surface::GraphSecurity => vec![(&mut self.security, 1)],
+            Surface::Mde => vec![(&mut self.mde_min, 1), (&mut self.mde_hour, 1)],
+        };
+        let mut windows = windows;
+        let wait = windows
+            .iter_mut()
+            .filter_map(|(w, c)| w.wait_ms(now, *c))
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        for (w, c) in windows {
+            w.add(now, c);
+        }
+        Ok(())
+    }
+
+    /// The `Retry-After` value for a wait of `wait_ms`, alternating between whole and
+    /// fractional seconds as Graph does; records when the caller may come back.
+    pub fn retry_after(
+        &mut self,
+        client: &str,
+        surface: Surface,
+        wait_ms: i64,
+        now: i64,
+    ) -> String {
+        self.throttle_count += 1;
+        let wait_ms = wait_ms.max(1);
+        let (text, given_ms) = if self.throttle_count.is_multiple_of(2) {
+            (format!("{:.3}", wait_ms as f64 / 1000.0), wait_ms)
+        } else {
+            let secs = (wait_ms + 999) / 1000;
+            (secs.to_string(), secs * 1000)
+        };
+        let slot = self
+            .not_before
+            .entry((client.to_string(), surface))
+            .or_insert(0);
+        *slot = (*slot).max(now + given_ms);
+        text
+    }
+
+    /// True when this call comes before a `Retry-After` given to the same client and surface
+    /// has elapsed.
+    pub fn is_early(&self, client: &str, surface: Surface, now: i64) -> bool {
+        self.not_before
+            .get(&(client.to_string(), surface))
+            .is_some_and(|&t| now < t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_admits_up_to_limit_then_waits_for_the_oldest() {
+        let mut q = Quotas::new(QuotaConfig {
+            mde_per_min: 3,
+            ..QuotaConfig::default()
+        });
+        let one = Cost {
+            ru: 1,
+            write: false,
+        };
+        for t in [0, 10, 20] {
+            assert_eq!(q.admit(Surface::Mde, one, t), Ok(()));
+        }
+        assert_eq!(q.admit(Surface::Mde, one, 30), Err(59_970));
+        assert_eq!(q.admit(Surface::Mde, one, 60_000), Ok(()));
+    }
+
+    #[test]
+    fn scale_shrinks_budget_and_window_together() {
+        let mut q = Quotas::new(QuotaConfig {
+            scale: 0.01,
+            ..QuotaConfig::default()
+        });
+        let one = Cost {
+            ru: 1,
+            write: false,
+        };
+        assert_eq!(q.admit(Surface::Mde, one, 0), Ok(()));
+        assert_eq!(q.admit(Surface::Mde, one, 1), Err(599));
+        assert_eq!(q.admit(Surface::Mde, one, 600), Ok(()));
+    }
+
+    #[test]
+    fn writes_are_limited_separately_from_resource_units() {
+        let mut q = Quotas::new(QuotaConfig {
+            graph_writes_per_150s: 2,
+            ..QuotaConfig::default()
+        });
+        let write = Cost { ru: 1, write: true };
+        let read = Cost {
+            ru: 3,
+            write: false,
+        };
+        assert!(q.admit(Surface::GraphDirectory, write, 0).is_ok());
+        assert!(q.admit(Surface::GraphDirectory, write, 0).is_ok());
+        assert!(q.admit(Surface::GraphDirectory, write, 0).is_err());
+        assert!(q.admit(Surface::GraphDirectory, read, 0).is_ok());
+    }
+
+    #[test]
+    fn early_retry_is_measured_against_the_value_given() {
+        let mut q = Quotas::new(QuotaConfig::default());
+        let first = q.retry_after("app", Surface::Mde, 1_500, 0);
+        assert_eq!(first, "2");
+        assert!(q.is_early("app", Surface::Mde, 1_999));
+        assert!(!q.is_early("app", Surface::Mde, 2_000));
+        assert!(!q.is_early("other", Surface::Mde, 10));
+        let second = q.retry_after("app", Surface::Mde, 1_500, 10_000);
+        assert_eq!(second, "1.500");
+        assert!(q.is_early("app", Surface::Mde, 11_499));
+    }
+}

@@ -1,0 +1,160 @@
+//! `/_sim/…`: JSON inspection of the simulated tenant (requests, early retries, violations,
+//! throttling, comments, members, tags, placement) and runtime controls (device groups,
+//! incidents, faults, tokens, clock). Not authenticated: loopback only, tests and demo.
+
+use std::collections::BTreeMap;
+
+use axum::http::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Reply;
+use crate::sim::faults::FaultConfig;
+use crate::sim::model::GroupRule;
+use crate::sim::seed::{IncidentSpec, create_incident};
+use crate::sim::server::Shared;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+    rank: u32,
+    #[serde(flatten)]
+    rule: GroupRule,
+}
+
+#[derive(Deserialize)]
+struct Rank {
+    rank: u32,
+}
+
+#[derive(Deserialize)]
+struct Advance {
+    seconds: f64,
+}
+
+fn bad(msg: String) -> Reply {
+    Reply::json(400, json!({"error": msg}))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))
+}
+
+pub fn handle(
+    shared: &Shared,
+    method: &Method,
+    rest: &str,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Reply {
+    let mut t = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["stats"]) => Reply::json(200, serde_json::to_value(&t.stats).unwrap_or_default()),
+        ("POST", ["stats", "reset"]) => {
+            t.stats = Default::default();
+            Reply::empty(204)
+        }
+        ("GET", ["comments"]) => {
+            let counts: BTreeMap<String, usize> = t
+                .incidents
+                .list
+                .iter()
+                .filter(|i| !i.comments.is_empty())
+                .map(|i| (i.id.to_string(), i.comments.len()))
+                .collect();
+            Reply::json(200, json!(counts))
+        }
+        ("GET", ["incidents", id, "comments"]) => {
+            match id.parse::<u64>().ok().and_then(|n| t.incidents.get(n)) {
+                Some(i) => Reply::json(
+                    200,
+                    i.comments
+                        .iter()
+                        .map(|c| json!(c.comment))
+                        .collect::<Value>(),
+                ),
+                None => Reply::json(404, json!({"error": format!("no incident {id}")})),
+            }
+        }
+        ("POST", ["incidents"]) => match parse::<IncidentSpec>(body) {
+            Ok(spec) => {
+                let id = create_incident(&mut t, &spec);
+                Reply::json(201, json!({"id": id.to_string()}))
+            }
+            Err(r) => r,
+        },
+        ("GET", ["groups", id, "members"]) => match uuid::Uuid::parse_str(id) {
+            Ok(g) => {
+                let members: Vec<Value> = t
+                    .group_members(&g)
+                    .into_iter()
+                    .map(|(m, k)| json!({"id": m.to_string(), "type": k.map(|k| k.odata_type())}))
+                    .collect();
+                Reply::json(200, Value::Array(members))
+            }
+            Err(_) => bad(format!("{id} is not a group id")),
+        },
+        ("GET", ["machines"]) => {
+            let list = match q("tag") {
+                Some(tag) => t.machines_with_tag(tag),
+                None => (0..t.mde.machines.len() as u32)
+                    .map(|i| t.view_of(i))
+                    .collect(),
+            };
+            Reply::json(200, serde_json::to_value(list).unwrap_or_default())
+        }
+        ("GET", ["machines", id]) => match t.machine_view(id) {
+            Some(v) => Reply::json(200, serde_json::to_value(v).unwrap_or_default()),
+            None => Reply::json(404, json!({"error": format!("no machine {id}")})),
+        },
+        ("GET", ["device-groups"]) => {
+            Reply::json(200, serde_json::to_value(&t.mde.groups).unwrap_or_default())
+        }
+        ("POST", ["device-groups"]) => match parse::<NewGroup>(body) {
+            Ok(g) => {
+                let id = t.add_device_group(&g.name, g.rank, g.rule);
+                Reply::json(201, json!({"id": id}))
+            }
+            Err(r) => r,
+        },
+        ("DELETE", ["device-groups", id]) => match id.parse::<i64>() {
+            Ok(id) if t.remove_device_group(id) => Reply::empty(204),
+            _ => Reply::json(404, json!({"error": format!("no device group {id}")})),
+        },
+        ("POST", ["device-groups", id, "rank"]) => match (id.parse::<i64>(), parse::<Rank>(body)) {
+            (Ok(id), Ok(r)) if t.set_device_group_rank(id, r.rank) => Reply::empty(204),
+            (_, Err(r)) => r,
+            _ => Reply::json(404, json!({"error": format!("no device group {id}")})),
+        },
+        ("GET", ["faults"]) => Reply::json(
+            200,
+            serde_json::to_value(t.faults.config()).unwrap_or_default(),
+        ),
+        ("POST", ["faults"]) => match parse::<FaultConfig>(body) {
+            Ok(f) => {
+                t.faults.set(f);
+                Reply::empty(204)
+            }
+            Err(r) => r,
+        },
+        ("POST", ["tokens", "invalidate"]) => {
+            t.tokens.clear();
+            Reply::empty(204)
+        }
+        ("POST", ["clock", "advance"]) => match parse::<Advance>(body) {
+            Ok(a) if a.seconds >= 0.0 => {
+                t.clock_offset_ms += (a.seconds * 1000.0) as i64;
+                Reply::empty(204)
+            }
+            Ok(_) => bad("seconds must not be negative: the clock only moves forward".into()),
+            Err(r) => r,
+        },
+        _ => Reply::json(
+            404,
+            json!({"error": format!("no inspection route {method} /_sim{rest}")}),
+        ),
+    }
+}
