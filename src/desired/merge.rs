@@ -44,10 +44,12 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
     let has_error = diagnostics.iter().any(Diagnostic::is_error);
     // Only when nothing else is wrong: a file whose only entry is malformed is reported for
     // that entry, not also as "empty".
-    if state.is_empty() && !state.allow_empty && !has_error {
-        if let Some(at) = listed_at {
-            diagnostics.push(Diagnostic::error(at, empty_message(expired)));
-        }
+    if state.is_empty()
+        && !state.allow_empty
+        && !has_error
+        && let Some(at) = listed_at
+    {
+        diagnostics.push(Diagnostic::error(at, empty_message(expired)));
     }
     diagnostics.sort_by_key(|d| {
         let file = order.get(&d.at.file).copied().unwrap_or(usize::MAX);

@@ -371,7 +371,7 @@ fn a_directory_is_the_same_as_its_files() {
 #[test]
 fn directory_merge_takes_toml_files_in_name_order() {
     let dir = PathBuf::from("tests/data/desired/merge");
-    let loaded = desired::load(&[dir.clone()], today(), Mode::Strict).unwrap();
+    let loaded = desired::load(std::slice::from_ref(&dir), today(), Mode::Strict).unwrap();
     assert_eq!(
         loaded.state.sources,
         vec![dir.join("10-paris.toml"), dir.join("20-berlin.toml")],
