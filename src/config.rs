@@ -1557,6 +1557,13 @@ fn read_log(r: &Reader) -> Result<Log, ConfigError> {
     Ok(Log { format })
 }
 
+/// Every `(section, key)` the config accepts, in the documented order.
+pub fn known_keys() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SCHEMA
+        .iter()
+        .flat_map(|(section, keys)| keys.iter().map(move |key| (*section, *key)))
+}
+
 /// The built-in defaults as TOML (for documentation tests).
 pub fn defaults_toml() -> &'static str {
     DEFAULTS
