@@ -127,7 +127,8 @@ mod tests {
     #[test]
     fn verbosity_raises_the_level_and_rust_log_wins() {
         // (verbosity, RUST_LOG, lines expected, lines not expected)
-        let cases: &[(u8, Option<&str>, &[&str], &[&str])] = &[
+        type Case<'a> = (u8, Option<&'a str>, &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             (0, None, &["at info"], &["at debug", "dependency debug"]),
             (
                 1,

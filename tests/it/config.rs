@@ -818,3 +818,36 @@ fn example_config_loads_and_documents_every_key() {
         )
     );
 }
+
+#[test]
+fn binary_exit_codes_for_the_command_line() {
+    // (arguments, exit code, text expected on stdout or stderr)
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["--version"], 0, env!("CARGO_PKG_VERSION")),
+        (&["--help"], 0, "--config <PATH>"),
+        (&["validate", "--help"], 0, "--format <FORMAT>"),
+        // Usage errors are 64, never 2, which `plan` uses for "changes pending".
+        (&[], 64, "Usage"),
+        (&["validate"], 64, "<PATH>"),
+        (&["frobnicate"], 64, "unrecognized subcommand"),
+        (
+            &["validate", "x.toml", "--format", "xml"],
+            64,
+            "invalid value",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+            .args(*args)
+            .env_remove("DEXSCOPE_CONFIG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {text}");
+        assert!(text.contains(needle), "{args:?}: {needle:?} not in {text}");
+    }
+}
