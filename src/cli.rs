@@ -1,1 +1,162 @@
 //! Command-line interface: clap definitions of the global flags and the commands.
+//!
+//! Every command is one variant of [`Command`] with its own `…Args` struct, so a new command is
+//! a new variant plus a match arm in `main.rs`; the global flags stay here.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// Exit code for a command line clap cannot parse (`EX_USAGE`). Not clap's default 2, since
+/// `plan` uses 2 for "changes pending" and a CI pipeline must not mistake a typo for drift.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Keeps Defender Experts for XDR scoped coverage true to a desired state kept in git.
+#[derive(Debug, Parser)]
+#[command(name = "dexscope", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The config file (TOML). Commands that need no tenant access ignore it.
+    #[arg(
+        long,
+        global = true,
+        env = "DEXSCOPE_CONFIG",
+        value_name = "PATH",
+        default_value = DEFAULT_CONFIG_PATH
+    )]
+    pub config: PathBuf,
+
+    /// More detail in the logs: -v debug, -vv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands. Later ones (`plan`, `apply`, `check`, `run`, `sim`, `demo`, `verdict`,
+/// `export`, `status`) slot in as further variants.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check desired-state files offline (for CI in the GitOps repo): no network, no config.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Desired-state files or directories, taken together as one desired state.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// How findings are printed.
+    #[arg(long, value_enum, default_value_t = ValidateFormat::Text)]
+    pub format: ValidateFormat,
+}
+
+/// Output of `validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidateFormat {
+    /// `file:line:col: message`, one finding a line.
+    Text,
+    /// One JSON document.
+    Json,
+    /// GitHub Actions workflow commands (`::error file=…`), shown inline on the pull request.
+    Github,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// What a parsed command line should give: (config, verbosity, paths, format).
+    type Want = (&'static str, u8, &'static [&'static str], ValidateFormat);
+
+    fn check(args: &[&str], want: Option<Want>) {
+        let got = Cli::try_parse_from(args.iter().copied());
+        match (got, want) {
+            (Ok(cli), Some((config, verbose, paths, format))) => {
+                assert_eq!(cli.config, PathBuf::from(config), "{args:?}");
+                assert_eq!(cli.verbose, verbose, "{args:?}");
+                let Command::Validate(v) = cli.command;
+                let got_paths: Vec<PathBuf> = v.paths;
+                let want_paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+                assert_eq!(got_paths, want_paths, "{args:?}");
+                assert_eq!(v.format, format, "{args:?}");
+            }
+            (Err(_), None) => {}
+            (Ok(cli), None) => panic!("{args:?} should fail, parsed {cli:?}"),
+            (Err(e), Some(_)) => panic!("{args:?} should parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        use ValidateFormat::*;
+        // DEXSCOPE_CONFIG may be set where the tests run; the default case only holds without it.
+        let default_config = std::env::var("DEXSCOPE_CONFIG").unwrap_or(DEFAULT_CONFIG_PATH.into());
+        let default: &'static str = Box::leak(default_config.into_boxed_str());
+        let cases: &[(&[&str], Option<Want>)] = &[
+            (
+                &["dexscope", "validate", "a.toml"],
+                Some((default, 0, &["a.toml"], Text)),
+            ),
+            (
+                &[
+                    "dexscope", "--config", "/x.toml", "validate", "a", "b", "--format", "json",
+                ],
+                Some(("/x.toml", 0, &["a", "b"], Json)),
+            ),
+            (
+                &[
+                    "dexscope",
+                    "validate",
+                    "-vv",
+                    "d/",
+                    "--config",
+                    "c.toml",
+                    "--format=github",
+                ],
+                Some(("c.toml", 2, &["d/"], Github)),
+            ),
+            (
+                &["dexscope", "-v", "-v", "-v", "validate", "a"],
+                Some((default, 3, &["a"], Text)),
+            ),
+            (&["dexscope", "validate"], None),
+            (&["dexscope", "validate", "a", "--format", "xml"], None),
+            (&["dexscope"], None),
+            (&["dexscope", "frobnicate"], None),
+        ];
+        for (args, want) in cases {
+            check(args, *want);
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_not_usage_errors() {
+        for flag in ["--help", "--version"] {
+            let err = Cli::try_parse_from(["dexscope", flag]).unwrap_err();
+            assert!(
+                !err.use_stderr(),
+                "{flag} should print to stdout and succeed"
+            );
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "--config",
+            "DEXSCOPE_CONFIG",
+            "/etc/dexscope/config.toml",
+            "validate",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle}: {help}");
+        }
+    }
+}

@@ -1,3 +1,78 @@
 //! The `dexscope` binary: command dispatch and exit codes.
+//!
+//! Thin on purpose: parse the command line, set up logging, hand over to the library, turn the
+//! outcome into an explicit exit code. `anyhow` appears here and nowhere else.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use dexscope::cli::{Cli, Command, EXIT_USAGE, ValidateArgs};
+use dexscope::config::{self, Config, LogFormat};
+use dexscope::telemetry;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; anything else is a usage error.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dexscope: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Validate(args) => {
+            // validate needs no config, so its logs are always plain text.
+            telemetry::init(LogFormat::Text, cli.verbose)?;
+            Ok(run_validate(args))
+        }
+    }
+}
+
+fn run_validate(args: &ValidateArgs) -> ExitCode {
+    let _ = args;
+    eprintln!("validate: not wired");
+    ExitCode::from(1)
+}
+
+/// Loads the config for a command that talks to the tenant, sets up logging in the configured
+/// format and logs the load warnings. A bad config prints one line and yields exit 78, before
+/// any request.
+// First callers: the plan, apply, check and run commands.
+#[allow(dead_code)]
+fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    let config = match config::load_for_command(&cli.config, std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("dexscope: {e}");
+            return Err(ExitCode::from(config::EXIT_CONFIG));
+        }
+    };
+    if let Err(e) = telemetry::init(config.log.format, cli.verbose) {
+        eprintln!("dexscope: {e}");
+        return Err(ExitCode::FAILURE);
+    }
+    for warning in &config.warnings {
+        tracing::warn!(config = %config.path.display(), "{warning}");
+    }
+    Ok(config)
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
