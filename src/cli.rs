@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -41,6 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Check desired-state files offline (for CI in the GitOps repo): no network, no config.
     Validate(ValidateArgs),
+    /// Serve the simulated tenant (token endpoint, Graph and MDE subsets) on loopback.
+    Sim(crate::sim::SimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,16 +56,7 @@ pub struct ValidateArgs {
     pub format: ValidateFormat,
 }
 
-/// Output of `validate`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ValidateFormat {
-    /// `file:line:col: message`, one finding a line.
-    Text,
-    /// One JSON document.
-    Json,
-    /// GitHub Actions workflow commands (`::error file=…`), shown inline on the pull request.
-    Github,
-}
+pub use crate::desired::ValidateFormat;
 
 #[cfg(test)]
 mod tests {
@@ -85,7 +78,9 @@ mod tests {
             (Ok(cli), Some((config, verbose, paths, format))) => {
                 assert_eq!(cli.config, PathBuf::from(config), "{args:?}");
                 assert_eq!(cli.verbose, verbose, "{args:?}");
-                let Command::Validate(v) = cli.command;
+                let Command::Validate(v) = cli.command else {
+                    panic!("{args:?} should parse as validate");
+                };
                 let got_paths: Vec<PathBuf> = v.paths;
                 let want_paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
                 assert_eq!(got_paths, want_paths, "{args:?}");

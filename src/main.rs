@@ -39,13 +39,24 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             telemetry::init(LogFormat::Text, cli.verbose)?;
             Ok(run_validate(args))
         }
+        Command::Sim(args) => {
+            telemetry::init(LogFormat::Text, cli.verbose)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dexscope::sim::run_command(args.clone()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn run_validate(args: &ValidateArgs) -> ExitCode {
-    let _ = args;
-    eprintln!("validate: not wired");
-    ExitCode::from(1)
+    let today = chrono::Local::now().date_naive();
+    let code = dexscope::desired::validate_command(
+        &args.paths,
+        args.format,
+        today,
+        &mut std::io::stdout().lock(),
+    );
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// Loads the config for a command that talks to the tenant, sets up logging in the configured
