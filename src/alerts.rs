@@ -433,7 +433,8 @@ mod tests {
 
     #[test]
     fn transitions() {
-        let cases: Vec<(&str, Vec<(i64, Observation)>, Vec<&str>)> = vec![
+        type Steps = Vec<(i64, Observation)>;
+        let cases: Vec<(&str, Steps, Vec<&str>)> = vec![
             (
                 "good stays silent",
                 vec![(0, good()), (10, good())],

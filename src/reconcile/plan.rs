@@ -488,15 +488,15 @@ pub fn plan(desired: &ResolvedDesired, actual: &Actual, settings: &PlanSettings)
     }
 }
 
+/// Removal candidates with the tenant object they came from (to match unresolved entries).
+type Candidates<'a, I, S> = Vec<(Change<I>, &'a S)>;
+
 /// Adds (desired users who are not members) and removal candidates (members not desired, and
 /// every non-user member).
 fn user_changes<'a>(
     desired: &ResolvedDesired,
     actual: &'a Actual,
-) -> (
-    Vec<Change<UserId>>,
-    Vec<(Change<ObjectId>, &'a GroupMember)>,
-) {
+) -> (Vec<Change<UserId>>, Candidates<'a, ObjectId, GroupMember>) {
     let member_ids: HashSet<&str> = actual
         .members
         .iter()
@@ -566,10 +566,7 @@ fn user_object_id(id: &UserId) -> ObjectId {
 fn device_changes<'a>(
     desired: &ResolvedDesired,
     actual: &'a Actual,
-) -> (
-    Vec<Change<MachineId>>,
-    Vec<(Change<MachineId>, &'a Machine)>,
-) {
+) -> (Vec<Change<MachineId>>, Candidates<'a, MachineId, Machine>) {
     let tagged_ids: HashSet<&str> = actual.tagged.iter().map(|m| m.id.as_str()).collect();
     let desired_ids: HashSet<&str> = desired.devices.iter().map(|d| d.id.as_str()).collect();
 
