@@ -51,7 +51,13 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     (
         "endpoints",
-        &["login", "graph", "defender", "defender_scope"],
+        &[
+            "login",
+            "graph",
+            "defender",
+            "graph_scope",
+            "defender_scope",
+        ],
     ),
     (
         "scope",
@@ -1375,24 +1381,10 @@ fn read_endpoints(r: &Reader, cloud: Cloud) -> Result<Endpoints, ConfigError> {
     let login = r.endpoint(("endpoints", "login"), preset.login)?;
     let graph = r.endpoint(("endpoints", "graph"), preset.graph)?;
     let defender = r.endpoint(("endpoints", "defender"), preset.defender)?;
-    let graph_scope = format!("{}/.default", graph.origin().ascii_serialization());
-    let defender_scope = match r.opt_str(("endpoints", "defender_scope"))? {
-        None => preset.defender_scope.to_string(),
-        Some(s) => {
-            let s = s.trim().to_string();
-            let ok = s.ends_with("/.default")
-                && Url::parse(&s).is_ok_and(|u| check_transport(&u).is_ok());
-            if !ok {
-                return Err(r.invalid(
-                    ("endpoints", "defender_scope"),
-                    format!("{} is not a resource scope", r.quote(&s)),
-                    "write the resource URI followed by /.default, like \
-                     https://api.securitycenter.microsoft.com/.default",
-                ));
-            }
-            s
-        }
-    };
+    // A token's scope names the resource (the API's app id URI), not the address it is called
+    // at: an `[endpoints]` override (a proxy, the simulated tenant) keeps the cloud's scope.
+    let graph_scope = read_scope_uri(r, "graph_scope", format!("{}/.default", preset.graph))?;
+    let defender_scope = read_scope_uri(r, "defender_scope", preset.defender_scope.to_string())?;
     Ok(Endpoints {
         login,
         graph,
@@ -1400,6 +1392,24 @@ fn read_endpoints(r: &Reader, cloud: Cloud) -> Result<Endpoints, ConfigError> {
         graph_scope,
         defender_scope,
     })
+}
+
+/// `[endpoints] <key>`: a resource scope override, `https://…/.default`.
+fn read_scope_uri(r: &Reader, key: &'static str, preset: String) -> Result<String, ConfigError> {
+    let Some(s) = r.opt_str(("endpoints", key))? else {
+        return Ok(preset);
+    };
+    let s = s.trim().to_string();
+    let ok = s.ends_with("/.default") && Url::parse(&s).is_ok_and(|u| check_transport(&u).is_ok());
+    if !ok {
+        return Err(r.invalid(
+            ("endpoints", key),
+            format!("{} is not a resource scope", r.quote(&s)),
+            "write the resource URI followed by /.default, like \
+             https://api.securitycenter.microsoft.com/.default",
+        ));
+    }
+    Ok(s)
 }
 
 fn read_scope(

@@ -31,6 +31,7 @@
 //! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics).
 //! - `state`: SQLite: audit log, cursors, tag timestamps, alert state.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
+//! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
 //!
 //! # Architecture invariants
 //!
@@ -60,3 +61,4 @@ pub mod reconcile;
 pub mod sim;
 pub mod state;
 pub mod telemetry;
+pub mod tenant;

@@ -151,14 +151,29 @@ pub fn encode_query_value(s: &str) -> String {
 impl Client {
     /// Builds the one `reqwest::Client` (rustls, timeouts, `User-Agent: dexscope/<version>`).
     pub fn new(settings: Settings, bearer: Arc<dyn BearerSource>) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let http = Self::build_reqwest(&settings)?;
+        Ok(Self::with_reqwest(settings, bearer, http))
+    }
+
+    /// The process's one `reqwest::Client`, built from `settings`; the token cache is given the
+    /// same client (see [`Client::with_reqwest`]) so tokens and API calls share one pool.
+    pub fn build_reqwest(settings: &Settings) -> Result<reqwest::Client, Error> {
+        reqwest::Client::builder()
             .tls_backend_rustls()
             .user_agent(concat!("dexscope/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             .build()
-            .map_err(|e| Error::Build(error_chain(&e)))?;
-        Ok(Self {
+            .map_err(|e| Error::Build(error_chain(&e)))
+    }
+
+    /// Wraps an existing `reqwest::Client` (built by [`Client::build_reqwest`]).
+    pub fn with_reqwest(
+        settings: Settings,
+        bearer: Arc<dyn BearerSource>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 http,
                 limits: Limits::new(&settings.quotas),
@@ -166,7 +181,7 @@ impl Client {
                 settings,
                 bearer,
             }),
-        })
+        }
     }
 
     pub fn settings(&self) -> &Settings {

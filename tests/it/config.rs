@@ -266,9 +266,10 @@ fn environment_overrides_every_kind_of_value() {
     assert_eq!(config.scope.device_tag, "007");
     assert_eq!(config.metrics.listen.to_string(), "[::1]:0");
     assert_eq!(config.endpoints.graph.as_str(), "http://127.0.0.1:8080/");
+    // The scope names the resource, not the address it is reached at.
     assert_eq!(
         config.endpoints.graph_scope,
-        "http://127.0.0.1:8080/.default"
+        "https://graph.microsoft.com/.default"
     );
 }
 

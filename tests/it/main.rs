@@ -8,4 +8,5 @@ mod graph;
 mod http;
 mod sim;
 mod state;
+mod tenant;
 mod verdict;
