@@ -97,7 +97,7 @@ impl Limits {
 
     async fn wait_not_before(&self, surface: Surface) {
         loop {
-            let until = *self.not_before[surface.index()]
+            let until = *self.not_before[gate(surface)]
                 .lock()
                 .expect("not-before lock");
             match until {
@@ -109,12 +109,22 @@ impl Limits {
 
     /// No request to `surface` is sent before `until` (a later instant wins).
     pub(crate) fn hold_until(&self, surface: Surface, until: Instant) {
-        let mut nb = self.not_before[surface.index()]
+        let mut nb = self.not_before[gate(surface)]
             .lock()
             .expect("not-before lock");
         if nb.is_none_or(|t| t < until) {
             *nb = Some(until);
         }
+    }
+}
+
+/// The `Retry-After` gate of a surface. Graph directory reads and writes share one: a 429's
+/// throttle scope may be `ReadWrite` (api-facts C.2), and the service counts every request of
+/// the app to the directory against it, so a wait on either holds both.
+fn gate(surface: Surface) -> usize {
+    match surface {
+        Surface::GraphRead | Surface::GraphWrite => Surface::GraphRead.index(),
+        other => other.index(),
     }
 }
 

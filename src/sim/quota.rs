@@ -139,7 +139,11 @@ pub struct Quotas {
     mde_min: Window,
     mde_hour: Window,
     /// When each (client, surface) may call again, as told by the last `Retry-After`.
-    not_before: HashMap<(String, Surface), i64>,
+    /// Per client and surface: the instant before which a call is early, and the top-level
+    /// request that was told so.
+    not_before: HashMap<(String, Surface), (i64, u64)>,
+    /// The top-level HTTP request being served; `$batch` items share their envelope's.
+    current_request: u64,
     throttle_count: u64,
 }
 
@@ -154,6 +158,7 @@ impl Quotas {
             mde_hour: Window::new(config.mde_per_hour, 3_600_000, s),
             config,
             not_before: HashMap::new(),
+            current_request: 0,
             throttle_count: 0,
         }
     }
@@ -210,12 +215,21 @@ impl Quotas {
             let secs = (wait_ms + 999) / 1000;
             (secs.to_string(), secs * 1000)
         };
+        let request = self.current_request;
         let slot = self
             .not_before
             .entry((client.to_string(), surface))
-            .or_insert(0);
-        *slot = (*slot).max(now + given_ms);
+            .or_insert((0, request));
+        if now + given_ms > slot.0 {
+            *slot = (now + given_ms, request);
+        }
         text
+    }
+
+    /// Marks the start of a top-level HTTP request. Items of one `$batch` arrive together, so
+    /// a `Retry-After` given to one item cannot make its siblings early.
+    pub fn begin_request(&mut self) {
+        self.current_request += 1;
     }
 
     /// True when this call comes before a `Retry-After` given to the same client and surface
@@ -223,7 +237,7 @@ impl Quotas {
     pub fn is_early(&self, client: &str, surface: Surface, now: i64) -> bool {
         self.not_before
             .get(&(client.to_string(), surface))
-            .is_some_and(|&t| now < t)
+            .is_some_and(|&(t, told)| now < t && told < self.current_request)
     }
 }
 
@@ -283,13 +297,18 @@ mod tests {
     #[test]
     fn early_retry_is_measured_against_the_value_given() {
         let mut q = Quotas::new(QuotaConfig::default());
+        q.begin_request();
         let first = q.retry_after("app", Surface::Mde, 1_500, 0);
         assert_eq!(first, "2");
+        // Calls of the same request (its `$batch` siblings) are not retries.
+        assert!(!q.is_early("app", Surface::Mde, 5));
+        q.begin_request();
         assert!(q.is_early("app", Surface::Mde, 1_999));
         assert!(!q.is_early("app", Surface::Mde, 2_000));
         assert!(!q.is_early("other", Surface::Mde, 10));
         let second = q.retry_after("app", Surface::Mde, 1_500, 10_000);
         assert_eq!(second, "1.500");
+        q.begin_request();
         assert!(q.is_early("app", Surface::Mde, 11_499));
     }
 }

@@ -219,6 +219,7 @@ fn route_label(service: Service, req: &ApiReq) -> &'static str {
 /// connection) and a delay to apply before answering.
 fn serve_api(shared: &Shared, service: Service, req: &ApiReq) -> (Option<Reply>, Option<u64>) {
     let mut t = lock(shared);
+    t.quotas.begin_request();
     count_http(&mut t, route_label(service, req));
     let surface = match service {
         Service::Mde => Surface::Mde,
