@@ -433,3 +433,159 @@ async fn gather(
         schedule: Some(config.schedule.clone()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::priority::check::{Severity, check_priority};
+    use crate::reconcile::plan::{GroupKind, UnresolvedKind};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn pass(name: &str, minutes_ago: i64, ok: bool, summary: serde_json::Value) -> LoopPass {
+        LoopPass {
+            loop_name: name.into(),
+            started: now() - TimeDelta::minutes(minutes_ago + 1),
+            finished: now() - TimeDelta::minutes(minutes_ago),
+            ok,
+            summary,
+        }
+    }
+
+    fn finding(kind: FindingKind, count: usize) -> Finding {
+        let severity = match kind {
+            FindingKind::Outranked { .. } | FindingKind::TagNotMatched => Severity::Critical,
+            FindingKind::Ok | FindingKind::Pending => Severity::Ok,
+            _ => Severity::Warning,
+        };
+        Finding {
+            kind,
+            severity,
+            count,
+            sample: (1..=count.min(2)).map(|n| format!("d{n}")).collect(),
+            incidents: Vec::new(),
+            summary: String::new(),
+        }
+    }
+
+    fn schedule() -> Schedule {
+        Schedule {
+            reconcile_every: Duration::from_secs(300),
+            priority_every: Duration::from_secs(900),
+            incidents_every: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        let base = Inputs {
+            device_group_name: "G".into(),
+            tagged: 3,
+            findings: vec![finding(FindingKind::Ok, 3)],
+            schedule: Some(schedule()),
+            ..Inputs::default()
+        };
+        let with = |f: &dyn Fn(&mut Inputs)| {
+            let mut i = base.clone();
+            f(&mut i);
+            i
+        };
+        let cases: Vec<(&str, Inputs, &str)> = vec![
+            ("all fine", base.clone(), "OK - 3 tagged devices in G"),
+            (
+                "fresh passes are fine",
+                with(&|i| i.passes = vec![pass("reconcile", 14, true, json!({}))]),
+                "OK - 3 tagged devices in G",
+            ),
+            (
+                "stale after three intervals",
+                with(&|i| i.passes = vec![pass("reconcile", 16, true, json!({}))]),
+                "WARNING - last successful reconcile pass is stale (16m old)",
+            ),
+            (
+                "a failed pass",
+                with(&|i| i.passes = vec![pass("incidents", 0, false, json!({}))]),
+                "WARNING - last incidents pass failed at 2026-12-01 12:00:00Z",
+            ),
+            (
+                "drift pending",
+                with(&|i| {
+                    i.passes = vec![pass("reconcile", 1, true, json!({"pending_changes": 4}))]
+                }),
+                "WARNING - 4 changes pending (drift)",
+            ),
+            (
+                "unresolved entries, with more",
+                with(&|i| {
+                    i.unresolved = (0..5)
+                        .map(|n| Unresolved {
+                            entry: format!("e{n}"),
+                            problem: UnresolvedKind::UnknownDevice,
+                        })
+                        .collect()
+                }),
+                "WARNING - 5 unresolved desired entries (e0, e1, e2, +2 more)",
+            ),
+            (
+                "critical outranks warning, unmatched named",
+                with(&|i| {
+                    i.findings = vec![
+                        finding(FindingKind::TagNotMatched, 1),
+                        finding(FindingKind::Pending, 2),
+                    ]
+                }),
+                "CRITICAL - tag not matched by the device group rule (1 device in UnassignedGroup: d1); 2 tagged devices pending propagation (d1, d2)",
+            ),
+            (
+                "guard and invalid desired state",
+                with(&|i| {
+                    i.desired_invalid = Some("desired state is invalid (1 error)".into());
+                    i.guard_refusals = vec![GuardRefusal {
+                        group: GroupKind::Devices,
+                        removals: 60,
+                        max_removals: 50,
+                        at: now(),
+                    }];
+                }),
+                "CRITICAL - desired state is invalid (1 error); removal guard refused 60 removals from devices (max_removals 50); run apply --allow-mass-removal if intended",
+            ),
+        ];
+        for (name, inputs, want) in cases {
+            let got = evaluate(&inputs, now());
+            let head = got.line.split(" | ").next().unwrap();
+            assert_eq!(head, format!("DEXSCOPE {want}"), "case {name}");
+        }
+    }
+
+    #[test]
+    fn perfdata_and_unknown() {
+        let p = crate::priority::check::Placement {
+            device_group_name: "G".into(),
+            propagation_grace: TimeDelta::hours(2),
+            tagged: Vec::new(),
+            missing_tag: Vec::new(),
+            sightings: Vec::new(),
+        };
+        let out = evaluate(
+            &Inputs {
+                findings: check_priority(&p, now()),
+                alerts_firing: 2,
+                ..Inputs::default()
+            },
+            now(),
+        );
+        assert!(out.line.ends_with(
+            "| tagged=0 in_group=0 outranked=0 unmatched=0 pending=0 missing_tag=0 unresolved=0 alerts_firing=2"
+        ));
+        let u = Outcome::unknown("bad config: x | y\nz");
+        assert_eq!(u.line, "DEXSCOPE UNKNOWN - bad config: x   y z");
+        assert_eq!(u.status.code(), 3);
+        assert_eq!(u.json()["status"], "unknown");
+    }
+}
