@@ -212,3 +212,73 @@ pub fn resolve_devices(
     }
     (resolved, unresolved)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{AadDeviceId, DnsName};
+
+    fn machine(n: u32, dns: &str, aad: Option<&str>) -> Machine {
+        Machine {
+            id: MachineId::parse(&format!("{n:040x}")).unwrap(),
+            dns_name: Some(DnsName::parse(dns).unwrap()),
+            aad_device_id: aad.map(|a| AadDeviceId::parse(a).unwrap()),
+            os_platform: None,
+            tags: Vec::new(),
+            rbac_group_id: None,
+            rbac_group_name: None,
+        }
+    }
+
+    #[test]
+    fn resolves_desired_devices_by_id_name_and_entra_id() {
+        let aad = "1a2b3c4d-1111-2222-3333-444455556666";
+        let machines = vec![
+            machine(1, "ws-01.contoso.local", None),
+            machine(2, "dup.contoso.local", None),
+            machine(3, "dup.contoso.local", Some(aad)),
+        ];
+        let text = format!(
+            "devices = [\"WS-01.contoso.local\", \"{:040x}\", \"{aad}\", \"dup.contoso.local\", \
+             \"gone.contoso.local\", \"{:040x}\"]\n",
+            2, 9
+        );
+        let d = crate::desired::parse_str(
+            Path::new("d.toml"),
+            &text,
+            chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            crate::desired::Mode::Strict,
+        )
+        .unwrap();
+        let (ok, bad) = resolve_devices(&d.state, &machines);
+        let ok: Vec<(String, String)> = ok
+            .iter()
+            .map(|r| (r.id.as_str()[38..].to_string(), r.label.clone()))
+            .collect();
+        assert_eq!(
+            ok,
+            [
+                ("01".to_string(), "ws-01.contoso.local".to_string()),
+                ("02".into(), format!("{:040x}", 2)),
+                ("03".into(), aad.to_string()),
+            ]
+        );
+        let bad: Vec<(&str, bool)> = bad
+            .iter()
+            .map(|u| {
+                let ambiguous = matches!(u.problem, UnresolvedKind::AmbiguousName { .. });
+                (u.entry.as_str(), ambiguous)
+            })
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                ("dup.contoso.local", true),
+                ("gone.contoso.local", false),
+                (format!("{:040x}", 9).as_str(), false),
+            ]
+        );
+    }
+}
