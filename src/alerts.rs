@@ -4,14 +4,22 @@
 //! [`Observation`]; [`step`] folds it into the persisted [`AlertRecord`] and says whether a
 //! [`Notice`] is due: `Firing` on the transition to bad, `Repeat` every `renotify_every` while
 //! still bad, `Resolved` once when fixed, nothing otherwise. Sinks consume notices: the log event
-//! ([`log_notice`]) and the webhook body ([`webhook_body`]) live here; sending the webhook and
-//! the metrics gauges are separate sinks fed the same `Notice` values and records.
+//! ([`log_notice`]), the webhook ([`webhook_body`], [`Webhook`]) and the metrics values
+//! ([`AlertMetrics`]) consume the same `Notice` values and records. [`Alerter`] ties them
+//! together: load the stored record, step, notify, persist.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::config::Config;
+use crate::state::{State, StateError};
 
 /// Every kind of alert, by its stable snake_case name (webhook `alert`, log field `alert`,
 /// metrics label, state database key).
@@ -182,7 +190,7 @@ impl Observation {
 }
 
 /// Why a notice is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// The alert turned bad (or got worse: warning → critical).
@@ -379,6 +387,355 @@ pub fn log_notice(notice: &Notice) {
             "alert resolved: {summary}"
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinks: the webhook sender, the metrics values, and the `Alerter` that ties them to the state.
+
+/// How the webhook is sent. Failures are logged and counted, never fatal.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// The URL, a secret: it carries its own access token (Teams Workflows, Slack, …).
+    pub url: SecretString,
+    /// Attempts per notice (at least one).
+    pub max_attempts: u32,
+    /// The first backoff delay; doubles each attempt.
+    pub base_delay: Duration,
+    /// No wait (backoff or `Retry-After`) is longer than this; a longer `Retry-After` gives up.
+    pub max_delay: Duration,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &"[redacted]")
+            .field("max_attempts", &self.max_attempts)
+            .field("base_delay", &self.base_delay)
+            .field("max_delay", &self.max_delay)
+            .finish()
+    }
+}
+
+impl WebhookSettings {
+    /// Three attempts, 2 s then 4 s apart, `Retry-After` honoured up to a minute.
+    pub fn new(url: SecretString) -> Self {
+        WebhookSettings {
+            url,
+            max_attempts: 3,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a webhook notice was not delivered. Never holds the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(
+        "the alert webhook URL is not a valid URL; check the file named by alerts.webhook_url_file"
+    )]
+    BadUrl,
+    #[error("cannot build the webhook HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error(
+        "the alert webhook answered {status} after {attempts} attempt(s); check the receiving workflow"
+    )]
+    Status { status: u16, attempts: u32 },
+    #[error(
+        "the alert webhook asked to wait {wait:?} (Retry-After), longer than allowed; notice dropped"
+    )]
+    RetryAfterTooLong { wait: Duration },
+    #[error("sending to the alert webhook failed after {attempts} attempt(s): {source}")]
+    Send {
+        attempts: u32,
+        // `without_url()` is applied before this is built: the URL never reaches a message.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Posts webhook bodies with a small bounded retry (429/5xx/network errors; `Retry-After`
+/// honoured). Only the HTTP layer retries API calls; the webhook is not an API surface with
+/// quotas or tokens, so it carries its own few attempts here.
+#[derive(Clone)]
+pub struct Webhook {
+    settings: WebhookSettings,
+    url: url::Url,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Webhook {
+    pub fn new(settings: WebhookSettings) -> Result<Self, WebhookError> {
+        let url =
+            url::Url::parse(settings.url.expose_secret()).map_err(|_| WebhookError::BadUrl)?;
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| WebhookError::Client(e.without_url()))?;
+        Ok(Webhook {
+            settings,
+            url,
+            client,
+        })
+    }
+
+    /// Posts one body; returns the attempts made. Bounded: at most `max_attempts` requests.
+    pub async fn send(&self, body: &Value) -> Result<u32, WebhookError> {
+        let max = self.settings.max_attempts.max(1);
+        let mut delay = self.settings.base_delay;
+        for attempt in 1..=max {
+            let result = self.client.post(self.url.clone()).json(body).send().await;
+            let wait = match result {
+                Ok(resp) if resp.status().is_success() => return Ok(attempt),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retryable = status == 429 || status >= 500;
+                    if !retryable || attempt == max {
+                        return Err(WebhookError::Status {
+                            status,
+                            attempts: attempt,
+                        });
+                    }
+                    let asked = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| crate::http::parse_retry_after(v, SystemTime::now()));
+                    match asked {
+                        Some(wait) if wait > self.settings.max_delay => {
+                            return Err(WebhookError::RetryAfterTooLong { wait });
+                        }
+                        // Never earlier than asked.
+                        Some(wait) => wait.max(delay.min(self.settings.max_delay)),
+                        None => delay.min(self.settings.max_delay),
+                    }
+                }
+                Err(e) if attempt == max => {
+                    return Err(WebhookError::Send {
+                        attempts: attempt,
+                        source: e.without_url(),
+                    });
+                }
+                Err(_) => delay.min(self.settings.max_delay),
+            };
+            tokio::time::sleep(wait).await;
+            delay = delay.saturating_mul(2);
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+}
+
+/// Alert figures for the metrics endpoint, kept as plain values: per kind, how many alerts are
+/// firing now (a gauge) and how many notices of each kind were sent (counters); webhook
+/// deliveries and failures (counters).
+#[derive(Debug, Default)]
+pub struct AlertMetrics {
+    inner: Mutex<MetricsInner>,
+}
+
+#[derive(Debug, Default)]
+struct MetricsInner {
+    /// Firing alerts by kind and subject (the gauge counts them per kind).
+    firing: BTreeSet<(AlertKind, String)>,
+    notices: BTreeMap<(AlertKind, NoticeKind), u64>,
+    webhook_sent: u64,
+    webhook_failed: u64,
+}
+
+/// A copy of the alert figures at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct AlertMetricsSnapshot {
+    /// Every kind, in [`AlertKind::ALL`] order.
+    pub kinds: Vec<KindFigures>,
+    pub webhook_sent: u64,
+    pub webhook_failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindFigures {
+    pub kind: AlertKind,
+    /// Alerts of this kind firing now (gauge).
+    pub firing: u64,
+    pub firing_notices: u64,
+    pub repeat_notices: u64,
+    pub resolved_notices: u64,
+}
+
+impl AlertMetricsSnapshot {
+    pub fn kind(&self, kind: AlertKind) -> &KindFigures {
+        self.kinds
+            .iter()
+            .find(|k| k.kind == kind)
+            .expect("every kind is in a snapshot")
+    }
+
+    /// Alerts firing now, of any kind.
+    pub fn firing_total(&self) -> u64 {
+        self.kinds.iter().map(|k| k.firing).sum()
+    }
+}
+
+impl AlertMetrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MetricsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, r: &AlertRecord) {
+        let key = (r.kind, r.subject.clone());
+        let mut m = self.lock();
+        match r.state {
+            AlertState::Firing => m.firing.insert(key),
+            AlertState::Resolved => m.firing.remove(&key),
+        };
+    }
+
+    fn count_notice(&self, n: &Notice) {
+        *self.lock().notices.entry((n.alert, n.notice)).or_default() += 1;
+    }
+
+    fn count_webhook(&self, ok: bool) {
+        let mut m = self.lock();
+        if ok {
+            m.webhook_sent += 1;
+        } else {
+            m.webhook_failed += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> AlertMetricsSnapshot {
+        let m = self.lock();
+        let n = |k, kind| m.notices.get(&(k, kind)).copied().unwrap_or(0);
+        AlertMetricsSnapshot {
+            kinds: AlertKind::ALL
+                .into_iter()
+                .map(|k| KindFigures {
+                    kind: k,
+                    firing: m.firing.iter().filter(|(fk, _)| *fk == k).count() as u64,
+                    firing_notices: n(k, NoticeKind::Firing),
+                    repeat_notices: n(k, NoticeKind::Repeat),
+                    resolved_notices: n(k, NoticeKind::Resolved),
+                })
+                .collect(),
+            webhook_sent: m.webhook_sent,
+            webhook_failed: m.webhook_failed,
+        }
+    }
+}
+
+/// Steps an alert, persists it and notifies every sink. One per process; cheap to share.
+#[derive(Debug)]
+pub struct Alerter {
+    state: Arc<State>,
+    tenant_id: String,
+    renotify_every: TimeDelta,
+    webhook: Option<Webhook>,
+    metrics: Arc<AlertMetrics>,
+}
+
+impl Alerter {
+    /// Builds the alerter and loads the stored alerts into the gauges, so a restart shows the
+    /// alerts still firing at once.
+    pub fn new(
+        state: Arc<State>,
+        tenant_id: impl Into<String>,
+        renotify_every: Duration,
+        webhook: Option<Webhook>,
+    ) -> Result<Self, StateError> {
+        let metrics = Arc::new(AlertMetrics::default());
+        for r in state.alerts()? {
+            metrics.set_state(&r);
+        }
+        Ok(Alerter {
+            state,
+            tenant_id: tenant_id.into(),
+            renotify_every: TimeDelta::from_std(renotify_every).unwrap_or(TimeDelta::MAX),
+            webhook,
+            metrics,
+        })
+    }
+
+    /// The alerter the config describes (webhook from `alerts.webhook_url_file`).
+    pub fn from_config(state: Arc<State>, config: &Config) -> Result<Self, AlerterError> {
+        let webhook = config
+            .alerts
+            .webhook_url
+            .clone()
+            .map(|url| Webhook::new(WebhookSettings::new(url)))
+            .transpose()
+            .map_err(AlerterError::Webhook)?;
+        Alerter::new(
+            state,
+            config.tenant.tenant_id.to_string(),
+            config.alerts.renotify_every,
+            webhook,
+        )
+        .map_err(AlerterError::State)
+    }
+
+    pub fn metrics(&self) -> Arc<AlertMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Folds one observation into its stored alert and sends the notice it makes due (log,
+    /// webhook, counters); returns that notice.
+    ///
+    /// Idempotent per observation and restart-safe: the previous record is read from the state
+    /// database, so a new process neither repeats a notice already sent nor forgets a firing
+    /// alert. The notice is sent before the record is written, so a crash between the two
+    /// sends it once more rather than never (at least once); a webhook failure is logged and
+    /// counted, and the record is still written, so the next notice comes at the repeat
+    /// interval and a broken webhook never floods the log.
+    pub async fn observe(
+        &self,
+        observed: Observation,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Notice>, StateError> {
+        let prev = self.state.load_alert(observed.kind, &observed.subject)?;
+        let (record, notice) = step(prev.as_ref(), observed, now, self.renotify_every);
+        if let Some(n) = &notice {
+            log_notice(n);
+            self.metrics.count_notice(n);
+            if let Some(webhook) = &self.webhook {
+                let body = webhook_body(n, &self.tenant_id);
+                match webhook.send(&body).await {
+                    Ok(_) => self.metrics.count_webhook(true),
+                    Err(e) => {
+                        self.metrics.count_webhook(false);
+                        tracing::warn!(
+                            alert = n.alert.as_str(),
+                            state = n.state().as_str(),
+                            error = %e,
+                            "alert webhook not delivered"
+                        );
+                    }
+                }
+            }
+        }
+        if prev.as_ref() != Some(&record) {
+            self.state.save_alert(&record)?;
+        }
+        self.metrics.set_state(&record);
+        Ok(notice)
+    }
+}
+
+/// Why the alerter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AlerterError {
+    #[error("cannot set up the alert webhook: {0}")]
+    Webhook(#[source] WebhookError),
+    #[error("cannot read the stored alerts: {0}")]
+    State(#[source] StateError),
 }
 
 #[cfg(test)]

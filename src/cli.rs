@@ -43,6 +43,16 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Serve the simulated tenant (token endpoint, Graph and MDE subsets) on loopback.
     Sim(crate::sim::SimArgs),
+    /// Monitoring probe (Nagios/Icinga): one status line with perfdata; exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// How the result is printed.
+    #[arg(long, value_enum, default_value_t = crate::check::CheckFormat::Text)]
+    pub format: crate::check::CheckFormat,
 }
 
 #[derive(Debug, Args)]

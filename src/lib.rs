@@ -28,7 +28,8 @@
 //! - `reconcile`: `plan` (pure), `apply` (executor), `reconcile_once`.
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
-//! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics).
+//! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics), the `Alerter`.
+//! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite: audit log, cursors, tag timestamps, alert state.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
@@ -48,6 +49,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod defender;

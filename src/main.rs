@@ -45,6 +45,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(dexscope::sim::run_command(args.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check(args) => {
+            // Nagios reads stdout; logs go to stderr, warnings only unless -v.
+            telemetry::init(LogFormat::Text, cli.verbose)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let outcome = runtime.block_on(dexscope::check::run(
+                &cli.config,
+                std::env::vars(),
+                chrono::Utc::now(),
+            ));
+            print!("{}", outcome.render(args.format));
+            Ok(ExitCode::from(outcome.status.code()))
+        }
     }
 }
 

@@ -1,3 +1,284 @@
 //! Priority verification: prove from device placement that the scoped device group is not outranked.
+//!
+//! [`priority_once`] is one level-triggered pass: list the machines carrying the tag (one MDE
+//! request), note the tag time of machines seen tagged for the first time, read every tag time
+//! from the state database, and run the pure [`check::check_priority`]. The caller feeds the
+//! findings to the alerter (`check::observation`) and records the pass.
 
 pub mod check;
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::config::Scope;
+use crate::defender::{self, DefenderClient};
+use crate::desired::{DesiredState, DeviceKey};
+use crate::model::{Machine, MachineId};
+use crate::reconcile::plan::{DesiredDeviceRef, Unresolved, UnresolvedKind};
+use crate::state::{State, StateError};
+
+use check::{Finding, FindingKind, MissingTag, Placement, Sighting, TaggedMachine};
+
+/// What a pass takes besides the tenant: the resolved desired devices (for "missing tag"; `None`
+/// when the desired state is not available, e.g. invalid) and the incident poller's sightings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PriorityInput<'a> {
+    pub desired_devices: Option<&'a [DesiredDeviceRef]>,
+    pub sightings: &'a [Sighting],
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriorityReport {
+    pub findings: Vec<Finding>,
+    /// Machines carrying the tag.
+    pub tagged: usize,
+    /// Machines seen tagged for the first time in this pass (their grace starts now).
+    pub newly_seen: usize,
+    pub counts: Counts,
+}
+
+/// Machines per finding kind, for `check` perfdata and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub in_group: usize,
+    pub outranked: usize,
+    pub unmatched: usize,
+    pub unknown: usize,
+    pub pending: usize,
+    pub missing_tag: usize,
+}
+
+impl Counts {
+    pub fn of(findings: &[Finding]) -> Self {
+        let mut c = Counts::default();
+        for f in findings {
+            let slot = match f.kind {
+                FindingKind::Ok => &mut c.in_group,
+                FindingKind::Outranked { .. } => &mut c.outranked,
+                FindingKind::TagNotMatched => &mut c.unmatched,
+                FindingKind::PlacementUnknown => &mut c.unknown,
+                FindingKind::Pending => &mut c.pending,
+                FindingKind::MissingTag => &mut c.missing_tag,
+            };
+            *slot += f.count;
+        }
+        c
+    }
+}
+
+/// Why a priority pass failed (the next tick tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum PriorityError {
+    #[error("priority check: cannot list the machines tagged {tag:?}: {source}")]
+    ListTagged {
+        tag: String,
+        #[source]
+        source: defender::Error,
+    },
+    #[error("priority check: {0}")]
+    State(#[from] StateError),
+}
+
+/// One priority pass at `now`.
+///
+/// Idempotent: it changes nothing in the tenant, and its only write, the first-seen tag times,
+/// keeps the earliest time (`note_tagged`), so a pass that runs again after a crash between the
+/// note and the check gives the same findings.
+pub async fn priority_once(
+    defender: &DefenderClient,
+    state: &State,
+    scope: &Scope,
+    input: PriorityInput<'_>,
+    now: DateTime<Utc>,
+) -> Result<PriorityReport, PriorityError> {
+    let machines = defender
+        .machines_by_tag(&scope.device_tag)
+        .await
+        .map_err(|source| PriorityError::ListTagged {
+            tag: scope.device_tag.clone(),
+            source,
+        })?;
+    let ids: Vec<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
+    let mut since = state.tagged_since_all()?;
+    let unseen: Vec<MachineId> = ids
+        .iter()
+        .filter(|id| !since.contains_key(*id))
+        .cloned()
+        .collect();
+    if !unseen.is_empty() {
+        state.note_tagged_many(&unseen, now)?;
+        since.extend(unseen.iter().map(|id| (id.clone(), now)));
+    }
+    state.forget_untagged(&ids)?;
+    let placement = placement(scope, &machines, &since, input);
+    let findings = check::check_priority(&placement, now);
+    Ok(PriorityReport {
+        counts: Counts::of(&findings),
+        findings,
+        tagged: machines.len(),
+        newly_seen: unseen.len(),
+    })
+}
+
+/// The pure check's input from what the pass read.
+fn placement(
+    scope: &Scope,
+    tagged: &[Machine],
+    since: &HashMap<MachineId, DateTime<Utc>>,
+    input: PriorityInput<'_>,
+) -> Placement {
+    let tagged_ids: HashSet<&MachineId> = tagged.iter().map(|m| &m.id).collect();
+    let missing_tag = input
+        .desired_devices
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| !tagged_ids.contains(&d.id))
+        .map(|d| MissingTag {
+            id: d.id.clone(),
+            label: d.label.clone(),
+        })
+        .collect();
+    Placement {
+        device_group_name: scope.device_group_name.clone(),
+        propagation_grace: TimeDelta::from_std(scope.propagation_grace).unwrap_or(TimeDelta::MAX),
+        tagged: tagged
+            .iter()
+            .map(|m| TaggedMachine::from_machine(m, since.get(&m.id).copied()))
+            .collect(),
+        missing_tag,
+        sightings: input.sightings.to_vec(),
+    }
+}
+
+/// Resolves the desired devices against the machine list: a machine id must exist, a DNS name
+/// (case-insensitive) or an Entra device id must name exactly one machine. Pure. Used by
+/// `check`, which reads the machine list itself.
+pub fn resolve_devices(
+    desired: &DesiredState,
+    machines: &[Machine],
+) -> (Vec<DesiredDeviceRef>, Vec<Unresolved>) {
+    let mut by_id: HashSet<&MachineId> = HashSet::new();
+    let mut by_name: HashMap<String, Vec<&MachineId>> = HashMap::new();
+    let mut by_aad: HashMap<String, Vec<&MachineId>> = HashMap::new();
+    for m in machines {
+        by_id.insert(&m.id);
+        if let Some(d) = &m.dns_name {
+            by_name
+                .entry(d.to_string().to_ascii_lowercase())
+                .or_default()
+                .push(&m.id);
+        }
+        if let Some(a) = &m.aad_device_id {
+            by_aad
+                .entry(a.to_string().to_ascii_lowercase())
+                .or_default()
+                .push(&m.id);
+        }
+    }
+    let mut resolved = Vec::new();
+    let mut unresolved = Vec::new();
+    for entry in &desired.devices {
+        let label = entry.key.to_string();
+        let candidates: Vec<&MachineId> = match &entry.key {
+            DeviceKey::Machine(id) => by_id.get(id).into_iter().copied().collect(),
+            DeviceKey::Name(n) => by_name
+                .get(&n.to_string().to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_default(),
+            DeviceKey::AadDevice(a) => by_aad
+                .get(&a.to_string().to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_default(),
+        };
+        match candidates.as_slice() {
+            [id] => resolved.push(DesiredDeviceRef {
+                id: (*id).clone(),
+                label,
+            }),
+            [] => unresolved.push(Unresolved {
+                entry: label,
+                problem: UnresolvedKind::UnknownDevice,
+            }),
+            many => unresolved.push(Unresolved {
+                entry: label,
+                problem: UnresolvedKind::AmbiguousName {
+                    candidates: many.iter().map(|id| (*id).clone()).collect(),
+                },
+            }),
+        }
+    }
+    (resolved, unresolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{AadDeviceId, DnsName};
+
+    fn machine(n: u32, dns: &str, aad: Option<&str>) -> Machine {
+        Machine {
+            id: MachineId::parse(&format!("{n:040x}")).unwrap(),
+            dns_name: Some(DnsName::parse(dns).unwrap()),
+            aad_device_id: aad.map(|a| AadDeviceId::parse(a).unwrap()),
+            os_platform: None,
+            tags: Vec::new(),
+            rbac_group_id: None,
+            rbac_group_name: None,
+        }
+    }
+
+    #[test]
+    fn resolves_desired_devices_by_id_name_and_entra_id() {
+        let aad = "1a2b3c4d-1111-2222-3333-444455556666";
+        let machines = vec![
+            machine(1, "ws-01.contoso.local", None),
+            machine(2, "dup.contoso.local", None),
+            machine(3, "dup.contoso.local", Some(aad)),
+        ];
+        let text = format!(
+            "devices = [\"WS-01.contoso.local\", \"{:040x}\", \"{aad}\", \"dup.contoso.local\", \
+             \"gone.contoso.local\", \"{:040x}\"]\n",
+            2, 9
+        );
+        let d = crate::desired::parse_str(
+            Path::new("d.toml"),
+            &text,
+            chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            crate::desired::Mode::Strict,
+        )
+        .unwrap();
+        let (ok, bad) = resolve_devices(&d.state, &machines);
+        let ok: Vec<(String, String)> = ok
+            .iter()
+            .map(|r| (r.id.as_str()[38..].to_string(), r.label.clone()))
+            .collect();
+        assert_eq!(
+            ok,
+            [
+                ("01".to_string(), "ws-01.contoso.local".to_string()),
+                ("02".into(), format!("{:040x}", 2)),
+                ("03".into(), aad.to_string()),
+            ]
+        );
+        let bad: Vec<(&str, bool)> = bad
+            .iter()
+            .map(|u| {
+                let ambiguous = matches!(u.problem, UnresolvedKind::AmbiguousName { .. });
+                (u.entry.as_str(), ambiguous)
+            })
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                ("dup.contoso.local", true),
+                ("gone.contoso.local", false),
+                (format!("{:040x}", 9).as_str(), false),
+            ]
+        );
+    }
+}

@@ -1,12 +1,14 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
 mod auth;
+mod check;
 mod clients_sim;
 mod config;
 mod defender;
 mod desired;
 mod graph;
 mod http;
+mod priority;
 mod sim;
 mod state;
 mod tenant;

@@ -1,0 +1,591 @@
+//! `dexscope check`: a monitoring probe with Nagios/Icinga plugin conventions.
+//!
+//! One status line with perfdata, and an exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+//! It first proves the credential (both tokens and their application permissions), so an
+//! operator uses it as the first test of a new installation; then it runs the priority pass
+//! live (and resolves the desired devices for "missing tag") and reads the rest from the state
+//! database: removal guard refusals, firing alerts, the last pass of each loop. Deciding the
+//! status from those values is the pure [`evaluate`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::alerts::AlertState;
+use crate::config::{Config, Schedule};
+use crate::desired::{self, Mode};
+use crate::priority::check::{Finding, FindingKind};
+use crate::priority::{self, Counts, PriorityInput};
+use crate::reconcile::plan::Unresolved;
+use crate::state::{GuardRefusal, LoopPass, State};
+use crate::tenant::Tenant;
+
+/// The plugin status, ordered: the worst of several is their maximum. UNKNOWN outranks all
+/// (nothing else can be trusted when the probe cannot look).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+    Unknown = 3,
+}
+
+impl Status {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warning => "WARNING",
+            Status::Critical => "CRITICAL",
+            Status::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// How the result is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// `DEXSCOPE <STATUS> - <problems> | <perfdata>`.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// A loop pass older than this many intervals is stale.
+pub const STALE_INTERVALS: u32 = 3;
+
+/// Everything the status is decided from, read by [`run`].
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// The scoped device group (for the OK line).
+    pub device_group_name: String,
+    pub tagged: usize,
+    pub findings: Vec<Finding>,
+    /// The desired state's refusal (one line), when invalid.
+    pub desired_invalid: Option<String>,
+    pub unresolved: Vec<Unresolved>,
+    pub guard_refusals: Vec<GuardRefusal>,
+    pub alerts_firing: usize,
+    pub passes: Vec<LoopPass>,
+    pub schedule: Option<Schedule>,
+}
+
+/// One thing wrong, with the status it implies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub status: Status,
+    pub text: String,
+}
+
+/// The probe's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub status: Status,
+    /// Worst first.
+    pub problems: Vec<Problem>,
+    pub perfdata: Vec<(&'static str, usize)>,
+    /// The whole status line (text output).
+    pub line: String,
+}
+
+impl Outcome {
+    /// The probe could not look: one UNKNOWN problem, no perfdata.
+    pub fn unknown(text: impl Into<String>) -> Self {
+        Outcome::from_problems(
+            vec![Problem {
+                status: Status::Unknown,
+                text: text.into(),
+            }],
+            Vec::new(),
+            String::new(),
+        )
+    }
+
+    fn from_problems(
+        mut problems: Vec<Problem>,
+        perfdata: Vec<(&'static str, usize)>,
+        ok_text: String,
+    ) -> Self {
+        // Stable sort: worst first, and within a status in the order found.
+        problems.sort_by_key(|p| std::cmp::Reverse(p.status));
+        let status = problems.first().map_or(Status::Ok, |p| p.status);
+        let body = if problems.is_empty() {
+            ok_text
+        } else {
+            problems
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mut line = format!("DEXSCOPE {} - {}", status.label(), one_line(&body));
+        if !perfdata.is_empty() {
+            let perf: Vec<String> = perfdata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            line.push_str(" | ");
+            line.push_str(&perf.join(" "));
+        }
+        Outcome {
+            status,
+            problems,
+            perfdata,
+            line,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let perf: serde_json::Map<String, serde_json::Value> = self
+            .perfdata
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        json!({
+            "status": self.status,
+            "code": self.status.code(),
+            "line": self.line,
+            "problems": self.problems,
+            "perfdata": perf,
+        })
+    }
+
+    /// The output in `format`, ending with a newline.
+    pub fn render(&self, format: CheckFormat) -> String {
+        match format {
+            CheckFormat::Text => format!("{}\n", self.line),
+            CheckFormat::Json => format!("{}\n", self.json()),
+        }
+    }
+}
+
+/// Decides the status. Pure: `now` is a parameter.
+pub fn evaluate(inputs: &Inputs, now: DateTime<Utc>) -> Outcome {
+    let mut problems = Vec::new();
+    let mut add = |status, text: String| problems.push(Problem { status, text });
+    if let Some(why) = &inputs.desired_invalid {
+        add(Status::Critical, why.clone());
+    }
+    for r in &inputs.guard_refusals {
+        add(
+            Status::Critical,
+            format!(
+                "removal guard refused {} removals from {} (max_removals {}); run apply --allow-mass-removal if intended",
+                r.removals,
+                r.group.as_str(),
+                r.max_removals
+            ),
+        );
+    }
+    for f in &inputs.findings {
+        if let Some((status, text)) = finding_problem(f) {
+            add(status, text);
+        }
+    }
+    if !inputs.unresolved.is_empty() {
+        let names: Vec<&str> = inputs
+            .unresolved
+            .iter()
+            .take(3)
+            .map(|u| u.entry.as_str())
+            .collect();
+        add(
+            Status::Warning,
+            format!(
+                "{} unresolved desired entries ({})",
+                inputs.unresolved.len(),
+                with_more(&names, inputs.unresolved.len())
+            ),
+        );
+    }
+    for p in &inputs.passes {
+        if let Some(text) = pass_problem(p, inputs.schedule.as_ref(), now) {
+            add(Status::Warning, text);
+        }
+    }
+    let counts = Counts::of(&inputs.findings);
+    let perfdata = vec![
+        ("tagged", inputs.tagged),
+        ("in_group", counts.in_group),
+        ("outranked", counts.outranked),
+        ("unmatched", counts.unmatched),
+        ("pending", counts.pending),
+        ("missing_tag", counts.missing_tag),
+        ("unresolved", inputs.unresolved.len()),
+        ("alerts_firing", inputs.alerts_firing),
+    ];
+    let ok = format!(
+        "{} tagged devices in {}",
+        inputs.tagged, inputs.device_group_name
+    );
+    Outcome::from_problems(problems, perfdata, ok)
+}
+
+fn finding_problem(f: &Finding) -> Option<(Status, String)> {
+    let devices = |n: usize| if n == 1 { "device" } else { "devices" };
+    let sample = with_more(
+        &f.sample.iter().map(String::as_str).collect::<Vec<_>>(),
+        f.count,
+    );
+    let evidence = if f.incidents.is_empty() {
+        String::new()
+    } else {
+        format!(", incidents {}", f.incidents.join(", "))
+    };
+    Some(match &f.kind {
+        FindingKind::Outranked { by_group } => (
+            Status::Critical,
+            format!(
+                "outranked by {by_group} ({} {}: {sample}{evidence})",
+                f.count,
+                devices(f.count)
+            ),
+        ),
+        FindingKind::TagNotMatched => (
+            Status::Critical,
+            format!(
+                "tag not matched by the device group rule ({} {} in UnassignedGroup: {sample}{evidence})",
+                f.count,
+                devices(f.count)
+            ),
+        ),
+        FindingKind::PlacementUnknown => (
+            Status::Warning,
+            format!(
+                "{} tagged {} report no device group ({sample})",
+                f.count,
+                devices(f.count)
+            ),
+        ),
+        FindingKind::Pending => (
+            Status::Warning,
+            format!(
+                "{} tagged {} pending propagation ({sample})",
+                f.count,
+                devices(f.count)
+            ),
+        ),
+        FindingKind::MissingTag => (
+            Status::Warning,
+            format!(
+                "{} desired {} without the tag ({sample})",
+                f.count,
+                devices(f.count)
+            ),
+        ),
+        FindingKind::Ok => return None,
+    })
+}
+
+/// A loop whose last pass failed, or whose last pass is more than [`STALE_INTERVALS`]
+/// intervals old.
+fn pass_problem(p: &LoopPass, schedule: Option<&Schedule>, now: DateTime<Utc>) -> Option<String> {
+    if !p.ok {
+        return Some(format!(
+            "last {} pass failed at {}",
+            p.loop_name,
+            p.finished.format("%Y-%m-%d %H:%M:%SZ")
+        ));
+    }
+    let every = schedule.and_then(|s| match p.loop_name.as_str() {
+        "reconcile" => Some(s.reconcile_every),
+        "priority" => Some(s.priority_every),
+        "incidents" => Some(s.incidents_every),
+        _ => None,
+    })?;
+    let age = (now - p.finished).to_std().unwrap_or(Duration::ZERO);
+    if age > every * STALE_INTERVALS {
+        return Some(format!(
+            "last successful {} pass is stale ({}m old)",
+            p.loop_name,
+            age.as_secs() / 60
+        ));
+    }
+    if p.loop_name == "reconcile" {
+        // The reconcile loop records the changes it could not make in its summary.
+        let pending = p.summary.get("pending_changes").and_then(|v| v.as_u64());
+        if let Some(n) = pending.filter(|n| *n > 0) {
+            return Some(format!("{n} changes pending (drift)"));
+        }
+    }
+    None
+}
+
+fn with_more(names: &[&str], total: usize) -> String {
+    let mut s = names.join(", ");
+    if total > names.len() {
+        s.push_str(&format!(", +{} more", total - names.len()));
+    }
+    s
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() || c == '|' { ' ' } else { c })
+        .collect()
+}
+
+/// Runs the probe with the config at `config_path` (environment passed explicitly). Never
+/// fails: whatever stops it from looking is an UNKNOWN outcome naming what to fix.
+pub async fn run<I, K, V>(config_path: &Path, env: I, now: DateTime<Utc>) -> Outcome
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    let config = match Config::load(config_path, env) {
+        Ok(c) => c,
+        Err(e) => return Outcome::unknown(format!("bad config: {e}")),
+    };
+    run_with(&config, now).await
+}
+
+/// [`run`] with a loaded config.
+pub async fn run_with(config: &Config, now: DateTime<Utc>) -> Outcome {
+    let tenant = match Tenant::from_config(config) {
+        Ok(t) => t,
+        Err(e) => return Outcome::unknown(e.to_string()),
+    };
+    if let Some(unknown) = credential_problem(&tenant).await {
+        return unknown;
+    }
+    let state = match State::open(&config.state.path) {
+        Ok(s) => s,
+        Err(e) => return Outcome::unknown(e.to_string()),
+    };
+    match gather(config, &tenant, &state, now).await {
+        Ok(inputs) => evaluate(&inputs, now),
+        Err(why) => Outcome::unknown(why),
+    }
+}
+
+/// UNKNOWN when a token cannot be had or lacks a required application permission.
+async fn credential_problem(tenant: &Tenant) -> Option<Outcome> {
+    let mut problems = Vec::new();
+    for (resource, report) in tenant.tokens.self_check().await {
+        match report {
+            Err(e) => problems.push(format!("cannot authenticate to {resource}: {e}")),
+            Ok(r) if !r.is_complete() => problems.push(format!(
+                "missing permission {} on {resource}; grant it with admin consent",
+                r.missing.join(", ")
+            )),
+            Ok(_) => {}
+        }
+    }
+    (!problems.is_empty()).then(|| Outcome::unknown(problems.join("; ")))
+}
+
+async fn gather(
+    config: &Config,
+    tenant: &Tenant,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<Inputs, String> {
+    let desired = desired::load(
+        std::slice::from_ref(&config.scope.desired_state),
+        now.date_naive(),
+        Mode::Runtime,
+    );
+    let (desired_devices, unresolved, desired_invalid) = match desired {
+        Ok(loaded) => {
+            let machines = if loaded.state.devices.is_empty() {
+                Vec::new()
+            } else {
+                tenant
+                    .defender
+                    .all_machines()
+                    .await
+                    .map_err(|e| format!("cannot list machines: {e}"))?
+            };
+            let (devices, unresolved) = priority::resolve_devices(&loaded.state, &machines);
+            (Some(devices), unresolved, None)
+        }
+        Err(d) => (None, Vec::new(), Some(d.to_string())),
+    };
+    let input = PriorityInput {
+        desired_devices: desired_devices.as_deref(),
+        sightings: &[],
+    };
+    let report = priority::priority_once(&tenant.defender, state, &config.scope, input, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let read = |e: crate::state::StateError| e.to_string();
+    let alerts_firing = state
+        .alerts()
+        .map_err(read)?
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .count();
+    Ok(Inputs {
+        device_group_name: config.scope.device_group_name.clone(),
+        tagged: report.tagged,
+        findings: report.findings,
+        desired_invalid,
+        unresolved,
+        guard_refusals: state.guard_refusals().map_err(read)?,
+        alerts_firing,
+        passes: state.last_passes().map_err(read)?,
+        schedule: Some(config.schedule.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::priority::check::{Severity, check_priority};
+    use crate::reconcile::plan::{GroupKind, UnresolvedKind};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn pass(name: &str, minutes_ago: i64, ok: bool, summary: serde_json::Value) -> LoopPass {
+        LoopPass {
+            loop_name: name.into(),
+            started: now() - TimeDelta::minutes(minutes_ago + 1),
+            finished: now() - TimeDelta::minutes(minutes_ago),
+            ok,
+            summary,
+        }
+    }
+
+    fn finding(kind: FindingKind, count: usize) -> Finding {
+        let severity = match kind {
+            FindingKind::Outranked { .. } | FindingKind::TagNotMatched => Severity::Critical,
+            FindingKind::Ok | FindingKind::Pending => Severity::Ok,
+            _ => Severity::Warning,
+        };
+        Finding {
+            kind,
+            severity,
+            count,
+            sample: (1..=count.min(2)).map(|n| format!("d{n}")).collect(),
+            incidents: Vec::new(),
+            summary: String::new(),
+        }
+    }
+
+    fn schedule() -> Schedule {
+        Schedule {
+            reconcile_every: Duration::from_secs(300),
+            priority_every: Duration::from_secs(900),
+            incidents_every: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        let base = Inputs {
+            device_group_name: "G".into(),
+            tagged: 3,
+            findings: vec![finding(FindingKind::Ok, 3)],
+            schedule: Some(schedule()),
+            ..Inputs::default()
+        };
+        let with = |f: &dyn Fn(&mut Inputs)| {
+            let mut i = base.clone();
+            f(&mut i);
+            i
+        };
+        let cases: Vec<(&str, Inputs, &str)> = vec![
+            ("all fine", base.clone(), "OK - 3 tagged devices in G"),
+            (
+                "fresh passes are fine",
+                with(&|i| i.passes = vec![pass("reconcile", 14, true, json!({}))]),
+                "OK - 3 tagged devices in G",
+            ),
+            (
+                "stale after three intervals",
+                with(&|i| i.passes = vec![pass("reconcile", 16, true, json!({}))]),
+                "WARNING - last successful reconcile pass is stale (16m old)",
+            ),
+            (
+                "a failed pass",
+                with(&|i| i.passes = vec![pass("incidents", 0, false, json!({}))]),
+                "WARNING - last incidents pass failed at 2026-12-01 12:00:00Z",
+            ),
+            (
+                "drift pending",
+                with(&|i| {
+                    i.passes = vec![pass("reconcile", 1, true, json!({"pending_changes": 4}))]
+                }),
+                "WARNING - 4 changes pending (drift)",
+            ),
+            (
+                "unresolved entries, with more",
+                with(&|i| {
+                    i.unresolved = (0..5)
+                        .map(|n| Unresolved {
+                            entry: format!("e{n}"),
+                            problem: UnresolvedKind::UnknownDevice,
+                        })
+                        .collect()
+                }),
+                "WARNING - 5 unresolved desired entries (e0, e1, e2, +2 more)",
+            ),
+            (
+                "critical outranks warning, unmatched named",
+                with(&|i| {
+                    i.findings = vec![
+                        finding(FindingKind::TagNotMatched, 1),
+                        finding(FindingKind::Pending, 2),
+                    ]
+                }),
+                "CRITICAL - tag not matched by the device group rule (1 device in UnassignedGroup: d1); 2 tagged devices pending propagation (d1, d2)",
+            ),
+            (
+                "guard and invalid desired state",
+                with(&|i| {
+                    i.desired_invalid = Some("desired state is invalid (1 error)".into());
+                    i.guard_refusals = vec![GuardRefusal {
+                        group: GroupKind::Devices,
+                        removals: 60,
+                        max_removals: 50,
+                        at: now(),
+                    }];
+                }),
+                "CRITICAL - desired state is invalid (1 error); removal guard refused 60 removals from devices (max_removals 50); run apply --allow-mass-removal if intended",
+            ),
+        ];
+        for (name, inputs, want) in cases {
+            let got = evaluate(&inputs, now());
+            let head = got.line.split(" | ").next().unwrap();
+            assert_eq!(head, format!("DEXSCOPE {want}"), "case {name}");
+        }
+    }
+
+    #[test]
+    fn perfdata_and_unknown() {
+        let p = crate::priority::check::Placement {
+            device_group_name: "G".into(),
+            propagation_grace: TimeDelta::hours(2),
+            tagged: Vec::new(),
+            missing_tag: Vec::new(),
+            sightings: Vec::new(),
+        };
+        let out = evaluate(
+            &Inputs {
+                findings: check_priority(&p, now()),
+                alerts_firing: 2,
+                ..Inputs::default()
+            },
+            now(),
+        );
+        assert!(out.line.ends_with(
+            "| tagged=0 in_group=0 outranked=0 unmatched=0 pending=0 missing_tag=0 unresolved=0 alerts_firing=2"
+        ));
+        let u = Outcome::unknown("bad config: x | y\nz");
+        assert_eq!(u.line, "DEXSCOPE UNKNOWN - bad config: x   y z");
+        assert_eq!(u.status.code(), 3);
+        assert_eq!(u.json()["status"], "unknown");
+    }
+}

@@ -1,0 +1,225 @@
+//! `dexscope check` through the real binary against an in-process simulated tenant, with a
+//! config in a temp dir: every exit code with its status line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use dexscope::model::MachineId;
+use dexscope::reconcile::plan::GroupKind;
+use dexscope::sim::{SimHandle, SimOptions};
+use dexscope::state::{GuardRefusal, State};
+
+use super::priority::{TAG, add_servers_group, secret, start_sim, write_config};
+
+/// Runs `dexscope --config <path> check [args]` with the sim's secret; returns (code, stdout).
+async fn check(sim: &SimHandle, config: &Path, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .args(args)
+        .env("DEXSCOPE_CLIENT_SECRET", secret(sim))
+        .env_remove("DEXSCOPE_CONFIG")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("check finishes within a minute")
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(&secret(sim)) && !stdout.contains(&secret(sim)),
+        "the secret leaked"
+    );
+    (out.status.code().unwrap(), stdout)
+}
+
+/// Marks every tagged machine as tagged three hours ago (past the 2 h grace).
+fn tagged_long_ago(sim: &SimHandle, db: &Path) {
+    let state = State::open(db).unwrap();
+    let ids: Vec<MachineId> = sim
+        .machines_with_tag(TAG)
+        .iter()
+        .map(|m| MachineId::parse(&m.id).unwrap())
+        .collect();
+    state
+        .note_tagged_many(&ids, Utc::now() - TimeDelta::hours(3))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ok_when_every_tagged_device_is_in_the_group() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert_eq!(
+        line,
+        "DEXSCOPE OK - 5 tagged devices in Defender_Experts_Scoped_Coverage_Devices | \
+         tagged=5 in_group=5 outranked=0 unmatched=0 pending=0 missing_tag=0 unresolved=0 \
+         alerts_firing=0\n"
+    );
+    assert_eq!(code, 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn warning_while_placement_is_pending_then_critical_past_the_grace() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let servers = add_servers_group(&sim);
+    sim.advance(Duration::from_secs(61));
+
+    // Tag times first seen now: within the grace, pending is a warning, not critical.
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with(
+            "DEXSCOPE WARNING - 3 tagged devices pending propagation (srv-01.contoso.local, "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("| tagged=5 in_group=2 outranked=0 unmatched=0 pending=3 "),
+        "{line}"
+    );
+    assert_eq!(code, 1);
+
+    // The same placement with tag times past the grace: critical, naming the winner.
+    tagged_long_ago(&sim, &dir.path().join("state.db"));
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert_eq!(
+        line,
+        "DEXSCOPE CRITICAL - outranked by Servers-Tier0 (3 devices: srv-01.contoso.local, \
+         srv-02.contoso.local, srv-03.contoso.local) | tagged=5 in_group=2 outranked=3 \
+         unmatched=0 pending=0 missing_tag=0 unresolved=0 alerts_firing=0\n"
+    );
+    assert_eq!(code, 2);
+
+    // JSON carries the same decision.
+    let (code, out) = check(&sim, &config, &["--format", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, v["code"].as_u64()), (2, Some(2)));
+    assert_eq!(v["status"], "critical");
+    assert_eq!(v["perfdata"]["outranked"], 3);
+
+    // Removing the group resolves it once MDE re-places the servers.
+    assert!(sim.remove_device_group(servers));
+    sim.advance(Duration::from_secs(61));
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(line.starts_with("DEXSCOPE OK - "), "{line}");
+    assert_eq!(code, 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn critical_when_the_removal_guard_refused() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    State::open(dir.path().join("state.db"))
+        .unwrap()
+        .set_guard_refusal(
+            GroupKind::Users,
+            Some(&GuardRefusal {
+                group: GroupKind::Users,
+                removals: 120,
+                max_removals: 50,
+                at: Utc::now(),
+            }),
+        )
+        .unwrap();
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with(
+            "DEXSCOPE CRITICAL - removal guard refused 120 removals from users (max_removals 50)"
+        ),
+        "{line}"
+    );
+    assert_eq!(code, 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn critical_when_the_desired_state_is_invalid_warning_when_unresolved() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    std::fs::write(
+        dir.path().join("desired.toml"),
+        "devices = [\"ws-01.contoso.local\", \"ws-01.contoso.local\"]\n",
+    )
+    .unwrap();
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with("DEXSCOPE CRITICAL - desired state is invalid (1 error)"),
+        "{line}"
+    );
+    assert_eq!(code, 2);
+
+    std::fs::write(
+        dir.path().join("desired.toml"),
+        "devices = [\"ws-01.contoso.local\", \"ws-02.contoso.local\", \"nope.contoso.local\", \
+         \"srv-04.contoso.local\"]\n",
+    )
+    .unwrap();
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with(
+            "DEXSCOPE WARNING - 1 desired device without the tag (srv-04.contoso.local); \
+             1 unresolved desired entries (nope.contoso.local)"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("missing_tag=1 unresolved=1"), "{line}");
+    assert_eq!(code, 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_when_a_permission_is_missing_or_the_config_is_bad() {
+    let sim = start_sim(SimOptions {
+        mde_roles: vec!["Machine.Read.All".into()],
+        ..SimOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert_eq!(
+        line,
+        "DEXSCOPE UNKNOWN - missing permission Machine.ReadWrite.All on Defender for Endpoint; \
+         grant it with admin consent\n"
+    );
+    assert_eq!(code, 3);
+
+    // A wrong secret: cannot authenticate, and the secret is not printed.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .env("DEXSCOPE_CLIENT_SECRET", "wrong-secret-value")
+        .env_remove("DEXSCOPE_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with("DEXSCOPE UNKNOWN - cannot authenticate to Microsoft Graph"),
+        "{line}"
+    );
+    assert!(!line.contains("wrong-secret-value"), "{line}");
+    assert_eq!(out.status.code(), Some(3));
+
+    std::fs::write(&config, "[tenant]\ntenant_id = \"nope\"\n").unwrap();
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with("DEXSCOPE UNKNOWN - bad config: "),
+        "{line}"
+    );
+    assert_eq!(code, 3);
+    sim.shutdown().await;
+}
