@@ -43,6 +43,24 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Serve the simulated tenant (token endpoint, Graph and MDE subsets) on loopback.
     Sim(crate::sim::SimArgs),
+    /// Show the changes a reconcile pass would make (read-only): exit 0 none, 2 pending, 1 error.
+    Plan(PlanArgs),
+    /// Run one reconcile pass, then exit: 0 converged, 1 error, 3 removals refused by the guard.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// How the plan is printed.
+    #[arg(long, value_enum, default_value_t = crate::reconcile::PlanFormat::Text)]
+    pub format: crate::reconcile::PlanFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Lift the removal guard (`scope.max_removals`) for this pass.
+    #[arg(long)]
+    pub allow_mass_removal: bool,
 }
 
 #[derive(Debug, Args)]

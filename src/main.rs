@@ -45,6 +45,37 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(dexscope::sim::run_command(args.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan(args) => {
+            let config = match load_config(cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            // UTC, as `apply` uses, so both agree on which entries have expired.
+            let today = chrono::Utc::now().date_naive();
+            let code = tokio::runtime::Runtime::new()?.block_on(dexscope::reconcile::plan_command(
+                &config,
+                args.format,
+                today,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            Ok(ExitCode::from(code))
+        }
+        Command::Apply(args) => {
+            let config = match load_config(cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let code =
+                tokio::runtime::Runtime::new()?.block_on(dexscope::reconcile::apply_command(
+                    &config,
+                    args.allow_mass_removal,
+                    chrono::Utc::now(),
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                ));
+            Ok(ExitCode::from(code))
+        }
     }
 }
 
