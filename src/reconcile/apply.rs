@@ -45,16 +45,25 @@ pub struct Applied {
     pub operation: Operation,
     pub id: String,
     pub label: String,
-    /// `ok`, `already` or `failed`.
-    pub result: &'static str,
+    pub result: AppliedResult,
     /// Why it failed.
     pub message: Option<String>,
     pub request_id: Option<String>,
 }
 
+/// How one change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppliedResult {
+    Ok,
+    /// "Already a member" / "not a member": the desired effect held already.
+    Already,
+    Failed,
+}
+
 impl Applied {
     pub fn is_success(&self) -> bool {
-        self.result != "failed"
+        self.result != AppliedResult::Failed
     }
 }
 
@@ -158,10 +167,10 @@ async fn tag(
             .tag_call(target.device_tag, action, &ids)
             .await
         {
-            Ok(request_id) => ("ok", None, request_id),
+            Ok(request_id) => (AppliedResult::Ok, None, request_id),
             Err(e) => {
                 tracing::error!(error = %e, machines = ids.len(), "tag call failed");
-                ("failed", Some(e.to_string()), None)
+                (AppliedResult::Failed, Some(e.to_string()), None)
             }
         };
         let applied: Vec<Applied> = call
@@ -177,7 +186,7 @@ async fn tag(
             })
             .collect();
         record(target, &applied, now)?;
-        if action == TagAction::Add && result == "ok" {
+        if action == TagAction::Add && result == AppliedResult::Ok {
             target.state.note_tagged_many(&ids, now)?;
         }
         done.extend(applied);
@@ -205,7 +214,7 @@ fn member_results(
                     operation,
                     id: id.clone(),
                     label: label.clone(),
-                    result: "failed",
+                    result: AppliedResult::Failed,
                     message: Some(message.clone()),
                     request_id: None,
                 })
@@ -220,14 +229,16 @@ fn member_results(
             let (result, message, request_id) = match by_id.get(id.as_str()) {
                 Some(o) => {
                     let (r, m) = match &o.result {
-                        MemberResult::Added | MemberResult::Removed => ("ok", None),
-                        MemberResult::AlreadyMember | MemberResult::NotMember => ("already", None),
+                        MemberResult::Added | MemberResult::Removed => (AppliedResult::Ok, None),
+                        MemberResult::AlreadyMember | MemberResult::NotMember => {
+                            (AppliedResult::Already, None)
+                        }
                         MemberResult::Failed {
                             status,
                             code,
                             message,
                         } => (
-                            "failed",
+                            AppliedResult::Failed,
                             Some(format!(
                                 "status {status}{}{}",
                                 code.as_deref()
@@ -242,7 +253,11 @@ fn member_results(
                     };
                     (r, m, o.request_id.clone())
                 }
-                None => ("failed", Some("no outcome returned".to_string()), None),
+                None => (
+                    AppliedResult::Failed,
+                    Some("no outcome returned".to_string()),
+                    None,
+                ),
             };
             Applied {
                 group,
@@ -267,9 +282,11 @@ fn record(target: Target<'_>, applied: &[Applied], now: DateTime<Utc>) -> Result
             object_label: a.label.clone(),
             operation: a.operation,
             result: match a.result {
-                "ok" => ChangeResult::Ok,
-                "already" => ChangeResult::Already,
-                _ => ChangeResult::Failed(a.message.clone().unwrap_or_default()),
+                AppliedResult::Ok => ChangeResult::Ok,
+                AppliedResult::Already => ChangeResult::Already,
+                AppliedResult::Failed => {
+                    ChangeResult::Failed(a.message.clone().unwrap_or_default())
+                }
             },
             request_id: a.request_id.clone(),
             commit_id: target.commit.map(str::to_string),

@@ -20,7 +20,7 @@ use crate::model::ObjectId;
 use crate::state::{GuardRefusal, State, StateError};
 use crate::tenant::Tenant;
 
-use apply::{Applied, NotConverged, Target};
+use apply::{Applied, AppliedResult, NotConverged, Target};
 use plan::{GroupKind, Plan, PlanSettings, Unresolved, UnresolvedKind};
 use resolve::ResolveError;
 
@@ -126,24 +126,21 @@ impl std::fmt::Display for ReconcileReport {
                 n.id
             )?;
         }
-        let ok = self.applied.iter().filter(|a| a.result == "ok").count();
-        let already = self
-            .applied
-            .iter()
-            .filter(|a| a.result == "already")
-            .count();
-        let failed = self.failed().count();
+        let count = |r: AppliedResult| self.applied.iter().filter(|a| a.result == r).count();
         write!(
             f,
-            "applied {ok} changes ({already} already in place, {failed} failed); "
+            "applied {} changes ({} already in place, {} failed); ",
+            count(AppliedResult::Ok),
+            count(AppliedResult::Already),
+            count(AppliedResult::Failed)
         )?;
         if self.converged() {
             writeln!(f, "converged")
         } else {
             writeln!(
                 f,
-                "{} not converged; the next pass tries again",
-                self.not_converged.len().max(failed)
+                "not converged ({} changes do not show); the next pass tries again",
+                self.not_converged.len()
             )
         }
     }

@@ -291,7 +291,11 @@ mod tests {
             dns_name: Some(DnsName::parse(name).unwrap()),
             aad_device_id: aad.map(|a| AadDeviceId::parse(a).unwrap()),
             os_platform: Some("Windows11".into()),
-            tags: if n % 2 == 0 { vec!["T".into()] } else { vec![] },
+            tags: if n.is_multiple_of(2) {
+                vec!["T".into()]
+            } else {
+                vec![]
+            },
             rbac_group_id: None,
             rbac_group_name: None,
         }

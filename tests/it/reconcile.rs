@@ -765,3 +765,41 @@ async fn converged_pass_at_scale_makes_only_reads() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_by_the_service_are_reported_per_entry_audited_and_exit_1() {
+    // The application may read the group but not write it: every add fails with 403.
+    let mut opts = seeded(50, 0);
+    opts.graph_roles = vec!["GroupMember.Read.All".into(), "User.Read.All".into()];
+    let env = Env::start(opts).await;
+    let wanted = upns(&env.sim, 30);
+    env.write_desired(&wanted, &[], "");
+
+    let report = env.pass(false).await;
+
+    assert!(!report.converged());
+    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.failed().count(), 30);
+    assert_eq!(
+        report.not_converged.len(),
+        30,
+        "the re-read shows none of them"
+    );
+    let shown = report.to_string();
+    assert!(
+        shown.contains("failed: users add") && shown.contains("status 403"),
+        "{shown}"
+    );
+    let audit = env.state().recent_changes(100).unwrap();
+    assert_eq!(audit.len(), 30);
+    assert!(
+        audit
+            .iter()
+            .all(|a| matches!(&a.result, ChangeResult::Failed(m) if m.contains("403")))
+    );
+
+    let out = env.run(&["apply"]).await;
+    assert_eq!(code(&out), 1, "{}", text(&out.stdout));
+    assert_eq!(env.members().len(), 0);
+    env.sim.shutdown().await;
+}
