@@ -46,6 +46,10 @@ pub enum Command {
     /// Monitoring probe (Nagios/Icinga): one status line with perfdata; exit 0 OK, 1 WARNING,
     /// 2 CRITICAL, 3 UNKNOWN.
     Check(CheckArgs),
+    /// Show the changes a reconcile pass would make (read-only): exit 0 none, 2 pending, 1 error.
+    Plan(PlanArgs),
+    /// Run one reconcile pass, then exit: 0 converged, 1 error, 3 removals refused by the guard.
+    Apply(ApplyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +57,20 @@ pub struct CheckArgs {
     /// How the result is printed.
     #[arg(long, value_enum, default_value_t = crate::check::CheckFormat::Text)]
     pub format: crate::check::CheckFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// How the plan is printed.
+    #[arg(long, value_enum, default_value_t = crate::reconcile::PlanFormat::Text)]
+    pub format: crate::reconcile::PlanFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Lift the removal guard (`scope.max_removals`) for this pass.
+    #[arg(long)]
+    pub allow_mass_removal: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,7 +25,8 @@
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
-//! - `reconcile`: `plan` (pure), `apply` (executor), `reconcile_once`.
+//! - `reconcile`: `resolve` (desired entries → ids), `plan` (pure), `apply` (executor),
+//!   `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
 //! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics), the `Alerter`.

@@ -57,6 +57,37 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             print!("{}", outcome.render(args.format));
             Ok(ExitCode::from(outcome.status.code()))
         }
+        Command::Plan(args) => {
+            let config = match load_config(cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            // UTC, as `apply` uses, so both agree on which entries have expired.
+            let today = chrono::Utc::now().date_naive();
+            let code = tokio::runtime::Runtime::new()?.block_on(dexscope::reconcile::plan_command(
+                &config,
+                args.format,
+                today,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            Ok(ExitCode::from(code))
+        }
+        Command::Apply(args) => {
+            let config = match load_config(cli) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let code =
+                tokio::runtime::Runtime::new()?.block_on(dexscope::reconcile::apply_command(
+                    &config,
+                    args.allow_mass_removal,
+                    chrono::Utc::now(),
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                ));
+            Ok(ExitCode::from(code))
+        }
     }
 }
 
@@ -74,8 +105,6 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
 /// Loads the config for a command that talks to the tenant, sets up logging in the configured
 /// format and logs the load warnings. A bad config prints one line and yields exit 78, before
 /// any request.
-// First callers: the plan, apply, check and run commands.
-#[allow(dead_code)]
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
     let config = match config::load_for_command(&cli.config, std::env::vars()) {
         Ok(config) => config,

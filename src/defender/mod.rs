@@ -154,6 +154,44 @@ impl DefenderClient {
         }
         Ok(calls)
     }
+
+    /// One `AddOrRemoveTagForMultipleMachines` call for at most 500 ids; returns the request
+    /// id (for the audit log). Idempotent like [`DefenderClient::tag_machines`].
+    pub async fn tag_call(
+        &self,
+        tag: &str,
+        action: TagAction,
+        ids: &[MachineId],
+    ) -> Result<Option<String>, Error> {
+        let tag_err = |source| Error::Tag {
+            action,
+            tag: tag.to_string(),
+            count: ids.len(),
+            done: 0,
+            source,
+        };
+        if ids.len() > MAX_IDS_PER_TAG_CALL {
+            return Err(tag_err(http::Error::Build(format!(
+                "{} machine ids in one tag call; at most {MAX_IDS_PER_TAG_CALL} are allowed",
+                ids.len()
+            ))));
+        }
+        let url = self
+            .http
+            .defender_url("/api/machines/AddOrRemoveTagForMultipleMachines")?;
+        let body = wire::BulkTag {
+            value: tag,
+            action: action.as_wire(),
+            machine_ids: ids.iter().map(MachineId::as_str).collect(),
+        };
+        let body = serde_json::to_value(&body).expect("a struct of strings serialises");
+        let resp = self
+            .http
+            .send(Request::post(Surface::Defender, url, body))
+            .await
+            .map_err(tag_err)?;
+        Ok(resp.request_id)
+    }
 }
 
 /// `machineTags/any(tag: tag eq 'X')` with `'` doubled.

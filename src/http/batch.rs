@@ -137,6 +137,9 @@ impl Client {
             self.recorder().batch_envelope();
             let resp = self.execute(&req, &gates, false).await?;
             let env: Envelope = resp.json()?;
+            // Items without their own request id (Graph sets none on most successful items)
+            // are traced by the envelope's.
+            let envelope_request_id = resp.request_id.clone();
             let mut answered: HashMap<usize, ItemResponse> = HashMap::new();
             for r in env.responses {
                 // Ids are the 1-based item index; anything else is not ours.
@@ -165,7 +168,8 @@ impl Client {
                 };
                 let request_id = r
                     .header("request-id")
-                    .or_else(|| r.header("client-request-id"));
+                    .or_else(|| r.header("client-request-id"))
+                    .or_else(|| envelope_request_id.clone());
                 self.recorder().response(item.surface, Some(r.status));
                 debug!(method = %item.method, path = %path_only(&item.url), status = r.status,
                        attempt = round, surface = %item.surface,

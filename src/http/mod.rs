@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use batch::{BatchItem, BatchOutcome};
+pub use batch::{BatchItem, BatchOutcome, MAX_BATCH_ITEMS};
 pub use client::{Client, Request, Response, encode_query_value};
 pub use error::{ApiError, Error};
 pub use retry::parse_retry_after;

@@ -9,6 +9,7 @@ mod desired;
 mod graph;
 mod http;
 mod priority;
+mod reconcile;
 mod sim;
 mod state;
 mod tenant;

@@ -1,0 +1,372 @@
+//! The executor: carries a [`Plan`] out with the fewest requests the APIs allow, records every
+//! change in the audit log, then re-reads the tenant and says per entry what converged.
+//!
+//! It makes no decisions: what to add and remove (prune, the guard, protected entries) was
+//! settled by the planner. Request shapes: user adds go as `PATCH members@odata.bind` with 20
+//! ids, 20 PATCHes per `$batch` (400 users per round trip); removals as `DELETE …/$ref`, 20 per
+//! `$batch`; tags as `AddOrRemoveTagForMultipleMachines` with 500 ids per call.
+//!
+//! Every applier is idempotent, because a pass may be killed between a write and its audit row
+//! and run again: "already a member", "not a member" and re-applying a tag are success, and the
+//! next pass plans only what is still missing. Audit rows are written after each round trip,
+//! so at most one round trip's changes can lack their row after a crash.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::defender::{DefenderClient, MAX_IDS_PER_TAG_CALL, TagAction};
+use crate::graph::{GraphClient, MAX_BIND_PER_PATCH, MemberOutcome, MemberResult};
+use crate::http::MAX_BATCH_ITEMS;
+use crate::model::{GroupMember, MachineId, ObjectId};
+use crate::state::{AuditEntry, ChangeResult, Operation, State, StateError};
+
+use super::plan::{Change, GroupKind, Plan};
+
+/// Users added per round trip: 20 ids per PATCH, 20 PATCHes per `$batch`.
+pub const ADDS_PER_ROUND_TRIP: usize = MAX_BIND_PER_PATCH * MAX_BATCH_ITEMS;
+
+/// Where the plan is carried out.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub graph: &'a GraphClient,
+    pub defender: &'a DefenderClient,
+    pub state: &'a State,
+    pub user_group: &'a ObjectId,
+    pub device_tag: &'a str,
+    /// The desired state's git commit, recorded with every change.
+    pub commit: Option<&'a str>,
+}
+
+/// The result of one applied change, as audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    pub group: GroupKind,
+    #[serde(serialize_with = "op_str")]
+    pub operation: Operation,
+    pub id: String,
+    pub label: String,
+    pub result: AppliedResult,
+    /// Why it failed.
+    pub message: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// How one change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppliedResult {
+    Ok,
+    /// "Already a member" / "not a member": the desired effect held already.
+    Already,
+    Failed,
+}
+
+impl Applied {
+    pub fn is_success(&self) -> bool {
+        self.result != AppliedResult::Failed
+    }
+}
+
+fn op_str<S: serde::Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(op.as_str())
+}
+
+/// Carries the plan out: user adds, user removals, tags, untags, in that order. A failed
+/// round trip is recorded as failed for its entries and the rest goes on (one bad call never
+/// blocks the others). Only a failure to write the audit log stops the pass.
+pub async fn apply(
+    target: Target<'_>,
+    plan: &Plan,
+    now: DateTime<Utc>,
+) -> Result<Vec<Applied>, StateError> {
+    let mut done = Vec::new();
+    add_users(target, &plan.users.add, now, &mut done).await?;
+    remove_members(target, &plan.users.remove, now, &mut done).await?;
+    tag(target, TagAction::Add, &plan.devices.add, now, &mut done).await?;
+    tag(
+        target,
+        TagAction::Remove,
+        &plan.devices.remove,
+        now,
+        &mut done,
+    )
+    .await?;
+    Ok(done)
+}
+
+/// Adds users, one `$batch` of PATCHes per round. Idempotent: the planner only lists ids that
+/// were not members when read; one that became a member since makes its PATCH fail as a whole,
+/// and the Graph client then redoes that PATCH's ids one by one, where "already a member" is
+/// success — so a pass that runs again after a crash between the write and the audit row
+/// converges without an error.
+async fn add_users(
+    target: Target<'_>,
+    adds: &[Change<crate::model::UserId>],
+    now: DateTime<Utc>,
+    done: &mut Vec<Applied>,
+) -> Result<(), StateError> {
+    for round in adds.chunks(ADDS_PER_ROUND_TRIP) {
+        let ids: Vec<ObjectId> = round
+            .iter()
+            .map(|c| ObjectId::parse(c.id.as_str()).expect("a user id is a GUID"))
+            .collect();
+        let outcomes = target.graph.add_members(target.user_group, &ids).await;
+        let labels: Vec<(String, String)> = round
+            .iter()
+            .map(|c| (c.id.to_string(), c.label.clone()))
+            .collect();
+        let applied = member_results(GroupKind::Users, Operation::Add, &labels, outcomes);
+        record(target, &applied, now)?;
+        done.extend(applied);
+    }
+    Ok(())
+}
+
+/// Removes members (any type), always with `DELETE …/members/{id}/$ref`, one `$batch` per
+/// round. Idempotent: "not a member" is success, so it may run again after a crash between the
+/// delete and the audit row.
+async fn remove_members(
+    target: Target<'_>,
+    removes: &[Change<ObjectId>],
+    now: DateTime<Utc>,
+    done: &mut Vec<Applied>,
+) -> Result<(), StateError> {
+    for round in removes.chunks(MAX_BATCH_ITEMS) {
+        let ids: Vec<ObjectId> = round.iter().map(|c| c.id.clone()).collect();
+        let outcomes = target.graph.remove_members(target.user_group, &ids).await;
+        let labels: Vec<(String, String)> = round
+            .iter()
+            .map(|c| (c.id.to_string(), c.label.clone()))
+            .collect();
+        let applied = member_results(GroupKind::Users, Operation::Remove, &labels, outcomes);
+        record(target, &applied, now)?;
+        done.extend(applied);
+    }
+    Ok(())
+}
+
+/// Tags or untags machines, 500 per call. Tags are a set, so re-applying is harmless and the
+/// step may run again after a crash between the call and the audit row. The planner only
+/// lists machines read from the machine list, so no stale id fails a call. Tagged machines get
+/// their tag time noted (the start of the priority check's grace period).
+async fn tag(
+    target: Target<'_>,
+    action: TagAction,
+    changes: &[Change<MachineId>],
+    now: DateTime<Utc>,
+    done: &mut Vec<Applied>,
+) -> Result<(), StateError> {
+    let operation = match action {
+        TagAction::Add => Operation::Tag,
+        TagAction::Remove => Operation::Untag,
+    };
+    for call in changes.chunks(MAX_IDS_PER_TAG_CALL) {
+        let ids: Vec<MachineId> = call.iter().map(|c| c.id.clone()).collect();
+        let (result, message, request_id) = match target
+            .defender
+            .tag_call(target.device_tag, action, &ids)
+            .await
+        {
+            Ok(request_id) => (AppliedResult::Ok, None, request_id),
+            Err(e) => {
+                tracing::error!(error = %e, machines = ids.len(), "tag call failed");
+                (AppliedResult::Failed, Some(e.to_string()), None)
+            }
+        };
+        let applied: Vec<Applied> = call
+            .iter()
+            .map(|c| Applied {
+                group: GroupKind::Devices,
+                operation,
+                id: c.id.to_string(),
+                label: c.label.clone(),
+                result,
+                message: message.clone(),
+                request_id: request_id.clone(),
+            })
+            .collect();
+        record(target, &applied, now)?;
+        if action == TagAction::Add && result == AppliedResult::Ok {
+            target.state.note_tagged_many(&ids, now)?;
+        }
+        done.extend(applied);
+    }
+    Ok(())
+}
+
+/// Per-member results of one Graph round; a round that failed as a whole fails each entry.
+fn member_results(
+    group: GroupKind,
+    operation: Operation,
+    labels: &[(String, String)],
+    outcomes: Result<Vec<MemberOutcome>, crate::graph::Error>,
+) -> Vec<Applied> {
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, members = labels.len(), operation = operation.as_str(),
+                            "group membership round failed");
+            let message = e.to_string();
+            return labels
+                .iter()
+                .map(|(id, label)| Applied {
+                    group,
+                    operation,
+                    id: id.clone(),
+                    label: label.clone(),
+                    result: AppliedResult::Failed,
+                    message: Some(message.clone()),
+                    request_id: None,
+                })
+                .collect();
+        }
+    };
+    let by_id: std::collections::HashMap<&str, &MemberOutcome> =
+        outcomes.iter().map(|o| (o.member.as_str(), o)).collect();
+    labels
+        .iter()
+        .map(|(id, label)| {
+            let (result, message, request_id) = match by_id.get(id.as_str()) {
+                Some(o) => {
+                    let (r, m) = match &o.result {
+                        MemberResult::Added | MemberResult::Removed => (AppliedResult::Ok, None),
+                        MemberResult::AlreadyMember | MemberResult::NotMember => {
+                            (AppliedResult::Already, None)
+                        }
+                        MemberResult::Failed {
+                            status,
+                            code,
+                            message,
+                        } => (
+                            AppliedResult::Failed,
+                            Some(format!(
+                                "status {status}{}{}",
+                                code.as_deref()
+                                    .map(|c| format!(" ({c})"))
+                                    .unwrap_or_default(),
+                                message
+                                    .as_deref()
+                                    .map(|m| format!(": {m}"))
+                                    .unwrap_or_default()
+                            )),
+                        ),
+                    };
+                    (r, m, o.request_id.clone())
+                }
+                None => (
+                    AppliedResult::Failed,
+                    Some("no outcome returned".to_string()),
+                    None,
+                ),
+            };
+            Applied {
+                group,
+                operation,
+                id: id.clone(),
+                label: label.clone(),
+                result,
+                message,
+                request_id,
+            }
+        })
+        .collect()
+}
+
+fn record(target: Target<'_>, applied: &[Applied], now: DateTime<Utc>) -> Result<(), StateError> {
+    let entries: Vec<AuditEntry> = applied
+        .iter()
+        .map(|a| AuditEntry {
+            at: now,
+            group: a.group,
+            object_id: a.id.clone(),
+            object_label: a.label.clone(),
+            operation: a.operation,
+            result: match a.result {
+                AppliedResult::Ok => ChangeResult::Ok,
+                AppliedResult::Already => ChangeResult::Already,
+                AppliedResult::Failed => {
+                    ChangeResult::Failed(a.message.clone().unwrap_or_default())
+                }
+            },
+            request_id: a.request_id.clone(),
+            commit_id: target.commit.map(str::to_string),
+        })
+        .collect();
+    target.state.record_changes(&entries)
+}
+
+/// A planned change the tenant does not show after the pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotConverged {
+    pub group: GroupKind,
+    #[serde(serialize_with = "op_str")]
+    pub operation: Operation,
+    pub id: String,
+    pub label: String,
+}
+
+/// Re-reads the tenant and lists the planned changes it does not show. Read-only.
+pub async fn verify(
+    target: Target<'_>,
+    plan: &Plan,
+) -> Result<Vec<NotConverged>, super::ReconcileError> {
+    let mut out = Vec::new();
+    if !(plan.users.add.is_empty() && plan.users.remove.is_empty()) {
+        let members = target
+            .graph
+            .list_group_members(target.user_group)
+            .await
+            .map_err(super::ReconcileError::Verify)?;
+        let ids: std::collections::HashSet<&str> = members
+            .iter()
+            .map(|m| match m {
+                GroupMember::User { id, .. } => id.as_str(),
+                GroupMember::Other { id, .. } => id.as_str(),
+            })
+            .collect();
+        out.extend(missing(&plan.users.add, Operation::Add, |id| {
+            ids.contains(id)
+        }));
+        out.extend(missing(&plan.users.remove, Operation::Remove, |id| {
+            !ids.contains(id)
+        }));
+    }
+    if !(plan.devices.add.is_empty() && plan.devices.remove.is_empty()) {
+        let tagged = target
+            .defender
+            .machines_by_tag(target.device_tag)
+            .await
+            .map_err(super::ReconcileError::VerifyMachines)?;
+        let ids: std::collections::HashSet<&str> = tagged.iter().map(|m| m.id.as_str()).collect();
+        out.extend(missing(&plan.devices.add, Operation::Tag, |id| {
+            ids.contains(id)
+        }));
+        out.extend(missing(&plan.devices.remove, Operation::Untag, |id| {
+            !ids.contains(id)
+        }));
+    }
+    Ok(out)
+}
+
+fn missing<I: std::fmt::Display>(
+    changes: &[Change<I>],
+    operation: Operation,
+    holds: impl Fn(&str) -> bool,
+) -> Vec<NotConverged> {
+    changes
+        .iter()
+        .filter_map(|c| {
+            let id = c.id.to_string();
+            (!holds(&id)).then(|| NotConverged {
+                group: if matches!(operation, Operation::Tag | Operation::Untag) {
+                    GroupKind::Devices
+                } else {
+                    GroupKind::Users
+                },
+                operation,
+                id,
+                label: c.label.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,413 @@
+//! Resolution: the desired state's users and devices turned into object ids and machine ids
+//! against the tenant, with the fewest requests, and the tenant read the planner compares with.
+//!
+//! Users: the group's direct members are read first (they are needed anyway); a desired UPN or
+//! object id that is already a member needs no lookup. Only the rest are looked up, 15 values
+//! per `in` filter and 20 filters per `$batch` (300 per round trip). Devices: the machine list
+//! is read once (`$top` 10,000 per page) and names, machine ids and Entra device ids are
+//! resolved against it in memory — fewer requests than one filter per entry at any size that
+//! matters, and the tagged machines fall out of the same list. With no desired devices only the
+//! tagged machines are read.
+//!
+//! Unknown and ambiguous entries are returned as [`Unresolved`]: they are skipped, they never
+//! block the other entries, and the planner makes sure they never cause a removal.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::defender::{self, DefenderClient};
+use crate::desired::{DesiredState, DeviceKey, UserKey};
+use crate::graph::{self, GraphClient};
+use crate::model::{GroupMember, Machine, MachineId, ObjectId, Upn, UserId};
+
+use super::plan::UnresolvedKind;
+use super::plan::{Actual, DesiredDeviceRef, DesiredUserRef, ResolvedDesired, Unresolved};
+
+/// A read of the tenant that failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("reading the scoped user group failed: {0}")]
+    Members(#[source] graph::Error),
+    #[error("resolving desired users failed: {0}")]
+    Users(#[source] graph::Error),
+    #[error("reading the machine list failed: {0}")]
+    Machines(#[source] defender::Error),
+}
+
+impl ResolveError {
+    /// True when the next pass may succeed where this one failed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ResolveError::Members(e) | ResolveError::Users(e) => e.is_transient(),
+            ResolveError::Machines(e) => e.is_transient(),
+        }
+    }
+}
+
+/// The desired state resolved, and the tenant as read for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub desired: ResolvedDesired,
+    pub actual: Actual,
+}
+
+/// Reads the tenant and resolves `desired` against it. Read-only.
+pub async fn resolve(
+    graph: &GraphClient,
+    defender: &DefenderClient,
+    user_group: &ObjectId,
+    device_tag: &str,
+    desired: &DesiredState,
+) -> Result<Resolution, ResolveError> {
+    let members = graph
+        .list_group_members(user_group)
+        .await
+        .map_err(ResolveError::Members)?;
+    let (mut users, mut unresolved) = resolve_users(graph, desired, &members).await?;
+
+    let (tagged, devices) = if desired.devices.is_empty() {
+        let tagged = defender
+            .machines_by_tag(device_tag)
+            .await
+            .map_err(ResolveError::Machines)?;
+        (tagged, Vec::new())
+    } else {
+        let all = defender
+            .all_machines()
+            .await
+            .map_err(ResolveError::Machines)?;
+        let (devices, bad) = resolve_devices(&desired.devices, &all);
+        unresolved.extend(bad);
+        (tagged_in(all, device_tag), devices)
+    };
+    users.sort_by(|a, b| a.label.cmp(&b.label));
+
+    Ok(Resolution {
+        desired: ResolvedDesired {
+            users,
+            devices,
+            unresolved,
+            declared_empty_ok: desired.allow_empty,
+            listed_nothing: desired.is_empty(),
+        },
+        actual: Actual { members, tagged },
+    })
+}
+
+/// The machines of `all` carrying `tag` (exact match, as the `machineTags/any` filter).
+pub fn tagged_in(all: Vec<Machine>, tag: &str) -> Vec<Machine> {
+    all.into_iter()
+        .filter(|m| m.tags.iter().any(|t| t == tag))
+        .collect()
+}
+
+async fn resolve_users(
+    graph: &GraphClient,
+    desired: &DesiredState,
+    members: &[GroupMember],
+) -> Result<(Vec<DesiredUserRef>, Vec<Unresolved>), ResolveError> {
+    let split = split_users(desired, members);
+    let by_upn = if split.upn_lookups.is_empty() {
+        HashMap::new()
+    } else {
+        graph
+            .users_by_upn(&split.upn_lookups)
+            .await
+            .map_err(ResolveError::Users)?
+    };
+    let by_id: HashSet<UserId> = if split.id_lookups.is_empty() {
+        HashSet::new()
+    } else {
+        let ids: Vec<ObjectId> = split
+            .id_lookups
+            .iter()
+            .map(|id| ObjectId::parse(id.as_str()).expect("a user id is a GUID"))
+            .collect();
+        graph
+            .users_by_id(&ids)
+            .await
+            .map_err(ResolveError::Users)?
+            .into_keys()
+            .collect()
+    };
+    Ok(finish_users(split, &by_upn, &by_id))
+}
+
+/// Desired users split into those already resolved by the member list and those to look up.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UserSplit {
+    resolved: Vec<DesiredUserRef>,
+    upn_lookups: Vec<Upn>,
+    id_lookups: Vec<UserId>,
+}
+
+/// Pure: resolves desired users against the direct members; the rest need a lookup.
+fn split_users(desired: &DesiredState, members: &[GroupMember]) -> UserSplit {
+    let mut member_by_upn: HashMap<&str, &UserId> = HashMap::new();
+    let mut member_ids: HashSet<&str> = HashSet::new();
+    for m in members {
+        if let GroupMember::User { id, upn } = m {
+            member_ids.insert(id.as_str());
+            if let Some(upn) = upn {
+                member_by_upn.insert(upn.as_str(), id);
+            }
+        }
+    }
+    let mut split = UserSplit::default();
+    for entry in &desired.users {
+        match &entry.key {
+            UserKey::Upn(upn) => match member_by_upn.get(upn.as_str()) {
+                Some(id) => split.resolved.push(DesiredUserRef {
+                    id: (*id).clone(),
+                    label: upn.to_string(),
+                }),
+                None => split.upn_lookups.push(upn.clone()),
+            },
+            UserKey::Id(id) if member_ids.contains(id.as_str()) => {
+                split.resolved.push(DesiredUserRef {
+                    id: id.clone(),
+                    label: id.to_string(),
+                })
+            }
+            UserKey::Id(id) => split.id_lookups.push(id.clone()),
+        }
+    }
+    split
+}
+
+/// Pure: completes the split with the lookup answers; what was not found is unknown.
+fn finish_users(
+    split: UserSplit,
+    by_upn: &HashMap<Upn, UserId>,
+    existing_ids: &HashSet<UserId>,
+) -> (Vec<DesiredUserRef>, Vec<Unresolved>) {
+    let mut users = split.resolved;
+    let mut unresolved = Vec::new();
+    for upn in split.upn_lookups {
+        match by_upn.get(&upn) {
+            Some(id) => users.push(DesiredUserRef {
+                id: id.clone(),
+                label: upn.to_string(),
+            }),
+            None => unresolved.push(Unresolved {
+                entry: upn.to_string(),
+                problem: UnresolvedKind::UnknownUser,
+            }),
+        }
+    }
+    for id in split.id_lookups {
+        if existing_ids.contains(&id) {
+            users.push(DesiredUserRef {
+                label: id.to_string(),
+                id,
+            });
+        } else {
+            unresolved.push(Unresolved {
+                entry: id.to_string(),
+                problem: UnresolvedKind::UnknownUser,
+            });
+        }
+    }
+    (users, unresolved)
+}
+
+/// Pure: resolves desired devices against the machine list. A DNS name or Entra device id that
+/// several machines report is ambiguous (acting on one would be a guess); an id or name no
+/// machine reports is unknown.
+pub fn resolve_devices(
+    entries: &[crate::desired::DesiredDevice],
+    machines: &[Machine],
+) -> (Vec<DesiredDeviceRef>, Vec<Unresolved>) {
+    let mut by_id: HashSet<&str> = HashSet::new();
+    let mut by_name: HashMap<&str, Vec<&MachineId>> = HashMap::new();
+    let mut by_aad: HashMap<&str, Vec<&MachineId>> = HashMap::new();
+    for m in machines {
+        by_id.insert(m.id.as_str());
+        if let Some(n) = &m.dns_name {
+            by_name.entry(n.as_str()).or_default().push(&m.id);
+        }
+        if let Some(a) = &m.aad_device_id {
+            by_aad.entry(a.as_str()).or_default().push(&m.id);
+        }
+    }
+    let mut devices = Vec::new();
+    let mut unresolved = Vec::new();
+    for entry in entries {
+        let label = entry.key.to_string();
+        let found: Vec<&MachineId> = match &entry.key {
+            DeviceKey::Machine(id) if by_id.contains(id.as_str()) => vec![id],
+            DeviceKey::Machine(_) => Vec::new(),
+            DeviceKey::Name(n) => by_name.get(n.as_str()).cloned().unwrap_or_default(),
+            DeviceKey::AadDevice(a) => by_aad.get(a.as_str()).cloned().unwrap_or_default(),
+        };
+        let mut found: Vec<MachineId> = found.into_iter().cloned().collect();
+        found.sort();
+        found.dedup();
+        match found.len() {
+            0 => unresolved.push(Unresolved {
+                entry: label,
+                problem: UnresolvedKind::UnknownDevice,
+            }),
+            1 => devices.push(DesiredDeviceRef {
+                id: found.remove(0),
+                label,
+            }),
+            _ => unresolved.push(Unresolved {
+                entry: label,
+                problem: UnresolvedKind::AmbiguousName { candidates: found },
+            }),
+        }
+    }
+    (devices, unresolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::NaiveDate;
+
+    use super::*;
+    use crate::desired::{self, Mode};
+    use crate::model::{AadDeviceId, DnsName};
+
+    fn desired(text: &str) -> DesiredState {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        desired::parse_str(Path::new("d.toml"), text, today, Mode::Runtime)
+            .unwrap()
+            .state
+    }
+
+    fn uid(n: u32) -> UserId {
+        UserId::parse(&format!("{n:08x}-0000-4000-8000-000000000000")).unwrap()
+    }
+
+    fn mid(n: u32) -> MachineId {
+        MachineId::parse(&format!("{n:040x}")).unwrap()
+    }
+
+    fn machine(n: u32, name: &str, aad: Option<&str>) -> Machine {
+        Machine {
+            id: mid(n),
+            dns_name: Some(DnsName::parse(name).unwrap()),
+            aad_device_id: aad.map(|a| AadDeviceId::parse(a).unwrap()),
+            os_platform: Some("Windows11".into()),
+            tags: if n.is_multiple_of(2) {
+                vec!["T".into()]
+            } else {
+                vec![]
+            },
+            rbac_group_id: None,
+            rbac_group_name: None,
+        }
+    }
+
+    #[test]
+    fn members_need_no_lookup_and_the_rest_are_looked_up_once() {
+        let d = desired(&format!(
+            "users = ['Ann@contoso.com', 'bob@contoso.com', '{}', '{}', 'zed@contoso.com']",
+            uid(3),
+            uid(4)
+        ));
+        let members = vec![
+            GroupMember::User {
+                id: uid(1),
+                upn: Some(Upn::parse("ann@contoso.com").unwrap()),
+            },
+            GroupMember::User {
+                id: uid(3),
+                upn: None,
+            },
+        ];
+        let split = split_users(&d, &members);
+        assert_eq!(
+            split
+                .resolved
+                .iter()
+                .map(|u| u.id.clone())
+                .collect::<Vec<_>>(),
+            vec![uid(1), uid(3)]
+        );
+        assert_eq!(
+            split.upn_lookups,
+            vec![
+                Upn::parse("bob@contoso.com").unwrap(),
+                Upn::parse("zed@contoso.com").unwrap()
+            ]
+        );
+        assert_eq!(split.id_lookups, vec![uid(4)]);
+
+        let by_upn = HashMap::from([(Upn::parse("bob@contoso.com").unwrap(), uid(2))]);
+        let (users, unresolved) = finish_users(split, &by_upn, &HashSet::new());
+        let got: Vec<(String, String)> = users
+            .iter()
+            .map(|u| (u.label.clone(), u.id.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ann@contoso.com".into(), uid(1).to_string()),
+                (uid(3).to_string(), uid(3).to_string()),
+                ("bob@contoso.com".into(), uid(2).to_string()),
+            ]
+        );
+        let unknown: Vec<&str> = unresolved.iter().map(|u| u.entry.as_str()).collect();
+        assert_eq!(unknown, vec!["zed@contoso.com", uid(4).as_str()]);
+        assert!(
+            unresolved
+                .iter()
+                .all(|u| u.problem == UnresolvedKind::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn devices_resolve_by_name_id_and_entra_id_in_memory() {
+        let aad = "1a2b3c4d-1111-2222-3333-444455556666";
+        let machines = vec![
+            machine(1, "ws-1.contoso.local", None),
+            machine(2, "ws-2.contoso.local", Some(aad)),
+            machine(3, "dup.contoso.local", None),
+            machine(4, "DUP.contoso.local", None),
+            machine(5, "ws-5.contoso.local", None),
+        ];
+        let d = desired(&format!(
+            "devices = ['WS-1.contoso.local', {{ aad_device_id = '{aad}' }}, '{}', \
+             'dup.contoso.local', '{}', 'gone.contoso.local']",
+            mid(5),
+            mid(99)
+        ));
+        let (devices, unresolved) = resolve_devices(&d.devices, &machines);
+        let got: Vec<(&str, &str)> = devices
+            .iter()
+            .map(|d| (d.label.as_str(), d.id.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ws-1.contoso.local", mid(1).as_str()),
+                (aad, mid(2).as_str()),
+                (mid(5).as_str(), mid(5).as_str()),
+            ]
+        );
+        assert_eq!(
+            unresolved,
+            vec![
+                Unresolved {
+                    entry: "dup.contoso.local".into(),
+                    problem: UnresolvedKind::AmbiguousName {
+                        candidates: vec![mid(3), mid(4)]
+                    },
+                },
+                Unresolved {
+                    entry: mid(99).to_string(),
+                    problem: UnresolvedKind::UnknownDevice,
+                },
+                Unresolved {
+                    entry: "gone.contoso.local".into(),
+                    problem: UnresolvedKind::UnknownDevice,
+                },
+            ]
+        );
+        let tagged: Vec<MachineId> = tagged_in(machines, "T").into_iter().map(|m| m.id).collect();
+        assert_eq!(tagged, vec![mid(2), mid(4)]);
+    }
+}
