@@ -43,6 +43,11 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Serve the simulated tenant (token endpoint, Graph and MDE subsets) on loopback.
     Sim(crate::sim::SimArgs),
+    /// Evaluate one incident (live, or offline against a desired state) and print the verdict
+    /// and the comment; post it with --post.
+    Verdict(crate::incidents::command::VerdictArgs),
+    /// Run the incident pass: judge new and updated incidents and post each verdict once.
+    Poll(crate::incidents::command::PollArgs),
 }
 
 #[derive(Debug, Args)]
