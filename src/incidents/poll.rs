@@ -360,11 +360,7 @@ pub async fn poll_once(
         Some(cursor) => cursor - delta(settings.overlap),
         None => now - delta(settings.lookback),
     };
-    let listed = tenant
-        .graph
-        .list_incidents(since, IncidentQuery::default())
-        .await
-        .map_err(PollError::List)?;
+    let (listed, detail) = list(tenant, since).await?;
     let mut report = PollReport {
         since: Some(since),
         listed: listed.len(),
@@ -392,7 +388,7 @@ pub async fn poll_once(
             times.push((summary.last_update_at, times[i].1));
             continue;
         }
-        let ok = match handle(tenant, state, settings, &summary, &mut scope, now).await? {
+        let ok = match handle(tenant, state, settings, &summary, detail, &mut scope, now).await? {
             Ok((polled, findings)) => {
                 report
                     .priority_findings
@@ -424,13 +420,41 @@ pub async fn poll_once(
 
 type HandleResult = Result<(PolledIncident, Vec<PriorityFinding>), IncidentFailure>;
 
-/// One listed incident: fetch it with its alerts, judge it, post. The outer error fails the
-/// pass (the scope could not be read); the inner one fails only this incident.
+/// Lists the incidents updated since `since` with their alerts (and comments) inline. When
+/// that list fails on the service side (large tenants have seen persistent 500s with
+/// `$expand=alerts`), lists without alerts instead; the `true` then says each incident must be
+/// fetched on its own.
+async fn list(tenant: &Tenant, since: DateTime<Utc>) -> Result<(Listed, bool), PollError> {
+    let expanded = IncidentQuery {
+        expand_alerts: true,
+        ..IncidentQuery::default()
+    };
+    match tenant.graph.list_incidents(since, expanded).await {
+        Ok(listed) => Ok((listed, false)),
+        Err(e) if e.http_source().and_then(|h| h.status()).is_some_and(|s| s >= 500) => {
+            tracing::warn!(error = %e, "listing incidents with their alerts failed; fetching them one by one");
+            let listed = tenant
+                .graph
+                .list_incidents(since, IncidentQuery::default())
+                .await
+                .map_err(PollError::List)?;
+            Ok((listed, true))
+        }
+        Err(e) => Err(PollError::List(e)),
+    }
+}
+
+type Listed = Vec<Result<Incident, graph::IncidentError>>;
+
+/// One listed incident: fetch it with its alerts when the list did not carry them (`detail`),
+/// judge it, post. The outer error fails the pass (the scope could not be read); the inner one
+/// fails only this incident.
 async fn handle(
     tenant: &Tenant,
     state: &State,
     settings: &PollSettings,
     summary: &Incident,
+    detail: bool,
     scope: &mut Option<Scope>,
     now: DateTime<Utc>,
 ) -> Result<HandleResult, PollError> {
@@ -442,6 +466,9 @@ async fn handle(
     };
     if summary.status == model::IncidentStatus::Redirected {
         return Ok(Ok((polled(Handled::Redirected, None), Vec::new())));
+    }
+    if !detail {
+        return judge(tenant, state, settings, summary, scope, now).await;
     }
     let incident = match tenant.graph.get_incident(&summary.id).await {
         Ok(incident) => incident,
@@ -455,18 +482,36 @@ async fn handle(
         }
         Err(e) => return Ok(Err(e.into())),
     };
+    judge(tenant, state, settings, &incident, scope, now).await
+}
+
+/// Judges an incident read with its alerts and comments, and posts the verdict.
+async fn judge(
+    tenant: &Tenant,
+    state: &State,
+    settings: &PollSettings,
+    incident: &Incident,
+    scope: &mut Option<Scope>,
+    now: DateTime<Utc>,
+) -> Result<HandleResult, PollError> {
+    let polled = |handled, v: &Verdict| PolledIncident {
+        id: incident.id.clone(),
+        handled,
+        verdict: Some(v.outcome.code()),
+        digest: Some(v.digest.clone()),
+    };
     let scope = match scope {
         Some(scope) => scope,
         None => scope.insert(read_scope(tenant, state, settings).await?),
     };
-    let v = verdict::verdict(&incident, scope, &settings.policy, now);
+    let v = verdict::verdict(incident, scope, &settings.policy, now);
     if let Outcome::Skipped { .. } = v.outcome {
-        return Ok(Ok((polled(Handled::Redirected, Some(&v)), Vec::new())));
+        return Ok(Ok((polled(Handled::Redirected, &v), Vec::new())));
     }
     Ok(
-        post_verdict(tenant, state, &incident, &v, settings.post_comments, now)
+        post_verdict(tenant, state, incident, &v, settings.post_comments, now)
             .await
-            .map(|handled| (polled(handled, Some(&v)), v.priority_findings.clone())),
+            .map(|handled| (polled(handled, &v), v.priority_findings.clone())),
     )
 }
 

@@ -6,6 +6,7 @@ mod defender;
 mod desired;
 mod graph;
 mod http;
+mod incidents;
 mod sim;
 mod state;
 mod tenant;
