@@ -57,7 +57,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             let runtime = tokio::runtime::Runtime::new()?;
             let out = &mut std::io::stdout().lock();
-            runtime.block_on(dexscope::incidents::command::verdict(args, config.as_ref(), out))?;
+            runtime.block_on(dexscope::incidents::command::verdict(
+                args,
+                config.as_ref(),
+                out,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Poll(args) => {

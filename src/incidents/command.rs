@@ -13,7 +13,7 @@ use crate::incidents::comment;
 use crate::incidents::poll::{
     self, Handled, IncidentFailure, PollError, PollReport, PollSettings, post_verdict,
 };
-use crate::incidents::verdict::{self, DesiredDevice, DesiredUser, Policy, Scope};
+use crate::incidents::verdict::{self, DesiredDevice, DesiredUser, Scope};
 use crate::model::Incident;
 use crate::state::{State, StateError};
 use crate::tenant::{Tenant, TenantError};
@@ -85,15 +85,35 @@ pub enum CommandError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Poll(#[from] PollError),
+    Poll(Box<PollError>),
     #[error(transparent)]
-    Graph(#[from] graph::Error),
+    Graph(Box<graph::Error>),
     #[error(transparent)]
-    Post(#[from] IncidentFailure),
-    #[error("a live verdict needs the config; pass --config, or judge a --file offline with --desired")]
+    Post(Box<IncidentFailure>),
+    #[error(
+        "a live verdict needs the config; pass --config, or judge a --file offline with --desired"
+    )]
     NoConfig,
     #[error("writing the output failed: {0}")]
     Write(#[from] std::io::Error),
+}
+
+impl From<PollError> for CommandError {
+    fn from(e: PollError) -> Self {
+        CommandError::Poll(Box::new(e))
+    }
+}
+
+impl From<graph::Error> for CommandError {
+    fn from(e: graph::Error) -> Self {
+        CommandError::Graph(Box::new(e))
+    }
+}
+
+impl From<IncidentFailure> for CommandError {
+    fn from(e: IncidentFailure) -> Self {
+        CommandError::Post(Box::new(e))
+    }
 }
 
 /// Runs `verdict`. `config` is `None` only when [`VerdictArgs::needs_config`] is false.
@@ -105,7 +125,7 @@ pub async fn verdict(
     let now = Utc::now();
     let policy = config
         .map(|c| poll::policy_from_config(&c.incidents))
-        .unwrap_or_else(Policy::default);
+        .unwrap_or_default();
     let live = match config {
         Some(config) => Some((
             Tenant::from_config(config)?,
@@ -221,9 +241,10 @@ fn print_verdict(
             )?;
             match posted {
                 Some(Handled::Posted) => writeln!(out, "posted: yes")?,
-                Some(Handled::AlreadyPosted) => {
-                    writeln!(out, "posted: no, a comment with this marker is already there")?
-                }
+                Some(Handled::AlreadyPosted) => writeln!(
+                    out,
+                    "posted: no, a comment with this marker is already there"
+                )?,
                 _ => {}
             }
             writeln!(out, "\n{text}")?;

@@ -1,6 +1,6 @@
-//! The incident poller: one pass lists the incidents updated since the stored cursor, judges
-//! each against the scope read afresh from the tenant, and posts each verdict comment exactly
-//! once.
+//! The incident poller: one pass lists the incidents updated since the stored cursor (with
+//! their alerts and comments inline; one read per incident when that list fails), judges each
+//! against the scope read afresh from the tenant, and posts each verdict comment exactly once.
 //!
 //! The decisions are pure ([`next_cursor`], [`decide`]); [`poll_once`] and [`post_verdict`]
 //! carry them out. Exactly-once rests on the incident's own comments, not on local state:
@@ -104,7 +104,9 @@ pub enum PollError {
     Tagged(#[source] defender::Error),
     #[error("reading tag times for incident verdicts failed: {0}")]
     TagTimes(#[source] StateError),
-    #[error("storing the incident cursor failed: {0}; the next pass reads the same incidents again")]
+    #[error(
+        "storing the incident cursor failed: {0}; the next pass reads the same incidents again"
+    )]
     StoreCursor(#[source] StateError),
 }
 
@@ -113,15 +115,23 @@ pub enum PollError {
 #[derive(Debug, thiserror::Error)]
 pub enum IncidentFailure {
     #[error(transparent)]
-    Graph(#[from] graph::Error),
-    #[error("the comment on incident {id} may not have been stored and was not found on re-reading; the next pass decides again")]
+    Graph(Box<graph::Error>),
+    #[error(
+        "the comment on incident {id} may not have been stored and was not found on re-reading; the next pass decides again"
+    )]
     Unconfirmed { id: String },
     #[error("recording the verdict of incident {id} failed: {source}")]
     Record {
         id: String,
         #[source]
-        source: StateError,
+        source: Box<StateError>,
     },
+}
+
+impl From<graph::Error> for IncidentFailure {
+    fn from(e: graph::Error) -> Self {
+        IncidentFailure::Graph(Box::new(e))
+    }
 }
 
 /// What was done with one incident.
@@ -302,7 +312,7 @@ pub async fn post_verdict(
             })
             .map_err(|source| IncidentFailure::Record {
                 id: id.clone(),
-                source,
+                source: Box::new(source),
             })
     };
     match decide(verdict, incident, &incident.comments, post_comments) {
@@ -431,7 +441,11 @@ async fn list(tenant: &Tenant, since: DateTime<Utc>) -> Result<(Listed, bool), P
     };
     match tenant.graph.list_incidents(since, expanded).await {
         Ok(listed) => Ok((listed, false)),
-        Err(e) if e.http_source().and_then(|h| h.status()).is_some_and(|s| s >= 500) => {
+        Err(e)
+            if e.http_source()
+                .and_then(|h| h.status())
+                .is_some_and(|s| s >= 500) =>
+        {
             tracing::warn!(error = %e, "listing incidents with their alerts failed; fetching them one by one");
             let listed = tenant
                 .graph
@@ -555,6 +569,40 @@ mod tests {
                 "{stored:?} {listed:?}"
             );
         }
+    }
+
+    #[test]
+    fn decide_posts_only_a_marker_not_already_there() {
+        let incident = |status: &str| {
+            crate::graph::parse_incident(&serde_json::json!({
+                "id": "7", "createdDateTime": "2025-01-01T00:00:00Z", "severity": "high",
+                "status": status, "redirectIncidentId": "3", "alerts": []
+            }))
+            .unwrap()
+        };
+        let scope = Scope::new(verdict::ScopeSource::Live, "G", Duration::ZERO, [], []);
+        let judge = |i: &Incident| verdict::verdict(i, &scope, &Policy::default(), t(0));
+        let active = incident("active");
+        let v = judge(&active);
+        let Action::Post { marker, text } = decide(&v, &active, &[], true) else {
+            panic!("should post");
+        };
+        assert!(text.ends_with(&marker.to_string()));
+        let posted = [IncidentComment {
+            comment: text,
+            created_by: None,
+            created_at: None,
+        }];
+        assert_eq!(
+            decide(&v, &active, &posted, true),
+            Action::AlreadyPosted(marker.clone())
+        );
+        assert_eq!(decide(&v, &active, &[], false), Action::LogOnly(marker));
+        let redirected = incident("redirected");
+        assert_eq!(
+            decide(&judge(&redirected), &redirected, &[], true),
+            Action::Skip
+        );
     }
 
     #[test]

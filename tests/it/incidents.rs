@@ -11,7 +11,9 @@ use dexscope::config::Config;
 use dexscope::incidents::comment::parse_marker;
 use dexscope::incidents::poll::{self, Handled, PollSettings};
 use dexscope::sim::model::{DEVICE_GROUP_NAME, DEVICE_TAG};
-use dexscope::sim::{self, FaultConfig, IncidentSpec, QuotaConfig, SeedSpec, SimHandle, SimOptions};
+use dexscope::sim::{
+    self, FaultConfig, IncidentSpec, QuotaConfig, SeedSpec, SimHandle, SimOptions,
+};
 use dexscope::state::State;
 use dexscope::tenant::Tenant;
 use rand::{Rng, SeedableRng};
@@ -101,7 +103,12 @@ fn comments_by_incident(sim: &SimHandle) -> BTreeMap<String, (bool, Vec<&'static
         t.incidents
             .list
             .iter()
-            .map(|i| (i.id.to_string(), i.status.eq_ignore_ascii_case("redirected")))
+            .map(|i| {
+                (
+                    i.id.to_string(),
+                    i.status.eq_ignore_ascii_case("redirected"),
+                )
+            })
             .collect()
     };
     ids.into_iter()
@@ -110,7 +117,13 @@ fn comments_by_incident(sim: &SimHandle) -> BTreeMap<String, (bool, Vec<&'static
                 .comments(&id)
                 .iter()
                 .filter_map(|c| parse_marker(c))
-                .map(|m| if m.in_scope { "in_scope" } else { "out_of_scope" })
+                .map(|m| {
+                    if m.in_scope {
+                        "in_scope"
+                    } else {
+                        "out_of_scope"
+                    }
+                })
                 .collect();
             (id, (redirected, outcomes))
         })
@@ -123,7 +136,10 @@ fn assert_exactly_one_each(sim: &SimHandle) -> BTreeMap<String, &'static str> {
     let mut out = BTreeMap::new();
     for (id, (redirected, outcomes)) in comments_by_incident(sim) {
         if redirected {
-            assert!(outcomes.is_empty(), "redirected incident {id} got {outcomes:?}");
+            assert!(
+                outcomes.is_empty(),
+                "redirected incident {id} got {outcomes:?}"
+            );
         } else {
             assert_eq!(outcomes.len(), 1, "incident {id}: {outcomes:?}");
             out.insert(id, outcomes[0]);
@@ -187,7 +203,10 @@ fn known_incidents(sim: &SimHandle, p: &Picks) -> Vec<(String, Option<&'static s
         s
     };
     let cases: Vec<(IncidentSpec, Option<&'static str>)> = vec![
-        (spec(&|s| s.devices = vec![p.tagged_windows.clone()]), Some("in_scope")),
+        (
+            spec(&|s| s.devices = vec![p.tagged_windows.clone()]),
+            Some("in_scope"),
+        ),
         (
             spec(&|s| {
                 s.severity = "medium".into();
@@ -195,7 +214,10 @@ fn known_incidents(sim: &SimHandle, p: &Picks) -> Vec<(String, Option<&'static s
             }),
             Some("in_scope"),
         ),
-        (spec(&|s| s.mailboxes = vec![p.scoped_upn.clone()]), Some("in_scope")),
+        (
+            spec(&|s| s.mailboxes = vec![p.scoped_upn.clone()]),
+            Some("in_scope"),
+        ),
         (
             spec(&|s| {
                 s.devices = vec![p.untagged_windows.clone()];
@@ -250,17 +272,22 @@ fn seeded_out_of_scope() -> Vec<String> {
         .collect()
 }
 
-fn check_known(
-    got: &BTreeMap<String, &'static str>,
-    known: &[(String, Option<&'static str>)],
-) {
+fn check_known(got: &BTreeMap<String, &'static str>, known: &[(String, Option<&'static str>)]) {
     for (id, want) in known {
         assert_eq!(got.get(id).copied(), *want, "incident {id}");
     }
     for id in seeded_out_of_scope() {
-        assert_eq!(got.get(&id).copied(), Some("out_of_scope"), "seeded incident {id}");
+        assert_eq!(
+            got.get(&id).copied(),
+            Some("out_of_scope"),
+            "seeded incident {id}"
+        );
     }
-    assert_eq!(got.get("1014"), None, "the seeded redirected incident gets no comment");
+    assert_eq!(
+        got.get("1014"),
+        None,
+        "the seeded redirected incident gets no comment"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +409,10 @@ async fn a_comment_stored_before_the_post_timed_out_is_not_posted_again() {
     let config = write_config(&sim, dir.path(), true, "1s");
     let p = poller(&sim, &config);
     let picks = picks(&sim);
-    for devices in [vec![picks.tagged_windows.clone()], vec![picks.untagged_windows.clone()]] {
+    for devices in [
+        vec![picks.tagged_windows.clone()],
+        vec![picks.untagged_windows.clone()],
+    ] {
         sim.create_incident(&IncidentSpec {
             devices,
             ..IncidentSpec::default()
@@ -400,7 +430,10 @@ async fn a_comment_stored_before_the_post_timed_out_is_not_posted_again() {
     p.pass().await;
     assert_eq!(sim.stats().calls(POST_ROUTE), 2);
     let got = assert_exactly_one_each(&sim);
-    assert_eq!(got.values().copied().collect::<Vec<_>>(), ["in_scope", "out_of_scope"]);
+    assert_eq!(
+        got.values().copied().collect::<Vec<_>>(),
+        ["in_scope", "out_of_scope"]
+    );
     // The verdicts are recorded for `status`.
     assert_eq!(p.state.recent_verdicts(10).unwrap().len(), 2);
     sim.shutdown().await;
@@ -444,6 +477,10 @@ async fn killing_the_poller_at_random_points_never_duplicates_or_misses() {
         }
         // A stream: new incidents of every known kind before each run.
         known.extend(known_incidents(&sim, &picks(&sim)));
+        let pending = comments_by_incident(&sim)
+            .values()
+            .filter(|(redirected, outcomes)| !redirected && outcomes.is_empty())
+            .count() as u64;
         let before = sim.stats().calls(POST_ROUTE);
         let mut child = run();
         let after = Duration::from_millis(rng.random_range(0..250));
@@ -461,9 +498,11 @@ async fn killing_the_poller_at_random_points_never_duplicates_or_misses() {
         };
         let posted = sim.stats().calls(POST_ROUTE) - before;
         if outcome == "killed" {
-            posted_by_killed.push(posted);
+            posted_by_killed.push((posted, pending));
         }
-        eprintln!("run {round}: {outcome} after {after:?}, {posted} comments posted");
+        eprintln!(
+            "run {round}: {outcome} within {after:?}, {posted} of {pending} pending comments posted"
+        );
     }
     assert_eq!(killed, 20, "20 runs killed");
     // Two clean runs: the first finishes whatever the kills left, the second finds nothing.
@@ -474,9 +513,16 @@ async fn killing_the_poller_at_random_points_never_duplicates_or_misses() {
             .unwrap();
         assert!(status.success());
     }
-    eprintln!("killed {killed}, finished {finished}; comments posted by killed runs: {posted_by_killed:?}");
+    eprintln!(
+        "killed {killed}, finished {finished}; (posted, pending) per killed run: {posted_by_killed:?}"
+    );
     // Some kills landed between two comments of one pass.
-    assert!(posted_by_killed.iter().any(|&n| n > 0 && n < 7), "{posted_by_killed:?}");
+    assert!(
+        posted_by_killed
+            .iter()
+            .any(|&(n, pending)| n > 0 && n < pending),
+        "{posted_by_killed:?}"
+    );
     let got = assert_exactly_one_each(&sim);
     assert_eq!(got.len(), 40 - 1 + known.len() - known.len() / 8);
     check_known(&got, &known);
@@ -533,5 +579,117 @@ async fn latency_from_incident_to_comment() {
         latencies[latencies.len() - 1]
     );
     assert!(latencies[latencies.len() - 1] <= Duration::from_secs(3));
+    sim.shutdown().await;
+}
+
+fn incident_file(dir: &Path, status: &str, upn: &str) -> PathBuf {
+    let path = dir.join(format!("incident-{status}-{upn}.json"));
+    let json = serde_json::json!({
+        "id": "77", "createdDateTime": "2025-01-01T00:00:00Z", "severity": "High",
+        "status": status, "redirectIncidentId": "12", "comments": [],
+        "alerts": [{
+            "id": "a1", "serviceSource": "microsoftDefenderForEndpoint",
+            "detectionSource": "microsoftDefenderForEndpoint",
+            "evidence": [{
+                "@odata.type": "#microsoft.graph.security.userEvidence",
+                "roles": ["compromised"],
+                "userAccount": {"userPrincipalName": upn}
+            }]
+        }]
+    });
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+async fn dexscope(args: &[&std::ffi::OsStr], secret: &str) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .args(args)
+        .env("DEXSCOPE_CLIENT_SECRET", secret)
+        .env_remove("DEXSCOPE_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdict_command_offline_and_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let desired = dir.path().join("desired.toml");
+    std::fs::write(&desired, "users = [\"alice@contoso.com\"]\n").unwrap();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let missing = dir.path().join("no-such-config.toml");
+    let offline = |file: PathBuf, format: &str| {
+        vec![
+            os("--config"),
+            missing.clone().into_os_string(),
+            os("verdict"),
+            os("--file"),
+            file.into_os_string(),
+            os("--desired"),
+            desired.clone().into_os_string(),
+            os("--format"),
+            os(format),
+        ]
+    };
+    let args = offline(
+        incident_file(dir.path(), "active", "ALICE@contoso.com"),
+        "json",
+    );
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (ok, out) = dexscope(&args, "").await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict"], "in_scope", "{v}");
+    assert!(v["comment"].as_str().unwrap().starts_with("IN SCOPE"));
+
+    let args = offline(
+        incident_file(dir.path(), "active", "bob@contoso.com"),
+        "text",
+    );
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (ok, out) = dexscope(&args, "").await;
+    assert!(ok);
+    assert!(out.starts_with("verdict: out_of_scope"), "{out}");
+    assert!(out.contains("\nOUT OF SCOPE for Defender Experts"), "{out}");
+
+    let args = offline(
+        incident_file(dir.path(), "Redirected", "alice@contoso.com"),
+        "text",
+    );
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (ok, out) = dexscope(&args, "").await;
+    assert!(ok);
+    assert_eq!(out, "skipped: redirected to 12\n");
+
+    // Live, posted twice: one comment.
+    let sim = start_sim(0, FaultConfig::default()).await;
+    let config = write_config(&sim, dir.path(), true, "30s");
+    let picks = picks(&sim);
+    let id = sim.create_incident(&IncidentSpec {
+        users: vec![picks.scoped_upn.clone()],
+        ..IncidentSpec::default()
+    });
+    let secret = sim.client_secret().expose_secret().to_string();
+    let live = [
+        os("--config"),
+        config.into_os_string(),
+        os("verdict"),
+        os("--incident"),
+        os(&id),
+        os("--post"),
+    ];
+    let live: Vec<&std::ffi::OsStr> = live.iter().map(|a| a.as_os_str()).collect();
+    let (ok, first) = dexscope(&live, &secret).await;
+    assert!(ok, "{first}");
+    assert!(first.starts_with("verdict: in_scope"), "{first}");
+    assert!(first.contains("posted: yes"), "{first}");
+    let (ok, second) = dexscope(&live, &secret).await;
+    assert!(ok);
+    assert!(
+        second.contains("posted: no, a comment with this marker is already there"),
+        "{second}"
+    );
+    assert_eq!(sim.comments(&id).len(), 1);
     sim.shutdown().await;
 }
