@@ -50,6 +50,11 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run one reconcile pass, then exit: 0 converged, 1 error, 3 removals refused by the guard.
     Apply(ApplyArgs),
+    /// Evaluate one incident (live, or offline against a desired state) and print the verdict
+    /// and the comment; post it with --post.
+    Verdict(crate::incidents::command::VerdictArgs),
+    /// Run the incident pass: judge new and updated incidents and post each verdict once.
+    Poll(crate::incidents::command::PollArgs),
 }
 
 #[derive(Debug, Args)]

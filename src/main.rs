@@ -88,6 +88,35 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 ));
             Ok(ExitCode::from(code))
         }
+        Command::Verdict(args) => {
+            let config = if args.needs_config() {
+                match load_config(cli) {
+                    Ok(config) => Some(config),
+                    Err(code) => return Ok(code),
+                }
+            } else {
+                telemetry::init(LogFormat::Text, cli.verbose)?;
+                None
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let out = &mut std::io::stdout().lock();
+            runtime.block_on(dexscope::incidents::command::verdict(
+                args,
+                config.as_ref(),
+                out,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Poll(args) => {
+            let config = match load_config(cli) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let out = &mut std::io::stdout().lock();
+            runtime.block_on(dexscope::incidents::command::poll(args, &config, out))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

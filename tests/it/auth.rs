@@ -578,6 +578,9 @@ async fn logs_never_carry_the_secret_the_token_or_the_assertion() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first hit on another test thread (before this subscriber existed) may have
+    // cached "not interested"; recompute so this thread's events reach the buffer.
+    tracing::callsite::rebuild_interest_cache();
 
     // Secret: a success, then a refusal of the same secret.
     let server = MockServer::start().await;

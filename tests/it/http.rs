@@ -527,6 +527,9 @@ fn tokens_never_appear_in_logs_or_errors() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first hit on another test thread (before this subscriber existed) may have
+    // cached "not interested"; recompute so this thread's events reach the buffer.
+    tracing::callsite::rebuild_interest_cache();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

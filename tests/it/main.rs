@@ -8,6 +8,7 @@ mod defender;
 mod desired;
 mod graph;
 mod http;
+mod incidents;
 mod priority;
 mod reconcile;
 mod sim;

@@ -1,0 +1,327 @@
+//! The `verdict` and `poll` commands: one incident judged (live or offline, optionally posted),
+//! and one incident pass (or the incident loop alone) run from the command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::Utc;
+
+use crate::config::{Config, REQUIRED_DEVICE_GROUP};
+use crate::desired::{self, DeviceKey, Diagnostics, UserKey};
+use crate::graph;
+use crate::incidents::comment;
+use crate::incidents::poll::{
+    self, Handled, IncidentFailure, PollError, PollReport, PollSettings, post_verdict,
+};
+use crate::incidents::verdict::{self, DesiredDevice, DesiredUser, Scope};
+use crate::model::Incident;
+use crate::state::{State, StateError};
+use crate::tenant::{Tenant, TenantError};
+
+/// How `verdict` and `poll` print their result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// `dexscope verdict`: evaluate one incident and print the verdict and the comment.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["incident", "file"])))]
+pub struct VerdictArgs {
+    /// The incident to read from the tenant (live).
+    #[arg(long, value_name = "ID")]
+    pub incident: Option<String>,
+    /// An exported Graph incident (JSON with `alerts` expanded).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Judge against this desired state (a .toml file or a directory) instead of the live
+    /// scope; with --file no config and no network are needed.
+    #[arg(long, value_name = "PATH", conflicts_with = "post")]
+    pub desired: Option<PathBuf>,
+    /// Post the comment, unless a comment with the same verdict marker is already there.
+    #[arg(long)]
+    pub post: bool,
+    /// How the result is printed.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+impl VerdictArgs {
+    /// Whether the command needs the config: everything but `--file` with `--desired`.
+    pub fn needs_config(&self) -> bool {
+        !(self.file.is_some() && self.desired.is_some())
+    }
+}
+
+/// `dexscope poll`: the incident pass without the rest of the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PollArgs {
+    /// Run one pass and exit (otherwise pass every `[schedule] incidents_every` until Ctrl-C).
+    #[arg(long)]
+    pub once: bool,
+    /// How each pass's report is printed.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+/// What failed in `verdict` or `poll`; one line each, saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot read incident file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "incident file {path} is not a Graph incident: {detail}; export it with $expand=alerts"
+    )]
+    ParseFile { path: PathBuf, detail: String },
+    #[error("{0}; fix the desired state or run `dexscope validate` on it")]
+    Desired(#[source] Diagnostics),
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Poll(Box<PollError>),
+    #[error(transparent)]
+    Graph(Box<graph::Error>),
+    #[error(transparent)]
+    Post(Box<IncidentFailure>),
+    #[error(
+        "a live verdict needs the config; pass --config, or judge a --file offline with --desired"
+    )]
+    NoConfig,
+    #[error("writing the output failed: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+impl From<PollError> for CommandError {
+    fn from(e: PollError) -> Self {
+        CommandError::Poll(Box::new(e))
+    }
+}
+
+impl From<graph::Error> for CommandError {
+    fn from(e: graph::Error) -> Self {
+        CommandError::Graph(Box::new(e))
+    }
+}
+
+impl From<IncidentFailure> for CommandError {
+    fn from(e: IncidentFailure) -> Self {
+        CommandError::Post(Box::new(e))
+    }
+}
+
+/// Runs `verdict`. `config` is `None` only when [`VerdictArgs::needs_config`] is false.
+pub async fn verdict(
+    args: &VerdictArgs,
+    config: Option<&Config>,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    let now = Utc::now();
+    let policy = config
+        .map(|c| poll::policy_from_config(&c.incidents))
+        .unwrap_or_default();
+    let live = match config {
+        Some(config) => Some((
+            Tenant::from_config(config)?,
+            State::open(&config.state.path)?,
+            PollSettings::from_config(config),
+        )),
+        None => None,
+    };
+    let mut incident = match (&args.file, &live, &args.incident) {
+        (Some(path), _, _) => read_incident_file(path)?,
+        (None, Some((tenant, _, _)), Some(id)) => tenant.graph.get_incident(id).await?,
+        _ => return Err(CommandError::NoConfig),
+    };
+    let scope = match (&args.desired, &live) {
+        (Some(path), _) => {
+            let group = config.map_or(REQUIRED_DEVICE_GROUP, |c| &c.scope.device_group_name);
+            offline_scope(path, group, now.date_naive())?
+        }
+        (None, Some((tenant, state, settings))) => {
+            poll::read_scope(tenant, state, settings).await?
+        }
+        (None, None) => return Err(CommandError::NoConfig),
+    };
+    let v = verdict::verdict(&incident, &scope, &policy, now);
+    let mut posted = None;
+    if args.post
+        && let Some((tenant, state, _)) = &live
+        && comment::comment(&v, &incident).is_some()
+    {
+        if args.file.is_some() {
+            // The file's comments may be stale: exactly-once rests on the tenant's.
+            incident.comments = tenant.graph.get_incident(&incident.id).await?.comments;
+        }
+        posted = Some(post_verdict(tenant, state, &incident, &v, true, now).await?);
+    }
+    print_verdict(out, args.format, &v, &incident, posted)
+}
+
+fn read_incident_file(path: &PathBuf) -> Result<Incident, CommandError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CommandError::ReadFile {
+        path: path.clone(),
+        source,
+    })?;
+    let parse_err = |detail: String| CommandError::ParseFile {
+        path: path.clone(),
+        detail,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
+    graph::parse_incident(&value).map_err(|e| parse_err(e.detail))
+}
+
+fn offline_scope(
+    path: &PathBuf,
+    device_group: &str,
+    today: chrono::NaiveDate,
+) -> Result<Scope, CommandError> {
+    let loaded = desired::load(std::slice::from_ref(path), today, desired::Mode::Runtime)
+        .map_err(CommandError::Desired)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let users: Vec<DesiredUser> = loaded
+        .state
+        .users
+        .iter()
+        .map(|u| match &u.key {
+            UserKey::Upn(upn) => DesiredUser::Upn(upn.clone()),
+            UserKey::Id(id) => DesiredUser::Id(id.clone()),
+        })
+        .collect();
+    let devices: Vec<DesiredDevice> = loaded
+        .state
+        .devices
+        .iter()
+        .map(|d| match &d.key {
+            DeviceKey::Name(dns) => DesiredDevice::Dns(dns.clone()),
+            DeviceKey::Machine(id) => DesiredDevice::Machine(id.clone()),
+            DeviceKey::AadDevice(aad) => DesiredDevice::AadDevice(aad.clone()),
+        })
+        .collect();
+    Ok(Scope::offline(device_group, &users, &devices))
+}
+
+fn print_verdict(
+    out: &mut impl Write,
+    format: OutputFormat,
+    v: &verdict::Verdict,
+    incident: &Incident,
+    posted: Option<Handled>,
+) -> Result<(), CommandError> {
+    let text = comment::render(v, incident);
+    let has_comment = comment::comment(v, incident).is_some();
+    match format {
+        OutputFormat::Json => {
+            let mut json = serde_json::to_value(v).map_err(std::io::Error::other)?;
+            json["comment"] = if has_comment {
+                text.into()
+            } else {
+                serde_json::Value::Null
+            };
+            json["posted"] = serde_json::to_value(posted).map_err(std::io::Error::other)?;
+            writeln!(out, "{json}")?;
+        }
+        OutputFormat::Text if !has_comment => writeln!(out, "{text}")?,
+        OutputFormat::Text => {
+            writeln!(
+                out,
+                "verdict: {} (incident {}, digest {})",
+                v.outcome.code(),
+                comment::sanitise(&incident.id, 40),
+                v.digest
+            )?;
+            match posted {
+                Some(Handled::Posted) => writeln!(out, "posted: yes")?,
+                Some(Handled::AlreadyPosted) => writeln!(
+                    out,
+                    "posted: no, a comment with this marker is already there"
+                )?,
+                _ => {}
+            }
+            writeln!(out, "\n{text}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `poll`: one pass with `--once`, otherwise a pass every `[schedule] incidents_every`
+/// until Ctrl-C. A failed pass is logged and left to the next tick.
+pub async fn poll(
+    args: &PollArgs,
+    config: &Config,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    let tenant = Tenant::from_config(config)?;
+    let state = State::open(&config.state.path)?;
+    let settings = PollSettings::from_config(config);
+    if args.once {
+        let report = poll::poll_once(&tenant, &state, &settings, Utc::now()).await?;
+        return print_report(out, args.format, &report);
+    }
+    let mut tick = tokio::time::interval(config.schedule.incidents_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        match poll::poll_once(&tenant, &state, &settings, Utc::now()).await {
+            Ok(report) => print_report(out, args.format, &report)?,
+            Err(e) => tracing::error!(error = %e, "incident pass failed"),
+        }
+    }
+}
+
+fn print_report(
+    out: &mut impl Write,
+    format: OutputFormat,
+    r: &PollReport,
+) -> Result<(), CommandError> {
+    if format == OutputFormat::Json {
+        let json = serde_json::to_string(r).map_err(std::io::Error::other)?;
+        writeln!(out, "{json}")?;
+        return Ok(());
+    }
+    let cursor = r
+        .cursor
+        .map_or_else(|| "none".to_owned(), |c| c.to_rfc3339());
+    writeln!(
+        out,
+        "incidents: {} listed, {} posted, {} already posted, {} logged only, {} redirected, \
+         {} malformed, {} gone, {} failed; cursor {cursor}",
+        r.listed,
+        r.count(Handled::Posted),
+        r.count(Handled::AlreadyPosted),
+        r.count(Handled::LoggedOnly),
+        r.count(Handled::Redirected),
+        r.count(Handled::Malformed),
+        r.count(Handled::Gone),
+        r.failed.len(),
+    )?;
+    for (id, error) in &r.failed {
+        writeln!(out, "failed: incident {id}: {error}")?;
+    }
+    for f in &r.priority_findings {
+        let problem = match &f.finding.problem {
+            verdict::PriorityProblem::Outranked { group } => format!("outranked by group {group}"),
+            verdict::PriorityProblem::TagNotMatched => {
+                "tag not matched by the group rule".to_owned()
+            }
+        };
+        writeln!(
+            out,
+            "priority: incident {} device {}: {problem}",
+            f.incident_id, f.finding.device_id
+        )?;
+    }
+    Ok(())
+}

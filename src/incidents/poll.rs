@@ -1,0 +1,648 @@
+//! The incident poller: one pass lists the incidents updated since the stored cursor (with
+//! their alerts and comments inline; one read per incident when that list fails), judges each
+//! against the scope read afresh from the tenant, and posts each verdict comment exactly once.
+//!
+//! The decisions are pure ([`next_cursor`], [`decide`]); [`poll_once`] and [`post_verdict`]
+//! carry them out. Exactly-once rests on the incident's own comments, not on local state:
+//! before a POST the incident is read and the comment is posted only when no comment carries
+//! the same marker; after an ambiguous POST (timeout, 5xx) the comments are read again and the
+//! POST is not repeated in the same pass. A crash at any point therefore leaves either no
+//! comment (the cursor did not move, the next pass posts) or the comment (the next pass sees
+//! the marker).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::config::{self, Config};
+use crate::graph::{self, IncidentQuery};
+use crate::incidents::comment::{self, Marker};
+use crate::incidents::verdict::{
+    self, ExcludedKind, Outcome, PlatformClass, Policy, PriorityFinding, Scope, Verdict,
+};
+use crate::model::{Incident, IncidentComment, ObjectId};
+use crate::state::{PostedVerdict, State, StateError};
+use crate::tenant::Tenant;
+use crate::{defender, model};
+
+/// The name of the incident cursor in the state database.
+pub const CURSOR: &str = "incidents";
+
+/// What a pass needs from the config.
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    pub user_group: ObjectId,
+    pub device_tag: String,
+    pub device_group: String,
+    pub propagation_grace: Duration,
+    pub lookback: Duration,
+    pub overlap: Duration,
+    pub post_comments: bool,
+    pub policy: Policy,
+}
+
+impl PollSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            user_group: config.scope.user_group_id.clone(),
+            device_tag: config.scope.device_tag.clone(),
+            device_group: config.scope.device_group_name.clone(),
+            propagation_grace: config.scope.propagation_grace,
+            lookback: config.incidents.lookback,
+            overlap: config.incidents.overlap,
+            post_comments: config.incidents.post_comments,
+            policy: policy_from_config(&config.incidents),
+        }
+    }
+}
+
+/// The verdict policy the `[incidents]` settings describe. An excluded kind is excluded when any
+/// of the source values that identify it is listed in `excluded_sources`.
+pub fn policy_from_config(c: &config::IncidentPolicy) -> Policy {
+    let sources = |kind: ExcludedKind| -> &'static [&'static str] {
+        match kind {
+            ExcludedKind::DataLossPrevention => {
+                &["dataLossPrevention", "microsoftDataLossPrevention"]
+            }
+            ExcludedKind::InsiderRisk => &["microsoftInsiderRiskManagement"],
+            ExcludedKind::CustomDetection => &["customDetection"],
+            ExcludedKind::Sentinel => &["microsoftSentinel"],
+        }
+    };
+    Policy {
+        eligible_severities: c.severities.clone(),
+        excluded_kinds: ExcludedKind::ALL
+            .into_iter()
+            .filter(|kind| sources(*kind).iter().any(|s| c.is_excluded_source(s)))
+            .collect(),
+        covered_platforms: c
+            .platforms
+            .iter()
+            .map(|p| match p {
+                config::Platform::Windows => PlatformClass::Windows,
+                config::Platform::Linux => PlatformClass::Linux,
+                config::Platform::MacOs => PlatformClass::MacOs,
+            })
+            .collect(),
+        ..Policy::default()
+    }
+}
+
+/// Why a pass (or the scope read of `verdict`) failed as a whole. Per-incident failures are
+/// not errors of the pass: they are in [`PollReport::failed`] and hold the cursor.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("reading the incident cursor failed: {0}")]
+    ReadCursor(#[source] StateError),
+    #[error("{0}; the cursor is unchanged, the next pass tries again")]
+    List(#[source] graph::Error),
+    #[error("reading the scope for incident verdicts failed: {0}")]
+    Members(#[source] graph::Error),
+    #[error("reading the scope for incident verdicts failed: {0}")]
+    Tagged(#[source] defender::Error),
+    #[error("reading tag times for incident verdicts failed: {0}")]
+    TagTimes(#[source] StateError),
+    #[error(
+        "storing the incident cursor failed: {0}; the next pass reads the same incidents again"
+    )]
+    StoreCursor(#[source] StateError),
+}
+
+/// Why one incident could not be handled in this pass; it holds the cursor and is tried again
+/// by the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentFailure {
+    #[error(transparent)]
+    Graph(Box<graph::Error>),
+    #[error(
+        "the comment on incident {id} may not have been stored and was not found on re-reading; the next pass decides again"
+    )]
+    Unconfirmed { id: String },
+    #[error("recording the verdict of incident {id} failed: {source}")]
+    Record {
+        id: String,
+        #[source]
+        source: Box<StateError>,
+    },
+}
+
+impl From<graph::Error> for IncidentFailure {
+    fn from(e: graph::Error) -> Self {
+        IncidentFailure::Graph(Box::new(e))
+    }
+}
+
+/// What was done with one incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handled {
+    /// The verdict comment was posted in this pass.
+    Posted,
+    /// A comment with the same marker was already there (an earlier pass, or the ambiguous
+    /// POST of this pass turned out to have been stored).
+    AlreadyPosted,
+    /// `post_comments = false`: evaluated and logged only.
+    LoggedOnly,
+    /// Merged into another incident: no comment.
+    Redirected,
+    /// The incident no longer exists (404 on the detail read).
+    Gone,
+    /// The incident could not be parsed: logged and skipped.
+    Malformed,
+}
+
+/// One incident of a pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolledIncident {
+    pub id: String,
+    pub handled: Handled,
+    /// `in_scope`, `out_of_scope` or `skipped`, when a verdict was made.
+    pub verdict: Option<&'static str>,
+    pub digest: Option<String>,
+}
+
+/// A priority finding from incident evidence: raise the priority alert for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvidenceFinding {
+    pub incident_id: String,
+    #[serde(flatten)]
+    pub finding: PriorityFinding,
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PollReport {
+    /// The lower bound of this pass's `lastUpdateDateTime` filter.
+    pub since: Option<DateTime<Utc>>,
+    /// The cursor stored at the end of the pass (unchanged when nothing was listed).
+    pub cursor: Option<DateTime<Utc>>,
+    pub listed: usize,
+    pub incidents: Vec<PolledIncident>,
+    /// Incidents that could not be handled: (id, one-line error). They hold the cursor.
+    pub failed: Vec<(String, String)>,
+    pub priority_findings: Vec<EvidenceFinding>,
+}
+
+impl PollReport {
+    pub fn count(&self, handled: Handled) -> usize {
+        self.incidents
+            .iter()
+            .filter(|i| i.handled == handled)
+            .count()
+    }
+}
+
+/// What to do with a verdict, given the incident's current comments. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Redirected: nothing to post.
+    Skip,
+    /// A comment already carries this verdict's marker.
+    AlreadyPosted(Marker),
+    /// Posting is switched off; log only.
+    LogOnly(Marker),
+    /// Post this text, which ends with this marker.
+    Post { marker: Marker, text: String },
+}
+
+/// Decides whether the verdict is posted: only when it has a marker (not redirected), posting
+/// is on, and none of `comments` carries the same marker.
+pub fn decide(
+    verdict: &Verdict,
+    incident: &Incident,
+    comments: &[IncidentComment],
+    post_comments: bool,
+) -> Action {
+    let Some(marker) = Marker::of(verdict) else {
+        return Action::Skip;
+    };
+    if comment::has_marker(comments, &marker) {
+        Action::AlreadyPosted(marker)
+    } else if !post_comments {
+        Action::LogOnly(marker)
+    } else {
+        Action::Post {
+            text: comment::render(verdict, incident),
+            marker,
+        }
+    }
+}
+
+/// The cursor after a pass, or `None` to keep the stored one. `listed` holds the
+/// `lastUpdateDateTime` of every incident the list returned and whether it was handled;
+/// malformed incidents have no trustworthy time and do not appear. The cursor moves to the
+/// newest time seen when everything was handled, and otherwise no further than the oldest
+/// unhandled incident, so that incident is listed again (the overlap is subtracted on read).
+/// Pure.
+pub fn next_cursor(
+    stored: Option<DateTime<Utc>>,
+    listed: &[(DateTime<Utc>, bool)],
+) -> Option<DateTime<Utc>> {
+    let oldest_unhandled = listed.iter().filter(|(_, ok)| !ok).map(|(t, _)| *t).min();
+    let newest = listed.iter().map(|(t, _)| *t).max();
+    let next = match oldest_unhandled {
+        Some(t) => Some(t),
+        None => match (stored, newest) {
+            (Some(s), Some(n)) => Some(s.max(n)),
+            (s, n) => n.or(s),
+        },
+    };
+    next.filter(|n| Some(*n) != stored)
+}
+
+/// Reads the effective scope from the tenant: the direct members of the user group and the
+/// machines carrying the tag with their placement, each with when it was tagged (or first seen
+/// tagged) as noted in the state database.
+pub async fn read_scope(
+    tenant: &Tenant,
+    state: &State,
+    settings: &PollSettings,
+) -> Result<Scope, PollError> {
+    let members = tenant
+        .graph
+        .list_group_members(&settings.user_group)
+        .await
+        .map_err(PollError::Members)?;
+    let machines = tenant
+        .defender
+        .machines_by_tag(&settings.device_tag)
+        .await
+        .map_err(PollError::Tagged)?;
+    let since = state.tagged_since_all().map_err(PollError::TagTimes)?;
+    let tagged: Vec<(model::Machine, Option<DateTime<Utc>>)> = machines
+        .into_iter()
+        .map(|m| {
+            let at = since.get(&m.id).copied();
+            (m, at)
+        })
+        .collect();
+    Ok(Scope::live(
+        settings.device_group.clone(),
+        settings.propagation_grace,
+        &members,
+        &tagged,
+    ))
+}
+
+/// Carries out [`decide`] for one incident whose comments were read with it: posts when the
+/// marker is absent and records the posted (or found) verdict in the state database.
+///
+/// Idempotent: it may run again after a crash between the POST and the record (the marker is
+/// then found and the record written), or after an ambiguous POST (the comments are read again
+/// before anything else, and a missing comment is left to the next pass rather than posted
+/// twice in a row without a fresh read).
+pub async fn post_verdict(
+    tenant: &Tenant,
+    state: &State,
+    incident: &Incident,
+    verdict: &Verdict,
+    post_comments: bool,
+    now: DateTime<Utc>,
+) -> Result<Handled, IncidentFailure> {
+    let id = &incident.id;
+    let record = |marker: &Marker, at: DateTime<Utc>| {
+        state
+            .record_verdict(&PostedVerdict {
+                incident_id: id.clone(),
+                digest: marker.digest.clone(),
+                verdict: verdict.outcome.code().to_owned(),
+                at,
+            })
+            .map_err(|source| IncidentFailure::Record {
+                id: id.clone(),
+                source: Box::new(source),
+            })
+    };
+    match decide(verdict, incident, &incident.comments, post_comments) {
+        Action::Skip => Ok(Handled::Redirected),
+        Action::LogOnly(marker) => {
+            tracing::info!(incident = %id, verdict = verdict.outcome.code(), %marker, "verdict (posting is off)");
+            Ok(Handled::LoggedOnly)
+        }
+        Action::AlreadyPosted(marker) => {
+            let at = posted_at(&incident.comments, &marker).unwrap_or(now);
+            record(&marker, at)?;
+            Ok(Handled::AlreadyPosted)
+        }
+        Action::Post { marker, text } => {
+            match tenant.graph.post_comment(id, &text).await {
+                Ok(_) => {}
+                Err(e) if e.is_ambiguous() => {
+                    tracing::warn!(incident = %id, error = %e, "comment post ambiguous; reading the comments again");
+                    let fresh = tenant.graph.get_incident(id).await?;
+                    if !comment::has_marker(&fresh.comments, &marker) {
+                        return Err(IncidentFailure::Unconfirmed { id: id.clone() });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            record(&marker, now)?;
+            tracing::info!(incident = %id, verdict = verdict.outcome.code(), %marker, "verdict comment posted");
+            Ok(Handled::Posted)
+        }
+    }
+}
+
+fn posted_at(comments: &[IncidentComment], marker: &Marker) -> Option<DateTime<Utc>> {
+    comments
+        .iter()
+        .find(|c| comment::parse_marker(&c.comment).as_ref() == Some(marker))
+        .and_then(|c| c.created_at)
+}
+
+/// One pass: list the incidents updated since the cursor (minus the overlap; the first pass
+/// looks back `lookback` from `now`), judge each with its alerts against the scope read afresh,
+/// post each verdict exactly once, and move the cursor past what was handled.
+///
+/// Idempotent: the cursor is stored only at the end and never past an unhandled incident, and
+/// every POST is preceded by a read of the incident's comments, so a pass killed anywhere and
+/// run again neither misses an incident nor duplicates a comment.
+pub async fn poll_once(
+    tenant: &Tenant,
+    state: &State,
+    settings: &PollSettings,
+    now: DateTime<Utc>,
+) -> Result<PollReport, PollError> {
+    let stored = state.get_cursor(CURSOR).map_err(PollError::ReadCursor)?;
+    let since = match stored {
+        Some(cursor) => cursor - delta(settings.overlap),
+        None => now - delta(settings.lookback),
+    };
+    let (listed, detail) = list(tenant, since).await?;
+    let mut report = PollReport {
+        since: Some(since),
+        listed: listed.len(),
+        ..PollReport::default()
+    };
+    let mut times: Vec<(DateTime<Utc>, bool)> = Vec::with_capacity(listed.len());
+    let mut scope: Option<Scope> = None;
+    // The list is newest first; one incident listed twice (it moved between pages) is judged once.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for entry in listed {
+        let summary = match entry {
+            Ok(incident) => incident,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed incident skipped");
+                report.incidents.push(PolledIncident {
+                    id: e.id.clone().unwrap_or_default(),
+                    handled: Handled::Malformed,
+                    verdict: None,
+                    digest: None,
+                });
+                continue;
+            }
+        };
+        if let Some(&i) = seen.get(&summary.id) {
+            times.push((summary.last_update_at, times[i].1));
+            continue;
+        }
+        let ok = match handle(tenant, state, settings, &summary, detail, &mut scope, now).await? {
+            Ok((polled, findings)) => {
+                report
+                    .priority_findings
+                    .extend(findings.into_iter().map(|finding| EvidenceFinding {
+                        incident_id: summary.id.clone(),
+                        finding,
+                    }));
+                report.incidents.push(polled);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(incident = %summary.id, error = %e, "incident not handled; the next pass tries again");
+                report.failed.push((summary.id.clone(), e.to_string()));
+                false
+            }
+        };
+        seen.insert(summary.id.clone(), times.len());
+        times.push((summary.last_update_at, ok));
+    }
+    report.cursor = stored;
+    if let Some(next) = next_cursor(stored, &times) {
+        state
+            .set_cursor(CURSOR, next)
+            .map_err(PollError::StoreCursor)?;
+        report.cursor = Some(next);
+    }
+    Ok(report)
+}
+
+type HandleResult = Result<(PolledIncident, Vec<PriorityFinding>), IncidentFailure>;
+
+/// Lists the incidents updated since `since` with their alerts (and comments) inline. When
+/// that list fails on the service side (large tenants have seen persistent 500s with
+/// `$expand=alerts`), lists without alerts instead; the `true` then says each incident must be
+/// fetched on its own.
+async fn list(tenant: &Tenant, since: DateTime<Utc>) -> Result<(Listed, bool), PollError> {
+    let expanded = IncidentQuery {
+        expand_alerts: true,
+        ..IncidentQuery::default()
+    };
+    match tenant.graph.list_incidents(since, expanded).await {
+        Ok(listed) => Ok((listed, false)),
+        Err(e)
+            if e.http_source()
+                .and_then(|h| h.status())
+                .is_some_and(|s| s >= 500) =>
+        {
+            tracing::warn!(error = %e, "listing incidents with their alerts failed; fetching them one by one");
+            let listed = tenant
+                .graph
+                .list_incidents(since, IncidentQuery::default())
+                .await
+                .map_err(PollError::List)?;
+            Ok((listed, true))
+        }
+        Err(e) => Err(PollError::List(e)),
+    }
+}
+
+type Listed = Vec<Result<Incident, graph::IncidentError>>;
+
+/// One listed incident: fetch it with its alerts when the list did not carry them (`detail`),
+/// judge it, post. The outer error fails the pass (the scope could not be read); the inner one
+/// fails only this incident.
+async fn handle(
+    tenant: &Tenant,
+    state: &State,
+    settings: &PollSettings,
+    summary: &Incident,
+    detail: bool,
+    scope: &mut Option<Scope>,
+    now: DateTime<Utc>,
+) -> Result<HandleResult, PollError> {
+    let polled = |handled, v: Option<&Verdict>| PolledIncident {
+        id: summary.id.clone(),
+        handled,
+        verdict: v.map(|v| v.outcome.code()),
+        digest: v.map(|v| v.digest.clone()),
+    };
+    if summary.status == model::IncidentStatus::Redirected {
+        return Ok(Ok((polled(Handled::Redirected, None), Vec::new())));
+    }
+    if !detail {
+        return judge(tenant, state, settings, summary, scope, now).await;
+    }
+    let incident = match tenant.graph.get_incident(&summary.id).await {
+        Ok(incident) => incident,
+        Err(graph::Error::BadIncident(e)) => {
+            tracing::warn!(error = %e, "malformed incident skipped");
+            return Ok(Ok((polled(Handled::Malformed, None), Vec::new())));
+        }
+        Err(e) if e.http_source().and_then(|h| h.status()) == Some(404) => {
+            tracing::info!(incident = %summary.id, "incident no longer exists; skipped");
+            return Ok(Ok((polled(Handled::Gone, None), Vec::new())));
+        }
+        Err(e) => return Ok(Err(e.into())),
+    };
+    judge(tenant, state, settings, &incident, scope, now).await
+}
+
+/// Judges an incident read with its alerts and comments, and posts the verdict.
+async fn judge(
+    tenant: &Tenant,
+    state: &State,
+    settings: &PollSettings,
+    incident: &Incident,
+    scope: &mut Option<Scope>,
+    now: DateTime<Utc>,
+) -> Result<HandleResult, PollError> {
+    let polled = |handled, v: &Verdict| PolledIncident {
+        id: incident.id.clone(),
+        handled,
+        verdict: Some(v.outcome.code()),
+        digest: Some(v.digest.clone()),
+    };
+    let scope = match scope {
+        Some(scope) => scope,
+        None => scope.insert(read_scope(tenant, state, settings).await?),
+    };
+    let v = verdict::verdict(incident, scope, &settings.policy, now);
+    if let Outcome::Skipped { .. } = v.outcome {
+        return Ok(Ok((polled(Handled::Redirected, &v), Vec::new())));
+    }
+    Ok(
+        post_verdict(tenant, state, incident, &v, settings.post_comments, now)
+            .await
+            .map(|handled| (polled(handled, &v), v.priority_findings.clone())),
+    )
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(min: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + min * 60, 0).unwrap()
+    }
+
+    #[test]
+    fn cursor_moves_only_past_handled_incidents() {
+        type Case = (Option<i64>, &'static [(i64, bool)], Option<i64>);
+        let cases: &[Case] = &[
+            // Nothing listed: keep.
+            (None, &[], None),
+            (Some(5), &[], None),
+            // Everything handled: the newest time.
+            (None, &[(3, true), (9, true), (1, true)], Some(9)),
+            (Some(5), &[(3, true), (7, true)], Some(7)),
+            // Never backwards when everything was handled (an overlap re-read).
+            (Some(10), &[(8, true), (9, true)], None),
+            // An unhandled incident holds the cursor at its own time.
+            (None, &[(3, true), (9, false), (1, true)], Some(9)),
+            (Some(5), &[(6, false), (8, false), (9, true)], Some(6)),
+            // Same as stored: nothing to write.
+            (Some(6), &[(6, false), (9, true)], None),
+            // An unhandled incident inside the overlap may move it back; safe, re-reads more.
+            (Some(10), &[(8, false), (11, true)], Some(8)),
+        ];
+        for (stored, listed, want) in cases {
+            let listed: Vec<_> = listed.iter().map(|(m, ok)| (t(*m), *ok)).collect();
+            assert_eq!(
+                next_cursor(stored.map(t), &listed),
+                want.map(t),
+                "{stored:?} {listed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn decide_posts_only_a_marker_not_already_there() {
+        let incident = |status: &str| {
+            crate::graph::parse_incident(&serde_json::json!({
+                "id": "7", "createdDateTime": "2025-01-01T00:00:00Z", "severity": "high",
+                "status": status, "redirectIncidentId": "3", "alerts": []
+            }))
+            .unwrap()
+        };
+        let scope = Scope::new(verdict::ScopeSource::Live, "G", Duration::ZERO, [], []);
+        let judge = |i: &Incident| verdict::verdict(i, &scope, &Policy::default(), t(0));
+        let active = incident("active");
+        let v = judge(&active);
+        let Action::Post { marker, text } = decide(&v, &active, &[], true) else {
+            panic!("should post");
+        };
+        assert!(text.ends_with(&marker.to_string()));
+        let posted = [IncidentComment {
+            comment: text,
+            created_by: None,
+            created_at: None,
+        }];
+        assert_eq!(
+            decide(&v, &active, &posted, true),
+            Action::AlreadyPosted(marker.clone())
+        );
+        assert_eq!(decide(&v, &active, &[], false), Action::LogOnly(marker));
+        let redirected = incident("redirected");
+        assert_eq!(
+            decide(&judge(&redirected), &redirected, &[], true),
+            Action::Skip
+        );
+    }
+
+    #[test]
+    fn config_sources_map_to_excluded_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[tenant]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\n\
+             client_id = \"00000000-0000-0000-0000-000000000002\"\n\
+             [scope]\nuser_group_id = \"00000000-0000-0000-0000-000000000003\"\n\
+             device_tag = \"DEX-Scoped\"\n\
+             [incidents]\nexcluded_sources = [\"customDetection\", \"dataLossPrevention\"]\n\
+             platforms = [\"windows\"]\nseverities = [\"high\"]\n",
+        )
+        .unwrap();
+        let config = Config::load(&path, [("DEXSCOPE_CLIENT_SECRET", "s")]).unwrap();
+        let p = PollSettings::from_config(&config).policy;
+        assert_eq!(
+            p.excluded_kinds,
+            vec![
+                ExcludedKind::DataLossPrevention,
+                ExcludedKind::CustomDetection
+            ]
+        );
+        assert_eq!(p.covered_platforms, vec![PlatformClass::Windows]);
+        assert_eq!(p.eligible_severities, vec![model::Severity::High]);
+        let defaults = policy_from_config(&{
+            std::fs::write(
+                &path,
+                "[tenant]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\n\
+                 client_id = \"00000000-0000-0000-0000-000000000002\"\n\
+                 [scope]\nuser_group_id = \"00000000-0000-0000-0000-000000000003\"\n\
+                 device_tag = \"DEX-Scoped\"\n",
+            )
+            .unwrap();
+            Config::load(&path, [("DEXSCOPE_CLIENT_SECRET", "s")])
+                .unwrap()
+                .incidents
+        });
+        assert_eq!(defaults, Policy::default());
+    }
+}
