@@ -43,6 +43,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Serve the simulated tenant (token endpoint, Graph and MDE subsets) on loopback.
     Sim(crate::sim::SimArgs),
+    /// The daemon: reconcile, priority and incident loops, metrics endpoint (systemd Type=notify).
+    Run,
+    /// The daemon against an in-process simulated tenant, narrating what it does.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]

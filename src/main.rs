@@ -45,6 +45,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(dexscope::sim::run_command(args.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => {
+            let config = match load_config(cli) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dexscope::daemon::run(config, Default::default()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            dexscope::demo::init_logging(cli.verbose)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dexscope::demo::run(args.clone()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -62,8 +77,6 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
 /// Loads the config for a command that talks to the tenant, sets up logging in the configured
 /// format and logs the load warnings. A bad config prints one line and yields exit 78, before
 /// any request.
-// First callers: the plan, apply, check and run commands.
-#[allow(dead_code)]
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
     let config = match config::load_for_command(&cli.config, std::env::vars()) {
         Ok(config) => config,
