@@ -167,12 +167,62 @@ pub enum DaemonError {
 // ---------------------------------------------------------------------------------------------
 // systemd notify and the watchdog.
 
-/// Sends a notification to systemd; a no-op when `NOTIFY_SOCKET` is unset. A failure to send is
-/// logged and otherwise ignored (the service manager may be gone while we stop).
+/// Sends a notification to systemd; a no-op when `NOTIFY_SOCKET` is unset. The datagram is sent
+/// from a dedicated thread, because a send blocks while the service manager's queue is full and
+/// must never stall the runtime; when even the hand-over queue is full the message is dropped
+/// (the next status or ping supersedes it). A failure to send is logged at debug.
 pub fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!(error = %e, "cannot notify the service manager");
+    if let Some(tx) = notifier() {
+        let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+        let _ = tx.try_send(Note::Send(message));
     }
+}
+
+/// Waits (up to `limit`) until the notifications handed over so far were sent: called before
+/// the process exits, so `STOPPING=1` is not lost.
+pub fn notify_flush(limit: Duration) {
+    if let Some(tx) = notifier() {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if tx.try_send(Note::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(limit);
+        }
+    }
+}
+
+enum Note {
+    Send(String),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+fn notifier() -> Option<&'static std::sync::mpsc::SyncSender<Note>> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    static SENDER: OnceLock<Option<SyncSender<Note>>> = OnceLock::new();
+    SENDER
+        .get_or_init(|| {
+            std::env::var_os("NOTIFY_SOCKET")?;
+            let (tx, rx) = sync_channel::<Note>(64);
+            std::thread::Builder::new()
+                .name("sd-notify".into())
+                .spawn(move || {
+                    for note in rx {
+                        match note {
+                            Note::Send(message) => {
+                                let state = sd_notify::NotifyState::Custom(message.trim_end());
+                                if let Err(e) = sd_notify::notify(&[state]) {
+                                    tracing::debug!(error = %e, "cannot notify the service manager");
+                                }
+                            }
+                            Note::Flush(done) => {
+                                let _ = done.try_send(());
+                            }
+                        }
+                    }
+                })
+                .ok()?;
+            Some(tx)
+        })
+        .as_ref()
 }
 
 fn status(text: &str) {
@@ -748,6 +798,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), DaemonError> {
         }
     };
     watchdog.abort();
+    notify_flush(Duration::from_secs(2));
     let _ = server_stop.send(());
     let _ = server.await;
     tracing::info!("dexscope stopped");

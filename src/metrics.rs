@@ -252,6 +252,11 @@ impl Metrics {
             for result in ["ok", "error"] {
                 let _ = self.passes.get_or_create(&loop_result(name, result));
             }
+            // Present from the start (families without a series are not exported at all).
+            let by_loop = vec![("loop", name.to_string())];
+            let _ = self.pass_duration.get_or_create(&by_loop);
+            let _ = self.changes.get_or_create(&by_loop);
+            let _ = self.drift.get_or_create(&by_loop);
         }
     }
 
@@ -468,7 +473,13 @@ mod tests {
             last_success: last.map(at),
         };
         // (token, loops, now, expected: None = ready, Some(needle) = reason contains needle)
-        let cases: Vec<(Option<i64>, Vec<(&str, LoopHealth)>, i64, Option<&str>)> = vec![
+        type Case<'a> = (
+            Option<i64>,
+            Vec<(&'a str, LoopHealth)>,
+            i64,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (None, vec![("reconcile", lp(Some(0)))], 1, Some("no token")),
             (Some(0), vec![], 1, Some("no loop")),
             (

@@ -2,10 +2,12 @@
 
 mod auth;
 mod config;
+mod daemon;
 mod defender;
 mod desired;
 mod graph;
 mod http;
+mod metrics;
 mod sim;
 mod state;
 mod tenant;
