@@ -55,6 +55,10 @@ pub enum Command {
     Verdict(crate::incidents::command::VerdictArgs),
     /// Run the incident pass: judge new and updated incidents and post each verdict once.
     Poll(crate::incidents::command::PollArgs),
+    /// The daemon: reconcile, priority and incident loops, metrics endpoint (systemd Type=notify).
+    Run,
+    /// The daemon against an in-process simulated tenant, narrating what it does.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,9 @@
 //! - `state`: SQLite: audit log, cursors, tag timestamps, alert state.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
+//! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - `daemon`: `run`: the scheduler around the passes, signals, systemd notify, desired-state watch.
+//! - `demo`: the daemon against an in-process simulated tenant, narrated.
 //!
 //! # Architecture invariants
 //!
@@ -53,11 +56,14 @@ pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod defender;
+pub mod demo;
 pub mod desired;
 pub mod graph;
 pub mod http;
 pub mod incidents;
+pub mod metrics;
 pub mod model;
 pub mod priority;
 pub mod reconcile;

@@ -117,6 +117,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(dexscope::incidents::command::poll(args, &config, out))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => {
+            let config = match load_config(cli) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dexscope::daemon::run(config, Default::default()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            dexscope::demo::init_logging(cli.verbose)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dexscope::demo::run(args.clone()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

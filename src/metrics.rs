@@ -1,0 +1,545 @@
+//! The metrics registry and the `/metrics`, `/healthz`, `/readyz` endpoint (axum, loopback by
+//! default).
+//!
+//! `/metrics` is OpenMetrics text (`prometheus-client`). Pass figures are pushed by the daemon
+//! after each pass; HTTP figures are read from [`http::Client::stats`] at scrape time, so they
+//! are never stale. `/readyz` answers from a pure function of what the daemon reported
+//! ([`Health::readiness`]): 200 once a token was obtained and every loop has a recent successful
+//! pass, else 503 with the reason.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::State as AxumState;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::alerts::{AlertKind, AlertRecord, AlertState};
+use crate::http::{self, Surface};
+
+/// The OpenMetrics content type served on `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A loop's last successful pass is stale after twice its interval plus this.
+pub const READY_SLACK: Duration = Duration::from_secs(60);
+
+/// The verdict kinds counted by `dexscope_verdicts_total` (a closed set, so no per-user label
+/// can ever slip in).
+pub const VERDICT_KINDS: [&str; 3] = ["in_scope", "out_of_scope", "skipped"];
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(
+        "cannot listen on {addr} for the metrics endpoint: {source}; pick another [metrics] listen address"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every figure dexscope exports, plus what `/readyz` decides on.
+pub struct Metrics {
+    registry: Registry,
+    passes: Family<Labels, Counter>,
+    pass_duration: Family<Labels, Histogram>,
+    changes: Family<Labels, Counter>,
+    drift: Family<Labels, Gauge>,
+    verdicts: Family<Labels, Counter>,
+    alerts: Family<Labels, Gauge>,
+    last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    http_requests: Family<Labels, Counter>,
+    throttled: Family<Labels, Counter>,
+    throttle_wait: Family<Labels, Counter<f64, AtomicU64>>,
+    http: Mutex<HttpSource>,
+    health: Mutex<Health>,
+}
+
+/// Where the HTTP figures come from: the live client, plus what clients replaced by a reload
+/// had counted (so counters never go backwards).
+#[derive(Default)]
+struct HttpSource {
+    client: Option<http::Client>,
+    retired: [http::SurfaceStats; 4],
+}
+
+/// What readiness is decided on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    pub token_at: Option<DateTime<Utc>>,
+    /// By loop name: its interval and its last successful pass.
+    pub loops: BTreeMap<String, LoopHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopHealth {
+    pub every: Duration,
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+impl Health {
+    /// `Ok` when ready; else the reason, one line. Pure: `now` is a parameter.
+    pub fn readiness(&self, now: DateTime<Utc>) -> Result<(), String> {
+        if self.token_at.is_none() {
+            return Err("no token obtained yet".into());
+        }
+        if self.loops.is_empty() {
+            return Err("no loop is running".into());
+        }
+        for (name, l) in &self.loops {
+            let Some(at) = l.last_success else {
+                return Err(format!("the {name} loop has no successful pass yet"));
+            };
+            let limit = l.every * 2 + READY_SLACK;
+            let age = (now - at).to_std().unwrap_or_default();
+            if age > limit {
+                return Err(format!(
+                    "the {name} loop last succeeded {}s ago (more than {}s)",
+                    age.as_secs(),
+                    limit.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one pass reports to the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PassFigures {
+    pub ok: bool,
+    pub duration: Duration,
+    pub finished: DateTime<Utc>,
+    pub changes_applied: u64,
+    /// Drift seen by the pass (objects out of line with the desired state), when it looks.
+    pub drift: Option<u64>,
+    /// Verdicts by kind (one of [`VERDICT_KINDS`]).
+    pub verdicts: Vec<(&'static str, u64)>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dexscope");
+        let passes = Family::<Labels, Counter>::default();
+        registry.register(
+            "passes",
+            "Passes run, by loop and result (ok or error)",
+            passes.clone(),
+        );
+        let pass_duration =
+            Family::<Labels, Histogram>::new_with_constructor(pass_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "pass_duration",
+            "Duration of passes, by loop",
+            Unit::Seconds,
+            pass_duration.clone(),
+        );
+        let changes = Family::<Labels, Counter>::default();
+        registry.register(
+            "changes_applied",
+            "Changes applied to the scoped groups, by loop",
+            changes.clone(),
+        );
+        let drift = Family::<Labels, Gauge>::default();
+        registry.register(
+            "drift_objects",
+            "Objects out of line with the desired state at the last pass, by loop",
+            drift.clone(),
+        );
+        let verdicts = Family::<Labels, Counter>::default();
+        registry.register(
+            "verdicts",
+            "Incident verdicts reached, by verdict",
+            verdicts.clone(),
+        );
+        let alerts = Family::<Labels, Gauge>::default();
+        registry.register(
+            "alerts_firing",
+            "Alerts currently firing, by alert kind",
+            alerts.clone(),
+        );
+        let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "last_success_timestamp",
+            "Unix time of the last successful pass, by loop",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        let http_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests sent, by API surface and status class (2xx..5xx, or error)",
+            http_requests.clone(),
+        );
+        let throttled = Family::<Labels, Counter>::default();
+        registry.register(
+            "throttled_requests",
+            "Requests answered 429 or 503 with Retry-After, by API surface",
+            throttled.clone(),
+        );
+        let throttle_wait = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "throttle_wait",
+            "Time spent waiting for Retry-After, by API surface",
+            Unit::Seconds,
+            throttle_wait.clone(),
+        );
+        registry.register(
+            "build",
+            "The running dexscope build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+        );
+        let metrics = Metrics {
+            registry,
+            passes,
+            pass_duration,
+            changes,
+            drift,
+            verdicts,
+            alerts,
+            last_success,
+            http_requests,
+            throttled,
+            throttle_wait,
+            http: Mutex::new(HttpSource::default()),
+            health: Mutex::new(Health::default()),
+        };
+        // Every closed label value is present from the start, so a dashboard sees zeros rather
+        // than missing series.
+        for kind in VERDICT_KINDS {
+            let _ = metrics
+                .verdicts
+                .get_or_create(&vec![("verdict", kind.into())]);
+        }
+        for kind in AlertKind::ALL {
+            let _ = metrics
+                .alerts
+                .get_or_create(&vec![("alert", kind.as_str().into())]);
+        }
+        metrics
+    }
+
+    /// Declares the running loops and their intervals (again after a reload); a loop's last
+    /// success is kept across a reload.
+    pub fn set_loops(&self, loops: &[(&str, Duration)]) {
+        let mut health = lock(&self.health);
+        let old = std::mem::take(&mut health.loops);
+        for (name, every) in loops {
+            let last_success = old.get(*name).and_then(|l| l.last_success);
+            health.loops.insert(
+                name.to_string(),
+                LoopHealth {
+                    every: *every,
+                    last_success,
+                },
+            );
+            for result in ["ok", "error"] {
+                let _ = self.passes.get_or_create(&loop_result(name, result));
+            }
+            // Present from the start (families without a series are not exported at all).
+            let by_loop = vec![("loop", name.to_string())];
+            let _ = self.pass_duration.get_or_create(&by_loop);
+            let _ = self.changes.get_or_create(&by_loop);
+            let _ = self.drift.get_or_create(&by_loop);
+        }
+    }
+
+    /// A token was obtained (readiness needs one).
+    pub fn token_obtained(&self, at: DateTime<Utc>) {
+        lock(&self.health).token_at = Some(at);
+    }
+
+    /// Records one finished pass.
+    pub fn record_pass(&self, loop_name: &str, p: &PassFigures) {
+        let by_loop = vec![("loop", loop_name.to_string())];
+        let result = if p.ok { "ok" } else { "error" };
+        self.passes
+            .get_or_create(&loop_result(loop_name, result))
+            .inc();
+        self.pass_duration
+            .get_or_create(&by_loop)
+            .observe(p.duration.as_secs_f64());
+        self.changes
+            .get_or_create(&by_loop)
+            .inc_by(p.changes_applied);
+        if let Some(drift) = p.drift {
+            self.drift
+                .get_or_create(&by_loop)
+                .set(i64::try_from(drift).unwrap_or(i64::MAX));
+        }
+        for (kind, n) in &p.verdicts {
+            self.verdicts
+                .get_or_create(&vec![("verdict", kind.to_string())])
+                .inc_by(*n);
+        }
+        if p.ok {
+            self.last_success
+                .get_or_create(&by_loop)
+                .set(p.finished.timestamp_millis() as f64 / 1000.0);
+            if let Some(l) = lock(&self.health).loops.get_mut(loop_name) {
+                l.last_success = Some(p.finished);
+            }
+        }
+    }
+
+    /// Sets the alert gauges from the alert records (the state database's view).
+    pub fn set_alerts(&self, records: &[AlertRecord]) {
+        for kind in AlertKind::ALL {
+            let firing = records
+                .iter()
+                .filter(|r| r.kind == kind && r.state == AlertState::Firing)
+                .count();
+            self.alerts
+                .get_or_create(&vec![("alert", kind.as_str().into())])
+                .set(firing as i64);
+        }
+    }
+
+    /// The HTTP client whose figures are exported; a replaced client's figures are kept.
+    pub fn set_http_client(&self, client: http::Client) {
+        let mut source = lock(&self.http);
+        if let Some(old) = source.client.take() {
+            let stats = old.stats();
+            for s in Surface::ALL {
+                add(&mut source.retired[s as usize], stats.surface(s));
+            }
+        }
+        source.client = Some(client);
+    }
+
+    pub fn readiness(&self, now: DateTime<Utc>) -> Result<(), String> {
+        lock(&self.health).readiness(now)
+    }
+
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// The OpenMetrics text, `# EOF` included.
+    pub fn encode(&self) -> String {
+        self.refresh_http();
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    fn refresh_http(&self) {
+        let source = lock(&self.http);
+        let live = source.client.as_ref().map(http::Client::stats);
+        for s in Surface::ALL {
+            let mut total = source.retired[s as usize].clone();
+            if let Some(stats) = &live {
+                add(&mut total, stats.surface(s));
+            }
+            let classes = [
+                ("2xx", total.status_2xx),
+                ("3xx", total.status_3xx),
+                ("4xx", total.status_4xx),
+                ("5xx", total.status_5xx),
+                ("error", total.transport_errors),
+            ];
+            for (class, n) in classes {
+                let labels = vec![("surface", s.as_str().into()), ("status", class.into())];
+                raise_to(&self.http_requests.get_or_create(&labels), n);
+            }
+            let labels = vec![("surface", s.as_str().to_string())];
+            raise_to(&self.throttled.get_or_create(&labels), total.throttled);
+            let waited = self.throttle_wait.get_or_create(&labels);
+            let secs = total.retry_after_wait_ms as f64 / 1000.0;
+            if secs > waited.get() {
+                waited.inc_by(secs - waited.get());
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn pass_histogram() -> Histogram {
+    // 50 ms … about 7 minutes.
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
+}
+
+fn loop_result(loop_name: &str, result: &str) -> Labels {
+    vec![("loop", loop_name.into()), ("result", result.into())]
+}
+
+/// Counters only go up: raise to the snapshot's value.
+fn raise_to(counter: &Counter, value: u64) {
+    let now = counter.get();
+    if value > now {
+        counter.inc_by(value - now);
+    }
+}
+
+fn add(into: &mut http::SurfaceStats, from: &http::SurfaceStats) {
+    into.status_2xx += from.status_2xx;
+    into.status_3xx += from.status_3xx;
+    into.status_4xx += from.status_4xx;
+    into.status_5xx += from.status_5xx;
+    into.transport_errors += from.transport_errors;
+    into.throttled += from.throttled;
+    into.retry_after_wait_ms += from.retry_after_wait_ms;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are plain figures; a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The endpoint.
+
+/// Binds the metrics listener; port 0 picks a free port (the bound address is returned).
+pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// The routes: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics_page(AxumState(metrics): AxumState<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
+}
+
+async fn readyz(AxumState(metrics): AxumState<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.readiness(Utc::now()) {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn readiness_needs_a_token_and_recent_passes() {
+        let lp = |last: Option<i64>| LoopHealth {
+            every: Duration::from_secs(60),
+            last_success: last.map(at),
+        };
+        // (token, loops, now, expected: None = ready, Some(needle) = reason contains needle)
+        type Case<'a> = (
+            Option<i64>,
+            Vec<(&'a str, LoopHealth)>,
+            i64,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (None, vec![("reconcile", lp(Some(0)))], 1, Some("no token")),
+            (Some(0), vec![], 1, Some("no loop")),
+            (
+                Some(0),
+                vec![("reconcile", lp(Some(0))), ("priority", lp(None))],
+                1,
+                Some("priority loop has no successful pass"),
+            ),
+            (Some(0), vec![("reconcile", lp(Some(0)))], 180, None),
+            (
+                Some(0),
+                vec![("reconcile", lp(Some(0)))],
+                181,
+                Some("reconcile loop last succeeded 181s ago"),
+            ),
+        ];
+        for (token, loops, now, want) in cases {
+            let health = Health {
+                token_at: token.map(at),
+                loops: loops.into_iter().map(|(n, l)| (n.to_string(), l)).collect(),
+            };
+            let got = health.readiness(at(now));
+            match (want, got) {
+                (None, Ok(())) => {}
+                (Some(needle), Err(reason)) => {
+                    assert!(reason.contains(needle), "{reason} lacks {needle}")
+                }
+                (want, got) => panic!("{health:?} at {now}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn counters_follow_passes_and_text_is_openmetrics() {
+        let m = Metrics::new();
+        m.set_loops(&[("reconcile", Duration::from_secs(60))]);
+        m.record_pass(
+            "reconcile",
+            &PassFigures {
+                ok: true,
+                duration: Duration::from_millis(120),
+                finished: at(0),
+                changes_applied: 3,
+                drift: Some(2),
+                verdicts: vec![("in_scope", 1)],
+            },
+        );
+        let text = m.encode();
+        for needle in [
+            "dexscope_passes_total{loop=\"reconcile\",result=\"ok\"} 1\n",
+            "dexscope_passes_total{loop=\"reconcile\",result=\"error\"} 0\n",
+            "dexscope_changes_applied_total{loop=\"reconcile\"} 3\n",
+            "dexscope_drift_objects{loop=\"reconcile\"} 2\n",
+            "dexscope_verdicts_total{verdict=\"in_scope\"} 1\n",
+            "dexscope_last_success_timestamp_seconds{loop=\"reconcile\"} 1800000000.0\n",
+            "dexscope_pass_duration_seconds_count{loop=\"reconcile\"} 1\n",
+            "# TYPE dexscope_build info\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,306 @@
+//! `dexscope run` as a process against the in-process simulated tenant, with a systemd-style
+//! notify socket: READY=1, watchdog pings, a desired-state change starting a reconcile pass, an
+//! invalid change alerting, SIGTERM exiting 0 with a consistent state database.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dexscope::sim::{self, SimOptions};
+use secrecy::ExposeSecret;
+use tokio::net::UnixDatagram;
+
+use super::metrics::{check_openmetrics, client};
+
+/// Waits until a notify datagram with the line `want` has been received (bounded).
+async fn wait_for(seen: &Mutex<Vec<String>>, want: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.lines().any(|l| l == want))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {want} within {limit:?}; got {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pings(seen: &Mutex<Vec<String>>) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count()
+}
+
+/// The value of one sample line in the metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `/metrics` until `series` reaches `value` (bounded).
+async fn wait_metric(
+    base: &str,
+    series: &str,
+    value: f64,
+    limit: Duration,
+    log: &Mutex<Vec<String>>,
+) -> String {
+    let c = client();
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = c
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&text, series) == Some(value) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {value} within {limit:?}:\n{text}\nlog:\n{}",
+            log.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sigterm() {
+    let sim = sim::start(SimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let desired = dir.path().join("desired.toml");
+    std::fs::write(&desired, "users = [\"ann@contoso.com\"]\n").unwrap();
+    let base = sim.base_url();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
+             [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
+             [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"DEX-Scoped\"\n\
+             desired_state = \"desired.toml\"\n\
+             [schedule]\nreconcile_every = \"1h\"\npriority_every = \"2s\"\n\
+             [state]\npath = \"state.db\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\nformat = \"json\"\n",
+            sim.tenant_id(),
+            sim.client_id(),
+            sim.user_group_id(),
+        ),
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    // Like systemd, the test reads the notify socket all along.
+    let sock = UnixDatagram::bind(&socket_path).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let drain = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf).await {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        })
+    };
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("DEXSCOPE_CONFIG")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env(
+            "DEXSCOPE_CLIENT_SECRET",
+            sim.client_secret().expose_secret(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log (JSON, one event per line) is collected on a thread; the metrics address is read
+    // from the start-up event.
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+
+    wait_for(&seen, "READY=1", Duration::from_secs(10)).await;
+    let address = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| Some(v.get("address")?.as_str()?.to_string()))
+        .expect("the start-up log names the metrics address");
+    let metrics_base = format!("http://{address}");
+    // Two watchdog pings (every 0.5 s) after READY: the loops are making progress.
+    let before = pings(&seen);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pings(&seen) < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "too few watchdog pings: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.lock().unwrap().iter().any(|m| m.contains("STATUS=")),
+        "{seen:?}"
+    );
+
+    // The first passes: readiness turns 200, the metrics carry every family.
+    let ok = |l: &str| format!("dexscope_passes_total{{loop=\"{l}\",result=\"ok\"}}");
+    wait_metric(
+        &metrics_base,
+        &ok("reconcile"),
+        1.0,
+        Duration::from_secs(10),
+        &log,
+    )
+    .await;
+    let text = wait_metric(
+        &metrics_base,
+        &ok("priority"),
+        2.0,
+        Duration::from_secs(10),
+        &log,
+    )
+    .await;
+    check_openmetrics(&text);
+    assert!(
+        sample(
+            &text,
+            "dexscope_http_requests_total{surface=\"defender\",status=\"2xx\"}"
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+    let ready = client()
+        .get(format!("{metrics_base}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status().as_u16(),
+        200,
+        "{}",
+        ready.text().await.unwrap()
+    );
+
+    // A valid change starts a reconcile pass long before its 1 h interval.
+    std::fs::write(
+        &desired,
+        "users = [\"ann@contoso.com\", \"bob@contoso.com\"]\n",
+    )
+    .unwrap();
+    wait_metric(
+        &metrics_base,
+        &ok("reconcile"),
+        2.0,
+        Duration::from_secs(10),
+        &log,
+    )
+    .await;
+    // An invalid change keeps the last valid state and fires the alert; no pass starts.
+    std::fs::write(&desired, "users = [\"ann@contoso.com\", 17]\n").unwrap();
+    let text = wait_metric(
+        &metrics_base,
+        "dexscope_alerts_firing{alert=\"invalid_desired_state\"}",
+        1.0,
+        Duration::from_secs(10),
+        &log,
+    )
+    .await;
+    assert_eq!(sample(&text, &ok("reconcile")), Some(2.0), "{text}");
+
+    // SIGTERM: STOPPING=1 and exit 0 within 10 s.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit within 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    let log = log.lock().unwrap().join("\n");
+    assert_eq!(code.code(), Some(0), "{log}");
+    wait_for(&seen, "STOPPING=1", Duration::from_secs(1)).await;
+    // JSON logs: every line is one object; one summary event per pass.
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    assert!(log.contains("reconcile pass: desired 2 users"), "{log}");
+    assert!(
+        !log.contains(sim.client_secret().expose_secret()),
+        "the log carries the secret"
+    );
+
+    // Nothing half-written: the database opens, passes integrity checks and holds the passes.
+    let db = dir.path().join("state.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let integrity: String = conn
+        .query_row("pragma integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    drop(conn);
+    let state = dexscope::state::State::open(&db).unwrap();
+    let passes = state.last_passes().unwrap();
+    let names: Vec<&str> = passes.iter().map(|p| p.loop_name.as_str()).collect();
+    assert_eq!(names, ["priority", "reconcile"]);
+    assert!(passes.iter().all(|p| p.ok), "{passes:?}");
+    let alerts = state.alerts().unwrap();
+    assert!(
+        alerts.iter().any(
+            |a| a.kind == dexscope::alerts::AlertKind::InvalidDesiredState
+                && a.state == dexscope::alerts::AlertState::Firing
+        ),
+        "{alerts:?}"
+    );
+
+    // Requests, counted by the tenant: one token per resource, and one member listing per
+    // reconcile pass.
+    let stats = sim.stats();
+    assert_eq!(stats.tokens_issued, 2, "{stats:?}");
+    let member_reads: u64 = stats
+        .http_by_route
+        .iter()
+        .filter(|(route, _)| route.starts_with("GET ") && route.ends_with("/members"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(member_reads, 2, "{:?}", stats.http_by_route);
+    drain.abort();
+    sim.shutdown().await;
+}
