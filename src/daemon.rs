@@ -27,9 +27,11 @@ use tokio::sync::{Notify, watch};
 use crate::alerts::{self, AlertKind, AlertSeverity, Observation};
 use crate::config::Config;
 use crate::desired::{self, Loaded, Mode};
+use crate::incidents::poll;
 use crate::metrics::{self, Metrics, PassFigures};
-use crate::model::GroupMember;
-use crate::priority::check::{self as priority_check, Placement, TaggedMachine};
+use crate::priority;
+use crate::priority::check as priority_check;
+use crate::reconcile;
 use crate::state::{LoopPass, State, StateError};
 use crate::tenant::{Tenant, TenantError};
 
@@ -402,6 +404,8 @@ pub struct Scheduler {
     pub metrics: Arc<Metrics>,
     pub renotify_every: TimeDelta,
     alerts: Mutex<()>,
+    /// Where notices go besides the log and the metrics: the webhook and the tenant it names.
+    webhook: Option<(alerts::Webhook, String)>,
 }
 
 /// The outcome of one pass as the scheduler saw it.
@@ -420,6 +424,32 @@ impl Scheduler {
             metrics,
             renotify_every: TimeDelta::from_std(renotify_every).unwrap_or(TimeDelta::MAX),
             alerts: Mutex::new(()),
+            webhook: None,
+        }
+    }
+
+    /// Also sends every notice to `webhook` (generic JSON; Teams Workflows accept it).
+    pub fn with_webhook(mut self, webhook: alerts::Webhook, tenant_id: impl Into<String>) -> Self {
+        self.webhook = Some((webhook, tenant_id.into()));
+        self
+    }
+
+    /// Delivers notices to the webhook, if one is configured. A failure is logged (never the
+    /// URL) and never fails the pass: the alert state is already saved, so the next notice
+    /// comes at the repeat interval.
+    async fn deliver(&self, notices: &[alerts::Notice]) {
+        let Some((webhook, tenant_id)) = &self.webhook else {
+            return;
+        };
+        for notice in notices {
+            let body = alerts::webhook_body(notice, tenant_id);
+            if let Err(e) = webhook.send(&body).await {
+                tracing::warn!(
+                    alert = notice.alert.as_str(),
+                    error = %e,
+                    "alert webhook not delivered"
+                );
+            }
         }
     }
 
@@ -496,6 +526,7 @@ impl Scheduler {
         };
         self.metrics.record_pass(name, &figures);
         let notices = self.observe(observations);
+        self.deliver(&notices).await;
         PassReport {
             loop_name: name,
             result,
@@ -584,19 +615,15 @@ pub struct PassContext {
     pub desired: Arc<DesiredWatch>,
 }
 
-/// The three loops with their passes.
-///
-/// Slots: `reconcile` runs [`read_scope`] until `reconcile::reconcile_once` lands (it reads the
-/// desired state and both groups, reports drift, applies nothing); `priority` runs
-/// [`check_placement`] until `priority::priority_once` lands; `incidents` has no pass until
-/// `incidents::poll_once` lands and is left out. Wiring a real pass is replacing the closure body.
+/// The three loops with their passes: `reconcile_once`, `priority_once` and `poll_once`, each
+/// reading the world afresh. A file-watch event may start a reconcile pass early, never steer it.
 pub fn build_loops(ctx: &PassContext, reconcile_trigger: Arc<Notify>) -> Vec<Loop> {
     let schedule = &ctx.config.schedule;
     let reconcile = {
         let ctx = ctx.clone();
         Loop::new(RECONCILE, schedule.reconcile_every, move || {
             let ctx = ctx.clone();
-            async move { read_scope(&ctx).await }.boxed()
+            async move { reconcile_pass(&ctx, Utc::now()).await }.boxed()
         })
         .with_trigger(reconcile_trigger)
     };
@@ -604,16 +631,25 @@ pub fn build_loops(ctx: &PassContext, reconcile_trigger: Arc<Notify>) -> Vec<Loo
         let ctx = ctx.clone();
         Loop::new(PRIORITY, schedule.priority_every, move || {
             let ctx = ctx.clone();
-            async move { check_placement(&ctx, Utc::now()).await }.boxed()
+            async move { priority_pass(&ctx, Utc::now()).await }.boxed()
         })
     };
-    vec![reconcile, priority]
+    let incidents = {
+        let ctx = ctx.clone();
+        Loop::new(INCIDENTS, schedule.incidents_every, move || {
+            let ctx = ctx.clone();
+            async move { incidents_pass(&ctx, Utc::now()).await }.boxed()
+        })
+    };
+    vec![reconcile, priority, incidents]
 }
 
-/// The reconcile slot's interim pass: reads the last valid desired state and both scoped groups
-/// and reports what it sees; it changes nothing. Non-user members of the user group are drift
-/// (DESIGN §5) whatever the desired state says, so they are counted as such.
-pub async fn read_scope(ctx: &PassContext) -> Result<PassSummary, PassError> {
+/// One reconcile pass against the last valid desired state. A tripped removal guard raises the
+/// `removal_guard_tripped` alert (the refusal itself is recorded by the pass, so `check` sees it).
+pub async fn reconcile_pass(
+    ctx: &PassContext,
+    now: DateTime<Utc>,
+) -> Result<PassSummary, PassError> {
     let Some(desired) = ctx.desired.current() else {
         return Err(PassError::new(format!(
             "no valid desired state yet: fix {} (dexscope validate shows why)",
@@ -621,107 +657,154 @@ pub async fn read_scope(ctx: &PassContext) -> Result<PassSummary, PassError> {
         )));
     };
     let scope = &ctx.config.scope;
-    let members = ctx
-        .tenant
-        .graph
-        .list_group_members(&scope.user_group_id)
+    let rctx = reconcile::Context {
+        tenant: &ctx.tenant,
+        state: &ctx.state,
+        user_group: &scope.user_group_id,
+        device_tag: &scope.device_tag,
+    };
+    let settings = reconcile::settings_from_config(&ctx.config, false);
+    let report = reconcile::reconcile_once(rctx, &desired.state, &settings, now)
         .await
-        .map_err(|e| {
-            PassError::new(format!(
-                "cannot list the members of the scoped user group {}: {e}",
-                scope.user_group_id
-            ))
-        })?;
-    let tagged = ctx
-        .tenant
-        .defender
-        .machines_by_tag(&scope.device_tag)
-        .await
-        .map_err(|e| {
-            PassError::new(format!(
-                "cannot list the machines tagged {}: {e}",
-                scope.device_tag
-            ))
-        })?;
-    let users = members
-        .iter()
-        .filter(|m| matches!(m, GroupMember::User { .. }))
-        .count();
-    let others = members.len() - users;
-    let d = &desired.state;
+        .map_err(|e| PassError::new(format!("reconcile pass failed: {e}")))?;
+    let plan = &report.plan;
+    let guard = if plan.guard_tripped() {
+        let refused: Vec<String> = plan
+            .refusals()
+            .iter()
+            .map(|(group, count, max)| format!("{count} removals from {group:?} (max {max})"))
+            .collect();
+        Observation::bad(
+            AlertKind::RemovalGuardTripped,
+            "reconcile",
+            AlertSeverity::Critical,
+            format!(
+                "removal guard refused {}; run `dexscope apply --allow-mass-removal` if intended",
+                refused.join(", ")
+            ),
+            json!({ "refused": refused }),
+        )
+    } else {
+        Observation::good(AlertKind::RemovalGuardTripped, "reconcile")
+    };
+    let applied = report.applied.iter().filter(|a| a.is_success()).count() as u64;
+    let failed = report.failed().count();
+    let pending = report.not_converged.len() + failed;
+    let drift = (plan.users.drift_count() + plan.devices.drift_count()) as u64;
     let text = format!(
-        "desired {} users, {} devices; the user group has {users} users and {others} other \
-         members; {} machines carry the tag {}",
-        d.users.len(),
-        d.devices.len(),
-        tagged.len(),
-        scope.device_tag
+        "{} changes planned, {applied} applied, {failed} failed, {} not converged, {} unresolved",
+        plan.change_count(),
+        report.not_converged.len(),
+        plan.unresolved.len()
     );
     Ok(PassSummary {
         text,
-        drift: Some(others as u64),
+        lines: plan.to_string().lines().map(str::to_string).collect(),
+        changes_applied: applied,
+        drift: Some(drift),
+        observations: vec![guard],
         details: json!({
-            "desired_users": d.users.len(),
-            "desired_devices": d.devices.len(),
-            "member_users": users,
-            "member_others": others,
-            "tagged": tagged.len(),
-            "commit": d.commit,
+            "pending_changes": pending,
+            "unresolved": plan.unresolved.len(),
+            "applied": applied,
+            "commit": report.commit,
         }),
         ..PassSummary::default()
     })
 }
 
-/// The priority slot's interim pass: reads the tagged machines, remembers when each was first
-/// seen tagged (the start of its grace period), and runs the pure priority check.
-pub async fn check_placement(
+/// One priority pass: tagged machines' placement (and desired devices missing the tag).
+pub async fn priority_pass(
     ctx: &PassContext,
     now: DateTime<Utc>,
 ) -> Result<PassSummary, PassError> {
     let scope = &ctx.config.scope;
-    let machines = ctx
-        .tenant
-        .defender
-        .machines_by_tag(&scope.device_tag)
-        .await
-        .map_err(|e| {
-            PassError::new(format!(
-                "cannot list the machines tagged {}: {e}",
-                scope.device_tag
-            ))
-        })?;
-    let state_err =
-        |e: StateError| PassError::new(format!("cannot read or write the tag times: {e}"));
-    let known = ctx.state.tagged_since_all().map_err(state_err)?;
-    let new: Vec<_> = machines
-        .iter()
-        .filter(|m| !known.contains_key(&m.id))
-        .map(|m| m.id.clone())
-        .collect();
-    ctx.state.note_tagged_many(&new, now).map_err(state_err)?;
-    let ids: Vec<_> = machines.iter().map(|m| m.id.clone()).collect();
-    ctx.state.forget_untagged(&ids).map_err(state_err)?;
-    let placement = Placement {
-        device_group_name: scope.device_group_name.clone(),
-        propagation_grace: TimeDelta::from_std(scope.propagation_grace).unwrap_or(TimeDelta::MAX),
-        tagged: machines
-            .iter()
-            .map(|m| TaggedMachine::from_machine(m, Some(known.get(&m.id).copied().unwrap_or(now))))
-            .collect(),
-        missing_tag: Vec::new(),
-        sightings: Vec::new(),
+    let desired_devices = match ctx.desired.current() {
+        Some(desired) if !desired.state.devices.is_empty() => {
+            let machines = ctx.tenant.defender.all_machines().await.map_err(|e| {
+                PassError::new(format!(
+                    "cannot list machines to resolve desired devices: {e}"
+                ))
+            })?;
+            Some(priority::resolve_devices(&desired.state, &machines).0)
+        }
+        _ => None,
     };
-    let findings = priority_check::check_priority(&placement, now);
-    let worst = priority_check::worst(&findings);
+    let input = priority::PriorityInput {
+        desired_devices: desired_devices.as_deref(),
+        sightings: &[],
+    };
+    let report = priority::priority_once(&ctx.tenant.defender, &ctx.state, scope, input, now)
+        .await
+        .map_err(|e| PassError::new(format!("priority pass failed: {e}")))?;
+    let worst = priority_check::worst(&report.findings);
     Ok(PassSummary {
         text: format!(
             "{} tagged machines checked; worst finding: {worst:?}",
-            machines.len()
+            report.tagged
         )
         .to_lowercase(),
-        lines: findings.iter().map(|f| f.summary.clone()).collect(),
-        observations: vec![priority_check::observation(&findings)],
-        details: json!({ "findings": findings }),
+        lines: report.findings.iter().map(|f| f.summary.clone()).collect(),
+        observations: vec![priority_check::observation(&report.findings)],
+        details: json!({ "findings": report.findings, "counts": report.counts }),
+        ..PassSummary::default()
+    })
+}
+
+/// One incident pass: new and updated incidents judged, each verdict posted once. Evidence that
+/// shows an in-scope device in another group raises the priority alert too.
+pub async fn incidents_pass(
+    ctx: &PassContext,
+    now: DateTime<Utc>,
+) -> Result<PassSummary, PassError> {
+    let settings = poll::PollSettings::from_config(&ctx.config);
+    let report = poll::poll_once(&ctx.tenant, &ctx.state, &settings, now)
+        .await
+        .map_err(|e| PassError::new(format!("incident pass failed: {e}")))?;
+    let mut verdicts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for incident in &report.incidents {
+        if let Some(kind) = incident.verdict {
+            *verdicts.entry(kind).or_default() += 1;
+        }
+    }
+    let evidence = if report.priority_findings.is_empty() {
+        Observation::good(AlertKind::PriorityMisconfigured, "incident evidence")
+    } else {
+        let ids: Vec<&str> = report
+            .priority_findings
+            .iter()
+            .map(|f| f.incident_id.as_str())
+            .collect();
+        Observation::bad(
+            AlertKind::PriorityMisconfigured,
+            "incident evidence",
+            AlertSeverity::Critical,
+            format!(
+                "incident evidence places in-scope devices outside {} (incidents {})",
+                ctx.config.scope.device_group_name,
+                ids.join(", ")
+            ),
+            json!({ "findings": report.priority_findings }),
+        )
+    };
+    Ok(PassSummary {
+        text: format!(
+            "{} incidents listed, {} handled, {} failed",
+            report.listed,
+            report.incidents.len(),
+            report.failed.len()
+        ),
+        lines: report
+            .incidents
+            .iter()
+            .filter_map(|i| {
+                i.verdict
+                    .map(|v| format!("incident {}: {v} ({:?})", i.id, i.handled))
+            })
+            .collect(),
+        verdicts: verdicts.into_iter().collect(),
+        observations: vec![evidence],
+        details: json!({ "listed": report.listed, "failed": report.failed }),
         ..PassSummary::default()
     })
 }
@@ -819,11 +902,17 @@ async fn generation(
     let state = Arc::new(State::open(&config.state.path)?);
     let tenant = Tenant::from_config(&config)?;
     metrics.set_http_client(tenant.http.clone());
-    let scheduler = Arc::new(Scheduler::new(
-        state.clone(),
-        metrics.clone(),
-        config.alerts.renotify_every,
-    ));
+    let mut scheduler =
+        Scheduler::new(state.clone(), metrics.clone(), config.alerts.renotify_every);
+    if let Some(url) = &config.alerts.webhook_url {
+        match alerts::Webhook::new(alerts::WebhookSettings::new(url.clone())) {
+            Ok(webhook) => {
+                scheduler = scheduler.with_webhook(webhook, config.tenant.tenant_id.to_string())
+            }
+            Err(e) => tracing::error!(error = %e, "alert webhook disabled: {e}"),
+        }
+    }
+    let scheduler = Arc::new(scheduler);
     progress.reset(&[]);
 
     status("obtaining a token");

@@ -160,7 +160,7 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
     let mut loops = daemon::build_loops(&ctx, Arc::new(Notify::new()));
     metrics.set_loops(&loops.iter().map(|l| (l.name, l.every)).collect::<Vec<_>>());
     say(format!(
-        "loops: {} (incidents: slot for incidents::poll_once, not wired in this build)",
+        "loops: {}",
         loops.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
     ));
 
@@ -168,6 +168,9 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
     let pause = Duration::from_secs_f64(args.pause.clamp(0.0, 60.0));
     'cycles: for cycle in 1..=args.cycles {
         say(format!("\n— cycle {cycle} of {}", args.cycles));
+        let (spec, what) = arrival(&sim, cycle);
+        let id = sim.create_incident(&spec);
+        say(format!("  incident {id} arrives: {what}"));
         for lp in &mut loops {
             let report = scheduler.run_pass(lp).await;
             let mut text = String::new();
@@ -193,6 +196,13 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
                 let _ = write!(text, "\n    ! {verb} [{}]: {}", n.alert, n.summary);
             }
             say(text);
+        }
+        if let Some(comment) = sim.comments(&id).last() {
+            let first = comment.lines().next().unwrap_or_default();
+            let last = comment.lines().last().unwrap_or_default();
+            say(format!(
+                "  comment on incident {id}: \"{first}\" … \"{last}\""
+            ));
         }
         ran = cycle;
         if cycle < args.cycles {
@@ -233,6 +243,53 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
 
 /// A desired state naming some users and tagged machines of the simulated tenant: (text,
 /// users, devices).
+/// The incident that arrives in `cycle`: one the service covers, then kinds it does not.
+fn arrival(sim: &sim::SimHandle, cycle: u32) -> (sim::IncidentSpec, &'static str) {
+    let upn = {
+        let state = sim.state();
+        let t = state.lock().unwrap_or_else(|p| p.into_inner());
+        t.directory
+            .users
+            .iter()
+            .flatten()
+            .next()
+            .map(|u| u.upn.to_string())
+            .unwrap_or_default()
+    };
+    let base = sim::IncidentSpec {
+        title: "Suspicious sign-in followed by credential dumping".into(),
+        severity: "high".into(),
+        service_source: "microsoftDefenderForEndpoint".into(),
+        detection_source: "microsoftDefenderForEndpoint".into(),
+        users: vec![upn],
+        ..sim::IncidentSpec::default()
+    };
+    match cycle % 3 {
+        1 => (
+            base,
+            "high severity, EDR alert on a user in the desired state",
+        ),
+        2 => (
+            sim::IncidentSpec {
+                title: "Sensitive file shared externally".into(),
+                severity: "medium".into(),
+                service_source: "dataLossPrevention".into(),
+                detection_source: "microsoftDataLossPrevention".into(),
+                ..base
+            },
+            "a DLP-only incident on the same user",
+        ),
+        _ => (
+            sim::IncidentSpec {
+                title: "Unusual process on a workstation".into(),
+                severity: "low".into(),
+                ..base
+            },
+            "low severity on the same user",
+        ),
+    }
+}
+
 fn desired_state(sim: &sim::SimHandle) -> (String, usize, usize) {
     let upns: Vec<String> = {
         let state = sim.state();
