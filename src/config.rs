@@ -9,6 +9,7 @@
 //!
 //! Every error renders as one line: what is wrong, where it was set, what to do.
 
+use crate::text::edit_distance;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -753,23 +754,6 @@ fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a s
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diag + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(above + 1);
-            diag = above;
-        }
-    }
-    row[b.len()]
 }
 
 /// Merges defaults < file < environment with the `config` crate.

@@ -33,6 +33,7 @@
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite: audit log, cursors, tag timestamps, alert state.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
+//! - `text`: small text helpers for error messages ("did you mean").
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
 //! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - `daemon`: `run`: the scheduler around the passes, signals, systemd notify, desired-state watch.
@@ -71,3 +72,4 @@ pub mod sim;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
+mod text;

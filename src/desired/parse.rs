@@ -4,6 +4,7 @@
 //! its byte span; spans become 1-based `line:col` here. Every problem in a file is reported, not
 //! just the first; only a TOML syntax error stops the file.
 
+use crate::text::edit_distance;
 use std::hash::Hash;
 use std::ops::Range;
 use std::path::Path;
@@ -528,24 +529,6 @@ fn suggest(key: &str, allowed: &[&str], aliases: &[(&str, &str)]) -> String {
         Some(m) => format!(" (did you mean `{m}`?)"),
         None => String::new(),
     }
-}
-
-/// Levenshtein distance, for "did you mean" on short keys.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diag + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(above + 1);
-            diag = above;
-        }
-    }
-    row[b.len()]
 }
 
 /// Cuts user text to keep a message one readable line.
