@@ -23,18 +23,13 @@ struct Clients {
 }
 
 fn config_for(sim: &SimHandle, dir: &std::path::Path) -> Config {
-    let base = sim.base_url();
     let path = dir.join("config.toml");
+    let head = super::support::sim_config_head(sim);
     std::fs::write(
         &path,
         format!(
-            "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
-             [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
-             [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"{TAG}\"\n\
+            "{head}device_tag = \"{TAG}\"\n\
              [http]\ntimeout = \"2s\"\nmax_attempts = 12\n",
-            sim.tenant_id(),
-            sim.client_id(),
-            sim.user_group_id(),
         ),
     )
     .unwrap();

@@ -82,21 +82,16 @@ async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sig
     let dir = tempfile::tempdir().unwrap();
     let desired = dir.path().join("desired.toml");
     std::fs::write(&desired, "users = [\"ann@contoso.com\"]\n").unwrap();
-    let base = sim.base_url();
     let config = dir.path().join("config.toml");
+    let head = super::support::sim_config_head(&sim);
     std::fs::write(
         &config,
         format!(
-            "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
-             [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
-             [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"DEX-Scoped\"\n\
+            "{head}device_tag = \"DEX-Scoped\"\n\
              desired_state = \"desired.toml\"\n\
              [schedule]\nreconcile_every = \"1h\"\npriority_every = \"2s\"\n\
              [state]\npath = \"state.db\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nformat = \"json\"\n",
-            sim.tenant_id(),
-            sim.client_id(),
-            sim.user_group_id(),
         ),
     )
     .unwrap();

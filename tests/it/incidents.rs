@@ -45,14 +45,12 @@ async fn start_sim(incidents: usize, faults: FaultConfig) -> SimHandle {
 
 /// Writes a config pointed at the simulator; returns its path.
 fn write_config(sim: &SimHandle, dir: &Path, post_comments: bool, timeout: &str) -> PathBuf {
-    let base = sim.base_url();
     let path = dir.join("config.toml");
+    let head = super::support::sim_config_head(sim);
     std::fs::write(
         &path,
         format!(
-            "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
-             [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
-             [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"{DEVICE_TAG}\"\n\
+            "{head}device_tag = \"{DEVICE_TAG}\"\n\
              desired_state = \"desired.toml\"\n\
              [schedule]\nincidents_every = \"1s\"\n\
              [incidents]\npost_comments = {post_comments}\nlookback = \"30d\"\noverlap = \"5m\"\n\
@@ -60,9 +58,6 @@ fn write_config(sim: &SimHandle, dir: &Path, post_comments: bool, timeout: &str)
              defender_per_hour = 100000\n\
              [http]\ntimeout = \"{timeout}\"\n\
              [state]\npath = \"{}\"\n",
-            sim.tenant_id(),
-            sim.client_id(),
-            sim.user_group_id(),
             dir.join("state.db").display(),
         ),
     )

@@ -15,5 +15,6 @@ mod priority;
 mod reconcile;
 mod sim;
 mod state;
+mod support;
 mod tenant;
 mod verdict;

@@ -71,7 +71,6 @@ pub fn add_servers_group(sim: &SimHandle) -> i64 {
 
 /// Writes config.toml and desired.toml (the five tagged machines) into `dir`.
 pub fn write_config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
-    let base = sim.base_url();
     std::fs::write(
         dir.join("desired.toml"),
         "devices = [\"srv-01.contoso.local\", \"srv-02.contoso.local\", \"srv-03.contoso.local\", \
@@ -79,17 +78,13 @@ pub fn write_config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::Path
     )
     .unwrap();
     let path = dir.join("config.toml");
+    let head = super::support::sim_config_head(sim);
     std::fs::write(
         &path,
         format!(
-            "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
-             [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
-             [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"{TAG}\"\ndevice_group_name = \"{GROUP}\"\n\
+            "{head}device_tag = \"{TAG}\"\ndevice_group_name = \"{GROUP}\"\n\
              desired_state = \"desired.toml\"\npropagation_grace = \"2h\"\n\
              [state]\npath = \"{}\"\n{extra}",
-            sim.tenant_id(),
-            sim.client_id(),
-            sim.user_group_id(),
             dir.join("state.db").display(),
         ),
     )

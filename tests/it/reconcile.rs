@@ -62,18 +62,13 @@ impl Env {
 
     /// Writes the config; `scope` is appended to `[scope]`, then `tail` (more sections).
     fn write_config_with(&self, scope: &str, tail: &str) {
-        let base = self.sim.base_url();
+        let head = super::support::sim_config_head(&self.sim);
         std::fs::write(
             self.config_path(),
             format!(
-                "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
-                 [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
-                 [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"{TAG}\"\n\
+                "{head}device_tag = \"{TAG}\"\n\
                  desired_state = \"desired.toml\"\n{scope}\n\
                  [state]\npath = \"state.db\"\n{tail}\n",
-                self.sim.tenant_id(),
-                self.sim.client_id(),
-                self.sim.user_group_id(),
             ),
         )
         .unwrap();

@@ -10,18 +10,13 @@ use secrecy::ExposeSecret;
 async fn a_config_pointed_at_the_simulated_tenant_reads_it() {
     let sim = sim::start(SimOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let base = sim.base_url();
     let config_path = dir.path().join("config.toml");
+    let head = super::support::sim_config_head(&sim);
     std::fs::write(
         &config_path,
         format!(
-            "[tenant]\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
-             [endpoints]\nlogin = \"{base}\"\ngraph = \"{base}\"\ndefender = \"{base}\"\n\
-             [scope]\nuser_group_id = \"{}\"\ndevice_tag = \"DEX-Scoped\"\n\
+            "{head}device_tag = \"DEX-Scoped\"\n\
              desired_state = \"desired.toml\"\n[state]\npath = \"state.db\"\n",
-            sim.tenant_id(),
-            sim.client_id(),
-            sim.user_group_id(),
         ),
     )
     .unwrap();
