@@ -70,6 +70,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "prune",
             "max_removals",
             "propagation_grace",
+            "member_resync",
         ],
     ),
     (
@@ -116,6 +117,7 @@ device_group_name = "Defender_Experts_Scoped_Coverage_Devices"
 prune = true
 max_removals = 50
 propagation_grace = "2h"
+member_resync = "24h"
 
 [schedule]
 reconcile_every = "5m"
@@ -343,6 +345,8 @@ pub struct Scope {
     pub prune: bool,
     pub max_removals: u32,
     pub propagation_grace: Duration,
+    /// How old the stored member snapshot (its UPNs) may get before a full read replaces it.
+    pub member_resync: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1445,6 +1449,7 @@ fn read_scope(
         prune: r.boolean(("scope", "prune"))?,
         max_removals: r.uint(("scope", "max_removals"), 0)?,
         propagation_grace: r.duration(("scope", "propagation_grace"), Duration::ZERO)?,
+        member_resync: r.duration(("scope", "member_resync"), Duration::ZERO)?,
     })
 }
 

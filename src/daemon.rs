@@ -662,6 +662,7 @@ pub async fn reconcile_pass(
         state: &ctx.state,
         user_group: &scope.user_group_id,
         device_tag: &scope.device_tag,
+        member_resync: scope.member_resync,
     };
     let settings = reconcile::settings_from_config(&ctx.config, false);
     let report = reconcile::reconcile_once(rctx, &desired.state, &settings, now)

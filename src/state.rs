@@ -31,14 +31,15 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use crate::alerts::{AlertKind, AlertRecord, AlertSeverity, AlertState};
-use crate::model::MachineId;
+use crate::model::{GroupMember, MachineId, ObjectId, Upn, UserId};
 use crate::reconcile::plan::GroupKind;
 
 /// How long a write waits for another process's write to finish before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; migration `i` brings the database to `user_version = i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 create table audit (
     id           integer primary key,
     at           text not null,
@@ -92,7 +93,24 @@ create table loop_pass (
     ok       integer not null,
     summary  text not null
 );
-"#];
+"#,
+    // 2: the user group's membership snapshot and its delta link (see "Member snapshot").
+    r#"
+create table member_sync (
+    grp        text primary key,
+    group_id   text not null,
+    delta_link text not null,
+    link_at    text not null,
+    full_at    text not null
+);
+create table member_snapshot (
+    id           text primary key,
+    odata_type   text not null,
+    upn          text,
+    display_name text
+);
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -866,4 +884,169 @@ impl State {
 /// RFC 3339 UTC with a fixed number of digits, so stored times sort as text.
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Member snapshot: the scoped user group's direct members as last read, with the delta link
+// that continues from there. Only a cache of the tenant: losing it costs one full read.
+
+/// Where the member snapshot stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSync {
+    /// The group the snapshot is of (a changed `user_group_id` makes it useless).
+    pub group: ObjectId,
+    /// Graph's `@odata.deltaLink`: not a secret, but long; never logged.
+    pub delta_link: String,
+    /// When the delta link was issued (the service keeps the state about 7 days).
+    pub link_at: DateTime<Utc>,
+    /// When the members (and their UPNs) were last listed in full.
+    pub full_at: DateTime<Utc>,
+}
+
+const USER_GROUP_ROW: &str = "users";
+const USER_ODATA_TYPE: &str = "#microsoft.graph.user";
+
+impl State {
+    /// The stored snapshot, or `None` when there is none.
+    pub fn member_snapshot(&self) -> Result<Option<(MemberSync, Vec<GroupMember>)>, StateError> {
+        type Row = (String, String, Option<String>, Option<String>);
+        let found = self.read("read the member snapshot", |conn| {
+            let sync: Option<(String, String, String, String)> = conn
+                .query_row(
+                    "select group_id, delta_link, link_at, full_at from member_sync where grp = ?1",
+                    [USER_GROUP_ROW],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some(sync) = sync else {
+                return Ok(None);
+            };
+            let mut stmt =
+                conn.prepare("select id, odata_type, upn, display_name from member_snapshot")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<Row>>>()?;
+            Ok(Some((sync, rows)))
+        })?;
+        let Some(((group, delta_link, link_at, full_at), rows)) = found else {
+            return Ok(None);
+        };
+        let sync = MemberSync {
+            group: ObjectId::parse(&group)
+                .map_err(|_| self.corrupt("snapshot group id", &group))?,
+            delta_link,
+            link_at: self.parse_ts("delta link time", &link_at)?,
+            full_at: self.parse_ts("full read time", &full_at)?,
+        };
+        let members = rows
+            .into_iter()
+            .map(|(id, odata_type, upn, display_name)| {
+                if odata_type == USER_ODATA_TYPE {
+                    let id =
+                        UserId::parse(&id).map_err(|_| self.corrupt("snapshot member", &id))?;
+                    let upn = upn.as_deref().and_then(|u| Upn::parse(u).ok());
+                    Ok(GroupMember::User { id, upn })
+                } else {
+                    let id =
+                        ObjectId::parse(&id).map_err(|_| self.corrupt("snapshot member", &id))?;
+                    Ok(GroupMember::Other {
+                        id,
+                        odata_type,
+                        display_name,
+                    })
+                }
+            })
+            .collect::<Result<Vec<_>, StateError>>()?;
+        Ok(Some((sync, members)))
+    }
+
+    /// Replaces the snapshot with a full read, in one transaction.
+    pub fn replace_member_snapshot(
+        &self,
+        sync: &MemberSync,
+        members: &[GroupMember],
+    ) -> Result<(), StateError> {
+        self.write("store the member snapshot", |tx| {
+            tx.execute("delete from member_snapshot", [])?;
+            put_sync(tx, sync)?;
+            upsert_members(tx, members)
+        })
+    }
+
+    /// Applies changes to the snapshot in one transaction: `present` are inserted or updated,
+    /// `removed` deleted, and the delta link moves on when `sync` is given. Idempotent: set
+    /// operations, so a replayed change or a repeated call leaves the same rows.
+    pub fn update_member_snapshot(
+        &self,
+        sync: Option<&MemberSync>,
+        present: &[GroupMember],
+        removed: &[ObjectId],
+    ) -> Result<(), StateError> {
+        self.write("update the member snapshot", |tx| {
+            if let Some(sync) = sync {
+                put_sync(tx, sync)?;
+            }
+            let mut del = tx.prepare("delete from member_snapshot where id = ?1")?;
+            for id in removed {
+                del.execute([id.as_str()])?;
+            }
+            upsert_members(tx, present)
+        })
+    }
+
+    /// Forgets the snapshot, so the next pass reads the members in full.
+    pub fn clear_member_snapshot(&self) -> Result<(), StateError> {
+        self.write("clear the member snapshot", |tx| {
+            tx.execute("delete from member_sync", [])?;
+            tx.execute("delete from member_snapshot", [])?;
+            Ok(())
+        })
+    }
+}
+
+fn put_sync(tx: &Transaction<'_>, sync: &MemberSync) -> rusqlite::Result<()> {
+    tx.execute(
+        "insert into member_sync (grp, group_id, delta_link, link_at, full_at) \
+         values (?1, ?2, ?3, ?4, ?5) on conflict (grp) do update set \
+         group_id = excluded.group_id, delta_link = excluded.delta_link, \
+         link_at = excluded.link_at, full_at = excluded.full_at",
+        params![
+            USER_GROUP_ROW,
+            sync.group.as_str(),
+            sync.delta_link,
+            ts(sync.link_at),
+            ts(sync.full_at)
+        ],
+    )?;
+    Ok(())
+}
+
+fn upsert_members(tx: &Transaction<'_>, members: &[GroupMember]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare(
+        "insert into member_snapshot (id, odata_type, upn, display_name) values (?1, ?2, ?3, ?4) \
+         on conflict (id) do update set odata_type = excluded.odata_type, \
+         upn = coalesce(excluded.upn, member_snapshot.upn), \
+         display_name = coalesce(excluded.display_name, member_snapshot.display_name)",
+    )?;
+    for m in members {
+        match m {
+            GroupMember::User { id, upn } => stmt.execute(params![
+                id.as_str(),
+                USER_ODATA_TYPE,
+                upn.as_ref().map(Upn::as_str),
+                None::<String>
+            ])?,
+            GroupMember::Other {
+                id,
+                odata_type,
+                display_name,
+            } => stmt.execute(params![
+                id.as_str(),
+                odata_type,
+                None::<String>,
+                display_name
+            ])?,
+        };
+    }
+    Ok(())
 }

@@ -287,7 +287,7 @@ fn member_ref_path(group: &ObjectId, member: &ObjectId) -> String {
     format!("/groups/{group}/members/{member}/$ref")
 }
 
-fn group_member(m: wire::Member) -> Option<GroupMember> {
+pub(super) fn group_member(m: wire::Member) -> Option<GroupMember> {
     let odata_type = m.odata_type.unwrap_or_default();
     if odata_type.eq_ignore_ascii_case("#microsoft.graph.user")
         && let Ok(id) = UserId::parse(&m.id)

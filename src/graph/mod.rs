@@ -3,10 +3,12 @@
 //! Speaks Graph through [`crate::http::Client`] (which limits, retries and pages) and hands
 //! domain values from [`crate::model`] upward; the serde mirrors stay in `wire`.
 
+mod delta;
 mod incidents;
 mod members;
 mod wire;
 
+pub use delta::{DeltaError, DeltaRound, MAX_DELTA_PAGES, MemberChange};
 pub use incidents::{IncidentError, IncidentQuery, MAX_INCIDENTS_TOP, parse_incident};
 pub use members::{MAX_BIND_PER_PATCH, MAX_UPNS_PER_FILTER, MemberOutcome, MemberResult};
 

@@ -116,3 +116,34 @@ pub(crate) struct ProcessEvidence {
     pub user_account: Option<UserAccount>,
     pub mde_device_id: Option<String>,
 }
+
+/// One page of `GET /groups/delta`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaPage {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<DeltaGroup>,
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    pub delta_link: Option<String>,
+}
+
+/// A group in a delta page: part of its member changes (a large group spans several pages).
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaGroup {
+    pub id: String,
+    #[serde(rename = "members@delta")]
+    pub members: Option<Vec<DeltaMember>>,
+    #[serde(rename = "@removed")]
+    pub removed: Option<serde_json::Value>,
+}
+
+/// A member change: only `id` and `@odata.type`, plus `@removed` when it left.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaMember {
+    #[serde(rename = "@odata.type")]
+    pub odata_type: Option<String>,
+    pub id: String,
+    #[serde(rename = "@removed")]
+    pub removed: Option<serde_json::Value>,
+}

@@ -3,13 +3,16 @@
 //! One pass is level-triggered: it reads the desired state's entries and the tenant afresh
 //! ([`resolve`]), computes a [`plan::Plan`] with a pure function, records the removal guard's
 //! decision, carries the plan out ([`apply`]) and re-reads the tenant to say what converged.
-//! A pass with nothing to change makes only reads. The `plan` and `apply` commands live here.
+//! A pass with nothing to change makes only reads: with a member snapshot from an earlier pass,
+//! one membership delta request and the machine pages. The `plan` and `apply` commands live here.
 
 pub mod apply;
 pub mod plan;
 pub mod resolve;
+pub mod snapshot;
 
 use std::io::Write;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -22,7 +25,7 @@ use crate::tenant::Tenant;
 
 use apply::{Applied, AppliedResult, NotConverged, Target};
 use plan::{GroupKind, Plan, PlanSettings, Unresolved, UnresolvedKind};
-use resolve::ResolveError;
+use resolve::{MemberSource, Members, ResolveError};
 
 /// `plan`: no changes pending.
 pub const EXIT_NO_CHANGES: u8 = 0;
@@ -53,6 +56,8 @@ pub struct Context<'a> {
     pub state: &'a State,
     pub user_group: &'a ObjectId,
     pub device_tag: &'a str,
+    /// `[scope] member_resync`: the longest a member snapshot stands in for a full read.
+    pub member_resync: Duration,
 }
 
 /// The plan settings the config describes (`allow_mass_removal` comes from the command line).
@@ -146,39 +151,65 @@ impl std::fmt::Display for ReconcileReport {
     }
 }
 
-/// Reads the tenant, resolves the desired state and plans. Read-only: what `plan` shows.
+/// Reads the tenant, resolves the desired state and plans: what `plan` shows. The only write
+/// is the member snapshot, and only when `members.store` says so.
 pub async fn plan_once(
     tenant: &Tenant,
     user_group: &ObjectId,
     device_tag: &str,
     desired: &DesiredState,
     settings: &PlanSettings,
+    members: MemberSource<'_>,
 ) -> Result<Plan, ReconcileError> {
+    Ok(
+        read_and_plan(tenant, user_group, device_tag, desired, settings, members)
+            .await?
+            .0,
+    )
+}
+
+async fn read_and_plan(
+    tenant: &Tenant,
+    user_group: &ObjectId,
+    device_tag: &str,
+    desired: &DesiredState,
+    settings: &PlanSettings,
+    members: MemberSource<'_>,
+) -> Result<(Plan, Members), ReconcileError> {
+    let read = resolve::read_members(&tenant.graph, user_group, members).await?;
     let r = resolve::resolve(
         &tenant.graph,
         &tenant.defender,
-        user_group,
+        read.members.clone(),
         device_tag,
         desired,
     )
     .await?;
-    Ok(plan::plan(&r.desired, &r.actual, settings))
+    Ok((plan::plan(&r.desired, &r.actual, settings), read))
 }
 
 /// One reconcile pass: read, plan, record the guard's decision, apply, verify. Level-triggered:
-/// nothing is carried over from an earlier pass but what the tenant and `desired` say.
+/// the tenant and `desired` decide; the member snapshot only saves reads of members that did
+/// not change, and applied changes are written into it (see [`snapshot`]).
 pub async fn reconcile_once(
     ctx: Context<'_>,
     desired: &DesiredState,
     settings: &PlanSettings,
     now: DateTime<Utc>,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let plan = plan_once(
+    let source = MemberSource {
+        state: Some(ctx.state),
+        store: true,
+        resync_every: ctx.member_resync,
+        now,
+    };
+    let (plan, read) = read_and_plan(
         ctx.tenant,
         ctx.user_group,
         ctx.device_tag,
         desired,
         settings,
+        source,
     )
     .await?;
     record_guard(ctx.state, &plan, now)?;
@@ -191,6 +222,9 @@ pub async fn reconcile_once(
         commit: desired.commit.as_deref(),
     };
     let applied = apply::apply(target, &plan, now).await?;
+    if read.snapshot_stored {
+        note_applied(ctx.state, &applied);
+    }
     let not_converged = if plan.change_count() == 0 {
         Vec::new()
     } else {
@@ -207,9 +241,27 @@ pub async fn reconcile_once(
         failed = report.failed().count(),
         not_converged = report.not_converged.len(),
         unresolved = report.plan.unresolved.len(),
+        members_read = ?read.how,
         "reconcile pass done"
     );
     Ok(report)
+}
+
+/// Writes the applied user changes into the member snapshot, so the next pass sees them even
+/// before the membership delta does (its processing lags). Idempotent set operations: the
+/// delta link stays where it was, so the next round replays these changes harmlessly, and a
+/// crash before this write loses nothing (the replay brings them). When the write fails the
+/// snapshot is dropped: the next pass reads in full rather than trust a snapshot that misses
+/// our own changes.
+fn note_applied(state: &State, applied: &[Applied]) {
+    let (present, removed) = snapshot::after_apply(applied);
+    if present.is_empty() && removed.is_empty() {
+        return;
+    }
+    if let Err(e) = state.update_member_snapshot(None, &present, &removed) {
+        tracing::warn!(error = %e, "updating the member snapshot after the changes failed; dropping it");
+        let _ = state.clear_member_snapshot();
+    }
 }
 
 /// Stores the guard's outcome per group: a refusal is kept (and seen by `check` in another
@@ -267,12 +319,32 @@ pub async fn plan_command(
         return 1;
     };
     let settings = settings_from_config(config, false);
+    // The snapshot of an earlier pass, when the state database exists: `plan` never creates
+    // the database and never moves the daemon's delta link (see `MemberSource::store`).
+    let state = config
+        .state
+        .path
+        .exists()
+        .then(|| State::open(&config.state.path))
+        .and_then(|r| {
+            r.inspect_err(|e| {
+                let _ = writeln!(err, "warning: {e}; reading the members in full");
+            })
+            .ok()
+        });
+    let members = MemberSource {
+        state: state.as_ref(),
+        store: false,
+        resync_every: config.scope.member_resync,
+        now: Utc::now(),
+    };
     match plan_once(
         &tenant,
         &group,
         &config.scope.device_tag,
         &desired,
         &settings,
+        members,
     )
     .await
     {
@@ -324,6 +396,7 @@ pub async fn apply_command(
         state: &state,
         user_group: &group,
         device_tag: &config.scope.device_tag,
+        member_resync: config.scope.member_resync,
     };
     let settings = settings_from_config(config, allow_mass_removal);
     match reconcile_once(ctx, &desired, &settings, now).await {
