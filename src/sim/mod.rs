@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 pub use faults::FaultConfig;
-pub use model::{DeviceGroup, GroupRule, MachineView, Stats, Tenant, Violation};
+pub use model::{DeltaRefusal, DeviceGroup, GroupRule, MachineView, Stats, Tenant, Violation};
 pub use quota::{QuotaConfig, Surface};
 pub use scenario::Scenario;
 pub use seed::{IncidentSpec, SeedSpec};
@@ -175,6 +175,26 @@ impl SimHandle {
                 .map(|(m, _)| m.to_string())
                 .collect()
         })
+    }
+
+    /// Adds (`true`) or removes a direct member out of band, as in the portal; the change
+    /// shows in the next delta round. False when nothing changed or an id is not a GUID.
+    pub fn set_member(&self, group: &str, member: &str, present: bool) -> bool {
+        let (Ok(g), Ok(m)) = (Uuid::parse_str(group), Uuid::parse_str(member)) else {
+            return false;
+        };
+        self.with(|t| {
+            if present {
+                t.directory.add_member(&g, m)
+            } else {
+                t.directory.remove_member(&g, &m)
+            }
+        })
+    }
+
+    /// Declares every delta link issued so far expired: its next use is refused with `how`.
+    pub fn expire_delta_links(&self, how: DeltaRefusal) {
+        self.with(|t| t.directory.delta_refused_upto = Some((t.directory.delta_seq, how)));
     }
 
     pub fn machine(&self, id: &str) -> Option<MachineView> {

@@ -102,6 +102,18 @@ pub struct Directory {
     pub devices: Vec<EntraDevice>,
     pub device_by_id: HashMap<Uuid, u32>,
     pub delta_seq: u64,
+    /// Delta links issued at or before this sequence are refused with `delta_refusal`.
+    pub delta_refused_upto: Option<(u64, DeltaRefusal)>,
+}
+
+/// How the simulator refuses an expired delta link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaRefusal {
+    /// `410 Gone` with a `Location` header to start over from.
+    Gone,
+    /// `400 syncStateNotFound`.
+    SyncStateNotFound,
 }
 
 impl Directory {

@@ -12,6 +12,7 @@ use dexscope::config::Config;
 use dexscope::desired::{self, DesiredState, Mode};
 use dexscope::model::ObjectId;
 use dexscope::reconcile::plan::{GroupKind, KeptBecause, UnresolvedKind};
+use dexscope::reconcile::resolve::MemberSource;
 use dexscope::reconcile::{self, Context, ReconcileReport};
 use dexscope::sim::scenario::{ScenarioMachine, ScenarioUser, ScopedGroup};
 use dexscope::sim::{self, QuotaConfig, Scenario, SeedSpec, SimHandle, SimOptions};
@@ -26,6 +27,7 @@ const ADD_REF: &str = "POST /v1.0/groups/{id}/members/$ref";
 const REMOVE_REF: &str = "DELETE /v1.0/groups/{id}/members/{id}/$ref";
 const DELETE_NO_REF: &str = "DELETE /v1.0/groups/{id}/members/{id}";
 const LIST_MEMBERS: &str = "GET /v1.0/groups/{id}/members";
+const DELTA: &str = "GET /v1.0/groups/delta";
 const MACHINES: &str = "GET /api/machines";
 const BULK_TAG: &str = "POST /api/machines/AddOrRemoveTagForMultipleMachines";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -126,6 +128,7 @@ impl Env {
             state: &state,
             user_group: &config.scope.user_group_id,
             device_tag: &config.scope.device_tag,
+            member_resync: config.scope.member_resync,
         };
         let settings = reconcile::settings_from_config(&config, allow_mass_removal);
         reconcile::reconcile_once(ctx, &self.desired(), &settings, Utc::now())
@@ -133,16 +136,24 @@ impl Env {
             .unwrap()
     }
 
-    async fn plan(&self) -> reconcile::plan::Plan {
+    /// A read-only plan, with the member snapshot when `state` (stores nothing).
+    async fn plan(&self, state: Option<&State>) -> reconcile::plan::Plan {
         let config = self.config();
         let tenant = Tenant::from_config(&config).unwrap();
         let settings = reconcile::settings_from_config(&config, false);
+        let members = MemberSource {
+            state,
+            store: false,
+            resync_every: config.scope.member_resync,
+            now: Utc::now(),
+        };
         reconcile::plan_once(
             &tenant,
             &config.scope.user_group_id,
             TAG,
             &self.desired(),
             &settings,
+            members,
         )
         .await
         .unwrap()
@@ -251,8 +262,10 @@ async fn a_thousand_users_converge_in_three_write_round_trips_and_a_second_pass_
     assert_eq!(stats.calls("GET /v1.0/users"), 67, "{stats:?}");
     assert_eq!(stats.http_by_route[BATCH], 4 + 3, "{stats:?}");
     assert_eq!(stats.calls(ADD_REF), 0, "no PATCH fell back to single adds");
-    // Read before (1 page of 999 on an empty group) and after (2 pages) the writes.
+    // Read before (1 page of 999 on an empty group, after 1 delta page for the link) and
+    // after (2 pages) the writes.
     assert_eq!(stats.calls(LIST_MEMBERS), 1 + 2);
+    assert_eq!(stats.calls(DELTA), 1);
 
     // Every change is audited once, with its request id and the desired-state commit.
     let audit = env.state().recent_changes(5_000).unwrap();
@@ -263,7 +276,8 @@ async fn a_thousand_users_converge_in_three_write_round_trips_and_a_second_pass_
         && a.commit_id.as_deref() == Some(COMMIT)
         && a.request_id.is_some()));
 
-    // A second pass: nothing to change, only reads (2 member pages, 1 tagged-machines list).
+    // A second pass: nothing to change, only reads (1 delta request continuing the member
+    // snapshot, which holds the adds already; 1 tagged-machines list).
     env.sim.reset_stats();
     let again = env.pass(false).await;
     assert!(again.plan.is_empty(), "{}", again.plan);
@@ -275,7 +289,8 @@ async fn a_thousand_users_converge_in_three_write_round_trips_and_a_second_pass_
         None,
         "members need no lookup"
     );
-    assert_eq!(stats.calls(LIST_MEMBERS), 2);
+    assert_eq!(stats.calls(LIST_MEMBERS), 0);
+    assert_eq!(stats.calls(DELTA), 1);
     assert_eq!(stats.calls(MACHINES), 1);
     assert_eq!(env.state().recent_changes(5_000).unwrap().len(), 1_000);
     env.sim.shutdown().await;
@@ -714,7 +729,9 @@ async fn plan_and_apply_exit_codes_through_the_binary() {
 }
 
 /// The read cost of a converged pass at scale: 100,000 users and 50,000 machines, all desired
-/// and all in place. Run with `cargo test --test it -- --ignored converged_pass_at_scale`.
+/// and all in place. The first pass reads the members in full and stores the snapshot; the
+/// second continues it with one delta request. Run with
+/// `cargo test --test it reconcile::converged_pass_at_scale -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "large: seeds 100k users and 50k machines"]
 async fn converged_pass_at_scale_makes_only_reads() {
@@ -741,23 +758,52 @@ async fn converged_pass_at_scale_makes_only_reads() {
     assert_eq!(machines.len(), 50_000);
     assert_eq!(env.members().len(), 100_000);
     env.write_desired(&users, &machines, "");
+
+    // No state: the full read (delta round for the link, then the member listing).
     env.sim.reset_stats();
-
-    let plan = env.plan().await;
-
-    assert!(plan.is_empty(), "{}", plan.change_count());
+    let first = env.pass(false).await;
+    assert!(first.plan.is_empty(), "{}", first.plan.change_count());
     let stats = env.sim.stats();
     assert!(write_routes(&stats).is_empty(), "{stats:?}");
-    let member_pages = stats.calls(LIST_MEMBERS);
-    let machine_pages = stats.calls(MACHINES);
     // ⌈100,000 / 999⌉ = 101 member pages and ⌈50,000 / 10,000⌉ = 5 machine pages.
-    assert_eq!(member_pages, 101);
-    assert_eq!(machine_pages, 5);
-    assert_eq!(stats.http_by_route.get(BATCH), None);
+    assert_eq!(stats.calls(LIST_MEMBERS), 101);
+    assert_eq!(stats.calls(MACHINES), 5);
+    let first_requests = stats.http_requests;
     println!(
-        "converged pass at 100k users / 50k machines: {} requests ({} member pages, {} machine pages, {} tokens)",
-        stats.http_requests, member_pages, machine_pages, stats.tokens_issued
+        "first pass (no state) at 100k users / 50k machines: {} requests ({} delta pages, {} member pages, {} machine pages, {} tokens)",
+        first_requests,
+        stats.calls(DELTA),
+        stats.calls(LIST_MEMBERS),
+        stats.calls(MACHINES),
+        stats.tokens_issued
     );
+
+    // State from the earlier pass: one delta request, the machine pages, two tokens.
+    env.sim.reset_stats();
+    let second = env.pass(false).await;
+    assert!(second.plan.is_empty(), "{}", second.plan.change_count());
+    let stats = env.sim.stats();
+    assert!(write_routes(&stats).is_empty(), "{stats:?}");
+    assert_eq!(stats.calls(LIST_MEMBERS), 0);
+    assert_eq!(stats.calls(DELTA), 1);
+    assert_eq!(stats.calls(MACHINES), 5);
+    assert_eq!(stats.http_by_route.get(BATCH), None);
+    assert!(stats.http_requests <= 10, "{stats:?}");
+    println!(
+        "unchanged pass with state at 100k users / 50k machines: {} requests ({} delta, {} machine pages, {} tokens); first pass {}",
+        stats.http_requests,
+        stats.calls(DELTA),
+        stats.calls(MACHINES),
+        stats.tokens_issued,
+        first_requests
+    );
+
+    // `plan` with the same state costs the same and moves nothing.
+    env.sim.reset_stats();
+    let state = env.state();
+    let plan = env.plan(Some(&state)).await;
+    assert!(plan.is_empty());
+    assert!(env.sim.stats().http_requests <= 10);
     env.sim.shutdown().await;
 }
 

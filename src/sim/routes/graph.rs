@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use super::token::Caller;
 use super::{ApiReq, Body, Reply, Tok, graph_error, lex, select};
-use crate::sim::model::{Account, Alert, Comment, EvidenceKind, Incident, ObjKind, Tenant};
+use crate::sim::model::{
+    Account, Alert, Comment, DeltaRefusal, EvidenceKind, Incident, ObjKind, Tenant,
+};
 use crate::sim::quota::{Cost, Surface};
 
 const MEMBER_READ: &[&str] = &[
@@ -816,7 +818,12 @@ fn delta(t: &Tenant, req: &ApiReq) -> Reply {
     // Token forms: full|{seq}|{group index}|{after id or -}|{ids}; delta|{seq}|{ids}.
     let state = if let Some(tok) = req.q("$deltatoken") {
         match super::skiptoken_decode(tok) {
-            Some(s) => s,
+            Some(s) => {
+                if let Some(refused) = refused_link(t, req, &s) {
+                    return refused;
+                }
+                s
+            }
             None => return bad_token(),
         }
     } else if let Some(tok) = req.q("$skiptoken") {
@@ -973,6 +980,40 @@ fn delta(t: &Tenant, req: &ApiReq) -> Reply {
         _ => return bad_token(),
     }
     Reply::json(200, Value::Object(body))
+}
+
+/// The refusal of a delta link the simulator declared expired (`/_sim/delta/expire`).
+fn refused_link(t: &Tenant, req: &ApiReq, state: &str) -> Option<Reply> {
+    let (upto, how) = t.directory.delta_refused_upto?;
+    let mut parts = state.split('|');
+    let seq = match (parts.next(), parts.next()) {
+        (Some("delta"), Some(seq)) => seq.parse::<u64>().ok()?,
+        _ => return None,
+    };
+    if seq > upto {
+        return None;
+    }
+    Some(match how {
+        DeltaRefusal::SyncStateNotFound => graph_error(
+            400,
+            "syncStateNotFound",
+            "The sync state was not found. Restart the synchronisation without a token.",
+        ),
+        DeltaRefusal::Gone => {
+            // Location: the same query without a token, where a full resync starts.
+            let link = next_link(req, "$deltatoken", "");
+            let start = link
+                .trim_end_matches("$deltatoken=")
+                .trim_end_matches(['&', '?'])
+                .to_string();
+            graph_error(
+                410,
+                "resyncRequired",
+                "The delta token has expired; resynchronise from the start.",
+            )
+            .with_header("Location", start)
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! `/_sim/…`: JSON inspection of the simulated tenant (requests, early retries, violations,
 //! throttling, comments, members, tags, placement) and runtime controls (device groups,
-//! incidents, faults, tokens, clock). Not authenticated: loopback only, tests and demo.
+//! incidents, faults, tokens, clock, out-of-band member changes, expired delta links). Not
+//! authenticated: loopback only, tests and demo.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::Reply;
 use crate::sim::faults::FaultConfig;
-use crate::sim::model::GroupRule;
+use crate::sim::model::{DeltaRefusal, GroupRule};
 use crate::sim::seed::{IncidentSpec, create_incident};
 use crate::sim::server::Shared;
 
@@ -21,6 +22,12 @@ struct NewGroup {
     rank: u32,
     #[serde(flatten)]
     rule: GroupRule,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeltaExpire {
+    how: DeltaRefusal,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +103,28 @@ pub fn handle(
                 Reply::json(200, Value::Array(members))
             }
             Err(_) => bad(format!("{id} is not a group id")),
+        },
+        // Out-of-band membership changes, as an administrator makes them in the portal.
+        ("POST" | "DELETE", ["groups", id, "members", member]) => {
+            match (uuid::Uuid::parse_str(id), uuid::Uuid::parse_str(member)) {
+                (Ok(g), Ok(m)) if t.directory.group(&g).is_some() => {
+                    let changed = if method == Method::POST {
+                        t.directory.add_member(&g, m)
+                    } else {
+                        t.directory.remove_member(&g, &m)
+                    };
+                    Reply::json(200, json!({ "changed": changed }))
+                }
+                _ => bad(format!("{id} is not a group or {member} is not an object id")),
+            }
+        }
+        // Declares every delta link issued so far expired: the next use of one is refused.
+        ("POST", ["delta", "expire"]) => match parse::<DeltaExpire>(body) {
+            Ok(e) => {
+                t.directory.delta_refused_upto = Some((t.directory.delta_seq, e.how));
+                Reply::empty(204)
+            }
+            Err(r) => r,
         },
         ("GET", ["machines"]) => {
             let list = match q("tag") {
