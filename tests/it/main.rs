@@ -6,6 +6,7 @@ mod clients_sim;
 mod config;
 mod daemon;
 mod defender;
+mod delta;
 mod desired;
 mod graph;
 mod http;

@@ -895,14 +895,15 @@ fn delta(t: &Tenant, req: &ApiReq) -> Reply {
                         .collect();
                 }
                 value.push(obj);
-                let done = chunk.len() < DELTA_PAGE
-                    && g.members
-                        .range((
-                            chunk.last().map_or(lower, |l| Bound::Excluded(*l)),
-                            Bound::Unbounded,
-                        ))
-                        .next()
-                        .is_none();
+                // Done when no member follows the chunk (an exact page multiple ends here too).
+                let done = g
+                    .members
+                    .range((
+                        chunk.last().map_or(lower, |l| Bound::Excluded(*l)),
+                        Bound::Unbounded,
+                    ))
+                    .next()
+                    .is_none();
                 if done {
                     gi += 1;
                     after = None;

@@ -115,7 +115,9 @@ pub fn handle(
                     };
                     Reply::json(200, json!({ "changed": changed }))
                 }
-                _ => bad(format!("{id} is not a group or {member} is not an object id")),
+                _ => bad(format!(
+                    "{id} is not a group or {member} is not an object id"
+                )),
             }
         }
         // Declares every delta link issued so far expired: the next use of one is refused.
