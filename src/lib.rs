@@ -25,13 +25,14 @@
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
-//! - `reconcile`: `resolve` (desired entries → ids), `plan` (pure), `apply` (executor),
-//!   `reconcile_once`, the `plan` and `apply` commands.
+//! - `reconcile`: `resolve` (desired entries → ids, members from the snapshot + delta),
+//!   `snapshot` (pure: when the member snapshot stands in for a full read), `plan` (pure),
+//!   `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
 //! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics), the `Alerter`.
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
-//! - `state`: SQLite: audit log, cursors, tag timestamps, alert state.
+//! - `state`: SQLite: audit log, cursors, tag timestamps, alert state, member snapshot.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
 //! - `text`: small text helpers for error messages ("did you mean").
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
