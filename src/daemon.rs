@@ -32,6 +32,7 @@ use crate::metrics::{self, Metrics, PassFigures};
 use crate::priority;
 use crate::priority::check as priority_check;
 use crate::reconcile;
+use crate::reconcile::plan::GroupKind;
 use crate::state::{LoopPass, State, StateError};
 use crate::tenant::{Tenant, TenantError};
 
@@ -496,7 +497,16 @@ impl Scheduler {
             Ok(s) => {
                 json!({ "text": s.text, "changes_applied": s.changes_applied, "drift": s.drift, "details": s.details })
             }
-            Err(e) => json!({ "error": e.message }),
+            // The table keeps one pass per loop; a failed pass carries the last success
+            // forward so `status` can still say how old it is.
+            Err(e) => {
+                let last_success = match self.state.last_pass(name) {
+                    Ok(Some(p)) if p.ok => Some(json!(p.finished)),
+                    Ok(Some(p)) => p.summary.get("last_success").cloned(),
+                    _ => None,
+                };
+                json!({ "error": e.message, "last_success": last_success })
+            }
         };
         let pass = LoopPass {
             loop_name: name.to_string(),
@@ -708,9 +718,42 @@ pub async fn reconcile_pass(
             "unresolved": plan.unresolved.len(),
             "applied": applied,
             "commit": report.commit,
+            "users": group_figures(&report, GroupKind::Users),
+            "devices": group_figures(&report, GroupKind::Devices),
+            "unresolved_entries": plan
+                .unresolved
+                .iter()
+                .map(|u| json!({ "entry": u.entry, "problem": u.problem }))
+                .collect::<Vec<_>>(),
         }),
         ..PassSummary::default()
     })
+}
+
+/// One group's figures for the pass summary (read by `status`): desired entries resolved, the
+/// group's size after the pass (before, plus adds, minus removals that took effect), drift.
+fn group_figures(report: &reconcile::ReconcileReport, group: GroupKind) -> serde_json::Value {
+    use crate::state::Operation;
+    let c = &report.counts;
+    let (desired, before, drift) = match group {
+        GroupKind::Users => (c.desired_users, c.members, report.plan.users.drift_count()),
+        GroupKind::Devices => (
+            c.desired_devices,
+            c.tagged,
+            report.plan.devices.drift_count(),
+        ),
+    };
+    let took = |ops: [Operation; 2]| {
+        report
+            .applied
+            .iter()
+            .filter(|a| a.group == group && ops.contains(&a.operation))
+            .filter(|a| a.result == reconcile::apply::AppliedResult::Ok)
+            .count()
+    };
+    let effective = (before + took([Operation::Add, Operation::Tag]))
+        .saturating_sub(took([Operation::Remove, Operation::Untag]));
+    json!({ "desired": desired, "effective": effective, "drift": drift })
 }
 
 /// One priority pass: tagged machines' placement (and desired devices missing the tag).

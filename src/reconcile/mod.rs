@@ -76,6 +76,19 @@ pub struct ReconcileReport {
     pub not_converged: Vec<NotConverged>,
     /// The desired state's git commit.
     pub commit: Option<String>,
+    /// Group sizes the pass saw before its changes (for `status`).
+    pub counts: PassCounts,
+}
+
+/// Group sizes one pass saw: desired entries resolved, and what the tenant held before the pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PassCounts {
+    pub desired_users: usize,
+    pub desired_devices: usize,
+    /// Direct members of the user group (any type).
+    pub members: usize,
+    /// Machines carrying the tag.
+    pub tagged: usize,
 }
 
 impl ReconcileReport {
@@ -173,14 +186,21 @@ pub async fn reconcile_once(
     settings: &PlanSettings,
     now: DateTime<Utc>,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let plan = plan_once(
-        ctx.tenant,
+    let r = resolve::resolve(
+        &ctx.tenant.graph,
+        &ctx.tenant.defender,
         ctx.user_group,
         ctx.device_tag,
         desired,
-        settings,
     )
     .await?;
+    let counts = PassCounts {
+        desired_users: r.desired.users.len(),
+        desired_devices: r.desired.devices.len(),
+        members: r.actual.members.len(),
+        tagged: r.actual.tagged.len(),
+    };
+    let plan = plan::plan(&r.desired, &r.actual, settings);
     record_guard(ctx.state, &plan, now)?;
     let target = Target {
         graph: &ctx.tenant.graph,
@@ -201,6 +221,7 @@ pub async fn reconcile_once(
         applied,
         not_converged,
         commit: desired.commit.clone(),
+        counts,
     };
     tracing::info!(
         changes = report.applied.len(),
