@@ -7,6 +7,7 @@ mod config;
 mod daemon;
 mod defender;
 mod desired;
+mod export;
 mod graph;
 mod http;
 mod incidents;
