@@ -493,28 +493,11 @@ impl Scheduler {
                 }
             }
         }
-        let summary = match &result {
-            Ok(s) => {
-                json!({ "text": s.text, "changes_applied": s.changes_applied, "drift": s.drift, "details": s.details })
-            }
-            // The table keeps one pass per loop; a failed pass carries the last success
-            // forward so `status` can still say how old it is.
-            Err(e) => {
-                let last_success = match self.state.last_pass(name) {
-                    Ok(Some(p)) if p.ok => Some(json!(p.finished)),
-                    Ok(Some(p)) => p.summary.get("last_success").cloned(),
-                    _ => None,
-                };
-                json!({ "error": e.message, "last_success": last_success })
-            }
+        let previous = match &result {
+            Err(_) => self.state.last_pass(name).ok().flatten(),
+            Ok(_) => None,
         };
-        let pass = LoopPass {
-            loop_name: name.to_string(),
-            started,
-            finished,
-            ok: result.is_ok(),
-            summary,
-        };
+        let pass = pass_record(name, started, finished, &result, previous.as_ref());
         if let Err(e) = self.state.record_pass(&pass) {
             tracing::error!(r#loop = name, error = %e, "cannot record the pass");
         }
@@ -728,6 +711,38 @@ pub async fn reconcile_pass(
         }),
         ..PassSummary::default()
     })
+}
+
+/// The row a pass leaves in the state database (what `status` reads): for a success its text,
+/// figures and details; for a failure the error and, carried over from `previous`, the time of
+/// the last success (the table keeps one pass per loop).
+pub fn pass_record(
+    name: &str,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+    result: &Result<PassSummary, PassError>,
+    previous: Option<&LoopPass>,
+) -> LoopPass {
+    let summary = match result {
+        Ok(s) => {
+            json!({ "text": s.text, "changes_applied": s.changes_applied, "drift": s.drift, "details": s.details })
+        }
+        Err(e) => {
+            let last_success = match previous {
+                Some(p) if p.ok => Some(json!(p.finished)),
+                Some(p) => p.summary.get("last_success").cloned(),
+                None => None,
+            };
+            json!({ "error": e.message, "last_success": last_success })
+        }
+    };
+    LoopPass {
+        loop_name: name.to_string(),
+        started,
+        finished,
+        ok: result.is_ok(),
+        summary,
+    }
 }
 
 /// One group's figures for the pass summary (read by `status`): desired entries resolved, the

@@ -42,7 +42,6 @@ pub struct Inputs {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub loops: Vec<(&'static str, Duration)>,
-    pub device_group_name: String,
 }
 
 impl Settings {
@@ -54,7 +53,6 @@ impl Settings {
                 (PRIORITY, s.priority_every),
                 (INCIDENTS, s.incidents_every),
             ],
-            device_group_name: config.scope.device_group_name.clone(),
         }
     }
 }
@@ -98,7 +96,13 @@ pub struct GroupFigures {
 pub struct Priority {
     /// `ok`, `warning` or `critical`.
     pub worst: String,
-    pub findings: Vec<String>,
+    pub findings: Vec<FindingLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FindingLine {
+    pub severity: String,
+    pub summary: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -181,12 +185,10 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
         .collect();
 
     let mut problems = Vec::new();
-    if let Some(p) = priority.as_ref().filter(|p| p.worst == "critical") {
-        problems.push(format!(
-            "priority: {} is not effective: {}",
-            settings.device_group_name,
-            p.findings.first().map_or("", String::as_str)
-        ));
+    if let Some(p) = priority.as_ref().filter(|_| priority_critical(&priority)) {
+        for f in p.findings.iter().filter(|f| f.severity == "critical") {
+            problems.push(format!("priority: {}", f.summary));
+        }
     }
     for r in &guard_refusals {
         problems.push(format!(
@@ -194,7 +196,14 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
             r.removals, r.group, r.max_removals
         ));
     }
-    for a in &alerts_firing {
+    // The priority finding and the guard refusals are already said above; their alerts would
+    // only repeat them.
+    let said = |alert: &str| match alert {
+        "priority_misconfigured" => priority_critical(&priority),
+        "removal_guard_tripped" => !guard_refusals.is_empty(),
+        _ => false,
+    };
+    for a in alerts_firing.iter().filter(|a| !said(&a.alert)) {
         problems.push(format!("alert {} firing: {}", a.alert, a.summary));
     }
     for l in loops.iter().filter(|l| l.stale) {
@@ -206,7 +215,11 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
     if let Some(c) = &coverage
         && !c.unresolved.is_empty()
     {
-        problems.push(format!("{} desired entries unresolved", c.unresolved.len()));
+        let n = c.unresolved.len();
+        problems.push(format!(
+            "{n} desired {} unresolved (unknown or ambiguous; see below)",
+            if n == 1 { "entry" } else { "entries" }
+        ));
     }
     Status {
         at: now,
@@ -226,6 +239,10 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
             })
             .collect(),
     }
+}
+
+fn priority_critical(priority: &Option<Priority>) -> bool {
+    priority.as_ref().is_some_and(|p| p.worst == "critical")
 }
 
 fn coverage(d: &Value) -> Coverage {
@@ -269,7 +286,10 @@ fn priority(d: &Value) -> Priority {
         worst: RANK[worst].into(),
         findings: findings
             .iter()
-            .filter_map(|f| f["summary"].as_str().map(str::to_string))
+            .map(|f| FindingLine {
+                severity: f["severity"].as_str().unwrap_or("unknown").into(),
+                summary: f["summary"].as_str().unwrap_or("").into(),
+            })
             .collect(),
     }
 }
@@ -359,8 +379,8 @@ impl std::fmt::Display for Status {
         match &self.priority {
             Some(p) => {
                 let _ = writeln!(s, "priority:         {}", p.worst);
-                for finding in &p.findings {
-                    let _ = writeln!(s, "  - {finding}");
+                for f in &p.findings {
+                    let _ = writeln!(s, "  - {}: {}", f.severity, f.summary);
                 }
             }
             None => {

@@ -16,6 +16,7 @@ mod priority;
 mod reconcile;
 mod sim;
 mod state;
+mod status;
 mod support;
 mod tenant;
 mod verdict;
