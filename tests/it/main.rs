@@ -5,6 +5,7 @@ mod check;
 mod clients_sim;
 mod config;
 mod daemon;
+mod dashboard;
 mod defender;
 mod desired;
 mod export;
