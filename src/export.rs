@@ -245,10 +245,10 @@ pub enum ExportError {
     Members {
         group: String,
         #[source]
-        source: crate::graph::Error,
+        source: Box<crate::graph::Error>,
     },
     #[error("reading the machine list failed: {0}")]
-    Machines(#[source] crate::defender::Error),
+    Machines(#[source] Box<crate::defender::Error>),
     #[error("{path} exists; pass --force to overwrite it, or choose another --output")]
     Exists { path: String },
     #[error("cannot write {path}: {source}; check the directory exists and is writable")]
@@ -268,13 +268,13 @@ pub async fn export_once(tenant: &Tenant, config: &Config) -> Result<Export, Exp
         .await
         .map_err(|source| ExportError::Members {
             group: group.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     let machines = tenant
         .defender
         .all_machines()
         .await
-        .map_err(ExportError::Machines)?;
+        .map_err(|e| ExportError::Machines(Box::new(e)))?;
     Ok(build(&members, &machines, &config.scope.device_tag))
 }
 
