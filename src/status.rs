@@ -498,3 +498,68 @@ pub fn status_command(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// A loop is stale past twice its interval plus the slack, as `/readyz` decides; a failed
+    /// last pass is judged by the success it carries forward.
+    #[test]
+    fn staleness_and_ages() {
+        let now = at("2026-11-22T12:00:00Z");
+        let every = Duration::from_secs(300);
+        let pass = |finished: &str, ok: bool, summary: Value| LoopPass {
+            loop_name: "reconcile".into(),
+            started: at(finished),
+            finished: at(finished),
+            ok,
+            summary,
+        };
+        let cases: &[(Option<LoopPass>, bool, Option<&str>)] = &[
+            (None, true, None),
+            // 2 × 300 s + 60 s = 660 s is the limit.
+            (
+                Some(pass("2026-11-22T11:49:00Z", true, json!({}))),
+                false,
+                Some("11m"),
+            ),
+            (
+                Some(pass("2026-11-22T11:48:59Z", true, json!({}))),
+                true,
+                Some("11m"),
+            ),
+            (
+                Some(pass(
+                    "2026-11-22T11:59:00Z",
+                    false,
+                    json!({"error": "x", "last_success": "2026-11-22T09:30:00Z"}),
+                )),
+                true,
+                Some("2h 30m"),
+            ),
+            (
+                Some(pass("2026-11-22T11:59:00Z", false, json!({"error": "x"}))),
+                true,
+                None,
+            ),
+        ];
+        for (p, stale, age) in cases {
+            let l = loop_status("reconcile", every, p.as_ref(), now);
+            assert_eq!(l.stale, *stale, "{p:?}");
+            assert_eq!(
+                l.last_success_age_secs.map(age_text).as_deref(),
+                *age,
+                "{p:?}"
+            );
+        }
+        assert_eq!(age_text(59), "59s");
+        assert_eq!(age_text(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+    }
+}
