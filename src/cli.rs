@@ -59,6 +59,27 @@ pub enum Command {
     Run,
     /// The daemon against an in-process simulated tenant, narrating what it does.
     Demo(crate::demo::DemoArgs),
+    /// Write the tenant's scoped coverage as it is today as a desired-state file (adoption).
+    Export(ExportArgs),
+    /// Summary of coverage health from the state database (no tenant calls).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Where to write the file; without it the file goes to stdout.
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Overwrite an existing --output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// How the summary is printed.
+    #[arg(long, value_enum, default_value_t = crate::status::StatusFormat::Text)]
+    pub format: crate::status::StatusFormat,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,7 @@ use crate::metrics::{self, Metrics, PassFigures};
 use crate::priority;
 use crate::priority::check as priority_check;
 use crate::reconcile;
+use crate::reconcile::plan::GroupKind;
 use crate::state::{LoopPass, State, StateError};
 use crate::tenant::{Tenant, TenantError};
 
@@ -492,19 +493,11 @@ impl Scheduler {
                 }
             }
         }
-        let summary = match &result {
-            Ok(s) => {
-                json!({ "text": s.text, "changes_applied": s.changes_applied, "drift": s.drift, "details": s.details })
-            }
-            Err(e) => json!({ "error": e.message }),
+        let previous = match &result {
+            Err(_) => self.state.last_pass(name).ok().flatten(),
+            Ok(_) => None,
         };
-        let pass = LoopPass {
-            loop_name: name.to_string(),
-            started,
-            finished,
-            ok: result.is_ok(),
-            summary,
-        };
+        let pass = pass_record(name, started, finished, &result, previous.as_ref());
         if let Err(e) = self.state.record_pass(&pass) {
             tracing::error!(r#loop = name, error = %e, "cannot record the pass");
         }
@@ -709,9 +702,74 @@ pub async fn reconcile_pass(
             "unresolved": plan.unresolved.len(),
             "applied": applied,
             "commit": report.commit,
+            "users": group_figures(&report, GroupKind::Users),
+            "devices": group_figures(&report, GroupKind::Devices),
+            "unresolved_entries": plan
+                .unresolved
+                .iter()
+                .map(|u| json!({ "entry": u.entry, "problem": u.problem }))
+                .collect::<Vec<_>>(),
         }),
         ..PassSummary::default()
     })
+}
+
+/// The row a pass leaves in the state database (what `status` reads): for a success its text,
+/// figures and details; for a failure the error and, carried over from `previous`, the time of
+/// the last success (the table keeps one pass per loop).
+pub fn pass_record(
+    name: &str,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+    result: &Result<PassSummary, PassError>,
+    previous: Option<&LoopPass>,
+) -> LoopPass {
+    let summary = match result {
+        Ok(s) => {
+            json!({ "text": s.text, "changes_applied": s.changes_applied, "drift": s.drift, "details": s.details })
+        }
+        Err(e) => {
+            let last_success = match previous {
+                Some(p) if p.ok => Some(json!(p.finished)),
+                Some(p) => p.summary.get("last_success").cloned(),
+                None => None,
+            };
+            json!({ "error": e.message, "last_success": last_success })
+        }
+    };
+    LoopPass {
+        loop_name: name.to_string(),
+        started,
+        finished,
+        ok: result.is_ok(),
+        summary,
+    }
+}
+
+/// One group's figures for the pass summary (read by `status`): desired entries resolved, the
+/// group's size after the pass (before, plus adds, minus removals that took effect), drift.
+fn group_figures(report: &reconcile::ReconcileReport, group: GroupKind) -> serde_json::Value {
+    use crate::state::Operation;
+    let c = &report.counts;
+    let (desired, before, drift) = match group {
+        GroupKind::Users => (c.desired_users, c.members, report.plan.users.drift_count()),
+        GroupKind::Devices => (
+            c.desired_devices,
+            c.tagged,
+            report.plan.devices.drift_count(),
+        ),
+    };
+    let took = |ops: [Operation; 2]| {
+        report
+            .applied
+            .iter()
+            .filter(|a| a.group == group && ops.contains(&a.operation))
+            .filter(|a| a.result == reconcile::apply::AppliedResult::Ok)
+            .count()
+    };
+    let effective = (before + took([Operation::Add, Operation::Tag]))
+        .saturating_sub(took([Operation::Remove, Operation::Untag]));
+    json!({ "desired": desired, "effective": effective, "drift": drift })
 }
 
 /// One priority pass: tagged machines' placement (and desired devices missing the tag).

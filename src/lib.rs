@@ -39,6 +39,8 @@
 //! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - `daemon`: `run`: the scheduler around the passes, signals, systemd notify, desired-state watch.
 //! - `demo`: the daemon against an in-process simulated tenant, narrated.
+//! - `export`: the tenant's scoped coverage today written as a desired-state file (adoption).
+//! - `status`: a summary of coverage health read from the state database only.
 //!
 //! # Architecture invariants
 //!
@@ -62,6 +64,7 @@ pub mod daemon;
 pub mod defender;
 pub mod demo;
 pub mod desired;
+pub mod export;
 pub mod graph;
 pub mod http;
 pub mod incidents;
@@ -71,6 +74,7 @@ pub mod priority;
 pub mod reconcile;
 pub mod sim;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod tenant;
 mod text;

@@ -132,6 +132,35 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(dexscope::demo::run(args.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export(args) => {
+            let config = match load_config(cli) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let code = tokio::runtime::Runtime::new()?.block_on(dexscope::export::export_command(
+                &config,
+                args.output.as_deref(),
+                args.force,
+                chrono::Utc::now().date_naive(),
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            Ok(ExitCode::from(code))
+        }
+        Command::Status(args) => {
+            let config = match load_config(cli) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let code = dexscope::status::status_command(
+                &config,
+                args.format,
+                chrono::Utc::now(),
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            Ok(ExitCode::from(code))
+        }
     }
 }
 

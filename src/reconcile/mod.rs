@@ -81,6 +81,19 @@ pub struct ReconcileReport {
     pub not_converged: Vec<NotConverged>,
     /// The desired state's git commit.
     pub commit: Option<String>,
+    /// Group sizes the pass saw before its changes (for `status`).
+    pub counts: PassCounts,
+}
+
+/// Group sizes one pass saw: desired entries resolved, and what the tenant held before the pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PassCounts {
+    pub desired_users: usize,
+    pub desired_devices: usize,
+    /// Direct members of the user group (any type).
+    pub members: usize,
+    /// Machines carrying the tag.
+    pub tagged: usize,
 }
 
 impl ReconcileReport {
@@ -175,7 +188,7 @@ async fn read_and_plan(
     desired: &DesiredState,
     settings: &PlanSettings,
     members: MemberSource<'_>,
-) -> Result<(Plan, Members), ReconcileError> {
+) -> Result<(Plan, Members, PassCounts), ReconcileError> {
     let read = resolve::read_members(&tenant.graph, user_group, members).await?;
     let r = resolve::resolve(
         &tenant.graph,
@@ -185,7 +198,13 @@ async fn read_and_plan(
         desired,
     )
     .await?;
-    Ok((plan::plan(&r.desired, &r.actual, settings), read))
+    let counts = PassCounts {
+        desired_users: r.desired.users.len(),
+        desired_devices: r.desired.devices.len(),
+        members: r.actual.members.len(),
+        tagged: r.actual.tagged.len(),
+    };
+    Ok((plan::plan(&r.desired, &r.actual, settings), read, counts))
 }
 
 /// One reconcile pass: read, plan, record the guard's decision, apply, verify. Level-triggered:
@@ -203,7 +222,7 @@ pub async fn reconcile_once(
         resync_every: ctx.member_resync,
         now,
     };
-    let (plan, read) = read_and_plan(
+    let (plan, read, counts) = read_and_plan(
         ctx.tenant,
         ctx.user_group,
         ctx.device_tag,
@@ -235,6 +254,7 @@ pub async fn reconcile_once(
         applied,
         not_converged,
         commit: desired.commit.clone(),
+        counts,
     };
     tracing::info!(
         changes = report.applied.len(),

@@ -1,0 +1,565 @@
+//! `dexscope status`: one screen that says whether scoped coverage is healthy, read from the
+//! state database only (no tenant call, no token): the last pass of each loop and its summary,
+//! the alert records, the removal guard's refusals and the posted verdicts.
+//!
+//! [`gather`] reads the database into [`Inputs`]; [`summarize`] decides everything from them
+//! and `now` (pure); [`Status`] prints as text for a terminal or as JSON for scripts.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::alerts::{AlertRecord, AlertState};
+use crate::config::Config;
+use crate::daemon::{INCIDENTS, PRIORITY, RECONCILE};
+use crate::metrics::READY_SLACK;
+use crate::state::{GuardRefusal, LoopPass, State, StateError};
+
+/// How `status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StatusFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What the summary is decided from, as read from the state database.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub passes: Vec<LoopPass>,
+    pub alerts: Vec<AlertRecord>,
+    pub refusals: Vec<GuardRefusal>,
+    /// Verdicts posted in the last 24 hours, by verdict.
+    pub verdicts_24h: Vec<(String, u64)>,
+}
+
+/// The loops and their intervals (a loop is stale when its last success is older than twice
+/// its interval plus [`READY_SLACK`], the rule `/readyz` uses).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub loops: Vec<(&'static str, Duration)>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        let s = &config.schedule;
+        Settings {
+            loops: vec![
+                (RECONCILE, s.reconcile_every),
+                (PRIORITY, s.priority_every),
+                (INCIDENTS, s.incidents_every),
+            ],
+        }
+    }
+}
+
+/// The whole summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub at: DateTime<Utc>,
+    pub healthy: bool,
+    /// One line per reason it is not healthy, worst first.
+    pub problems: Vec<String>,
+    /// From the last successful reconcile pass.
+    pub coverage: Option<Coverage>,
+    /// From the last successful priority pass.
+    pub priority: Option<Priority>,
+    pub alerts_firing: Vec<Firing>,
+    pub guard_refusals: Vec<Refusal>,
+    pub loops: Vec<LoopStatus>,
+    pub verdicts_24h: Vec<VerdictCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Coverage {
+    pub users: GroupFigures,
+    pub devices: GroupFigures,
+    /// Desired entries that could not be resolved, with why.
+    pub unresolved: Vec<String>,
+    pub pending_changes: u64,
+    /// The desired state's commit the pass applied.
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct GroupFigures {
+    pub desired: u64,
+    pub effective: u64,
+    pub drift: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Priority {
+    /// `ok`, `warning` or `critical`.
+    pub worst: String,
+    pub findings: Vec<FindingLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FindingLine {
+    pub severity: String,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Firing {
+    pub alert: String,
+    pub subject: String,
+    pub severity: String,
+    pub since: DateTime<Utc>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Refusal {
+    pub group: String,
+    pub removals: u64,
+    pub max_removals: u32,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoopStatus {
+    pub name: String,
+    pub every_secs: u64,
+    pub last_pass: Option<DateTime<Utc>>,
+    pub last_pass_ok: Option<bool>,
+    pub last_error: Option<String>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_success_age_secs: Option<i64>,
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerdictCount {
+    pub verdict: String,
+    pub count: u64,
+}
+
+/// Reads what `status` needs from the database. Read-only.
+pub fn gather(state: &State, now: DateTime<Utc>) -> Result<Inputs, StateError> {
+    Ok(Inputs {
+        passes: state.last_passes()?,
+        alerts: state.alerts()?,
+        refusals: state.guard_refusals()?,
+        verdicts_24h: state.verdict_counts(now - TimeDelta::hours(24))?,
+    })
+}
+
+/// Decides the summary. Pure: `now` is a parameter.
+pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> Status {
+    let pass = |name: &str| inputs.passes.iter().find(|p| p.loop_name == name);
+    let ok_details = |name: &str| pass(name).filter(|p| p.ok).map(|p| &p.summary["details"]);
+    let coverage = ok_details(RECONCILE).map(coverage);
+    let priority = ok_details(PRIORITY).map(priority);
+    let loops: Vec<LoopStatus> = settings
+        .loops
+        .iter()
+        .map(|(name, every)| loop_status(name, *every, pass(name), now))
+        .collect();
+    let alerts_firing: Vec<Firing> = inputs
+        .alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .map(|a| Firing {
+            alert: a.kind.as_str().into(),
+            subject: a.subject.clone(),
+            severity: a.severity.as_str().into(),
+            since: a.since,
+            summary: a.summary.clone(),
+        })
+        .collect();
+    let guard_refusals: Vec<Refusal> = inputs
+        .refusals
+        .iter()
+        .map(|r| Refusal {
+            group: r.group.as_str().into(),
+            removals: r.removals,
+            max_removals: r.max_removals,
+            at: r.at,
+        })
+        .collect();
+
+    let mut problems = Vec::new();
+    if let Some(p) = priority.as_ref().filter(|_| priority_critical(&priority)) {
+        for f in p.findings.iter().filter(|f| f.severity == "critical") {
+            problems.push(format!("priority: {}", f.summary));
+        }
+    }
+    for r in &guard_refusals {
+        problems.push(format!(
+            "removal guard refused {} removals from {} (max {}); review, then `dexscope apply --allow-mass-removal`",
+            r.removals, r.group, r.max_removals
+        ));
+    }
+    // The priority finding and the guard refusals are already said above; their alerts would
+    // only repeat them.
+    let said = |alert: &str| match alert {
+        "priority_misconfigured" => priority_critical(&priority),
+        "removal_guard_tripped" => !guard_refusals.is_empty(),
+        _ => false,
+    };
+    for a in alerts_firing.iter().filter(|a| !said(&a.alert)) {
+        problems.push(format!("alert {} firing: {}", a.alert, a.summary));
+    }
+    for l in loops.iter().filter(|l| l.stale) {
+        problems.push(match l.last_success_age_secs {
+            Some(age) => format!("{} loop: last success {} ago", l.name, age_text(age)),
+            None => format!("{} loop: no successful pass recorded", l.name),
+        });
+    }
+    if let Some(c) = &coverage
+        && !c.unresolved.is_empty()
+    {
+        let n = c.unresolved.len();
+        problems.push(format!(
+            "{n} desired {} unresolved (unknown or ambiguous; see below)",
+            if n == 1 { "entry" } else { "entries" }
+        ));
+    }
+    Status {
+        at: now,
+        healthy: problems.is_empty(),
+        problems,
+        coverage,
+        priority,
+        alerts_firing,
+        guard_refusals,
+        loops,
+        verdicts_24h: inputs
+            .verdicts_24h
+            .iter()
+            .map(|(verdict, count)| VerdictCount {
+                verdict: verdict.clone(),
+                count: *count,
+            })
+            .collect(),
+    }
+}
+
+fn priority_critical(priority: &Option<Priority>) -> bool {
+    priority.as_ref().is_some_and(|p| p.worst == "critical")
+}
+
+fn coverage(d: &Value) -> Coverage {
+    let group = |g: &Value| GroupFigures {
+        desired: g["desired"].as_u64().unwrap_or(0),
+        effective: g["effective"].as_u64().unwrap_or(0),
+        drift: g["drift"].as_u64().unwrap_or(0),
+    };
+    let unresolved = d["unresolved_entries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|u| {
+                    let entry = u["entry"].as_str().unwrap_or("?");
+                    match u["problem"]["kind"].as_str() {
+                        Some(kind) => format!("{entry} ({})", kind.replace('_', " ")),
+                        None => entry.to_string(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Coverage {
+        users: group(&d["users"]),
+        devices: group(&d["devices"]),
+        unresolved,
+        pending_changes: d["pending_changes"].as_u64().unwrap_or(0),
+        commit: d["commit"].as_str().map(str::to_string),
+    }
+}
+
+fn priority(d: &Value) -> Priority {
+    const RANK: [&str; 3] = ["ok", "warning", "critical"];
+    let findings = d["findings"].as_array().cloned().unwrap_or_default();
+    let worst = findings
+        .iter()
+        .filter_map(|f| RANK.iter().position(|r| Some(*r) == f["severity"].as_str()))
+        .max()
+        .unwrap_or(0);
+    Priority {
+        worst: RANK[worst].into(),
+        findings: findings
+            .iter()
+            .map(|f| FindingLine {
+                severity: f["severity"].as_str().unwrap_or("unknown").into(),
+                summary: f["summary"].as_str().unwrap_or("").into(),
+            })
+            .collect(),
+    }
+}
+
+fn loop_status(
+    name: &str,
+    every: Duration,
+    pass: Option<&LoopPass>,
+    now: DateTime<Utc>,
+) -> LoopStatus {
+    let last_success = pass.and_then(|p| {
+        if p.ok {
+            Some(p.finished)
+        } else {
+            p.summary["last_success"]
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+        }
+    });
+    let age = last_success.map(|t| (now - t).num_seconds().max(0));
+    let limit = (every * 2 + READY_SLACK).as_secs() as i64;
+    LoopStatus {
+        name: name.into(),
+        every_secs: every.as_secs(),
+        last_pass: pass.map(|p| p.finished),
+        last_pass_ok: pass.map(|p| p.ok),
+        last_error: pass
+            .filter(|p| !p.ok)
+            .and_then(|p| p.summary["error"].as_str().map(str::to_string)),
+        last_success,
+        last_success_age_secs: age,
+        stale: age.is_none_or(|a| a > limit),
+    }
+}
+
+/// `90s`, `5m`, `2h 5m`, `3d 4h`: the duration format of the config.
+fn age_text(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+impl std::fmt::Display for Status {
+    /// The terminal summary: the verdict first, then one block per topic.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "coverage: {} ({})",
+            if self.healthy { "HEALTHY" } else { "UNHEALTHY" },
+            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        for p in &self.problems {
+            let _ = writeln!(s, "  ! {p}");
+        }
+        s.push('\n');
+        match &self.coverage {
+            Some(c) => {
+                let _ = writeln!(s, "groups            desired  effective  drift");
+                for (name, g) in [("users", c.users), ("devices", c.devices)] {
+                    let _ = writeln!(
+                        s,
+                        "  {name:<15} {:>7}  {:>9}  {:>5}",
+                        g.desired, g.effective, g.drift
+                    );
+                }
+                let _ = writeln!(s, "pending changes:  {}", c.pending_changes);
+                let _ = writeln!(s, "unresolved:       {}", c.unresolved.len());
+                for u in &c.unresolved {
+                    let _ = writeln!(s, "  - {u}");
+                }
+                let _ = writeln!(
+                    s,
+                    "desired commit:   {}",
+                    c.commit.as_deref().unwrap_or("(not in git)")
+                );
+            }
+            None => {
+                let _ = writeln!(s, "groups: no successful reconcile pass recorded");
+            }
+        }
+        match &self.priority {
+            Some(p) => {
+                let _ = writeln!(s, "priority:         {}", p.worst);
+                for f in &p.findings {
+                    let _ = writeln!(s, "  - {}: {}", f.severity, f.summary);
+                }
+            }
+            None => {
+                let _ = writeln!(s, "priority:         no successful priority pass recorded");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "removal guard:    {}",
+            if self.guard_refusals.is_empty() {
+                "clear"
+            } else {
+                "REFUSED"
+            }
+        );
+        for r in &self.guard_refusals {
+            let _ = writeln!(
+                s,
+                "  - {}: {} removals (max {}) at {}",
+                r.group,
+                r.removals,
+                r.max_removals,
+                r.at.format("%Y-%m-%d %H:%M")
+            );
+        }
+        let _ = writeln!(s, "alerts firing:    {}", self.alerts_firing.len());
+        for a in &self.alerts_firing {
+            let subject = if a.subject.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", a.subject)
+            };
+            let _ = writeln!(
+                s,
+                "  - {} {}{subject} since {}: {}",
+                a.severity,
+                a.alert,
+                a.since.format("%Y-%m-%d %H:%M"),
+                a.summary
+            );
+        }
+        let _ = writeln!(s, "loops             last success       age  every");
+        for l in &self.loops {
+            let when = l
+                .last_success
+                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "never".into());
+            let age = l
+                .last_success_age_secs
+                .map(age_text)
+                .unwrap_or_else(|| "-".into());
+            let mark = if l.stale { "  STALE" } else { "" };
+            let _ = writeln!(
+                s,
+                "  {:<15} {when:<16} {age:>6}  {}{mark}",
+                l.name,
+                age_text(l.every_secs as i64)
+            );
+            if let Some(e) = &l.last_error {
+                let _ = writeln!(s, "    last pass failed: {e}");
+            }
+        }
+        let verdicts = if self.verdicts_24h.is_empty() {
+            "none".to_string()
+        } else {
+            self.verdicts_24h
+                .iter()
+                .map(|v| format!("{} {}", v.verdict, v.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(s, "verdicts (24h):   {verdicts}");
+        f.write_str(&s)
+    }
+}
+
+/// `dexscope status`: reads the state database (never the tenant) and prints the summary.
+/// Exit 0 whatever the health (`check` is the probe with health exit codes); 1 when the
+/// database cannot be read.
+pub fn status_command(
+    config: &Config,
+    format: StatusFormat,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let path = &config.state.path;
+    if !path.exists() {
+        let _ = writeln!(
+            err,
+            "dexscope: no state database at {}; start the daemon (dexscope run) or check [state] path",
+            path.display()
+        );
+        return 1;
+    }
+    let inputs = match State::open(path).and_then(|state| gather(&state, now)) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = writeln!(err, "dexscope: {e}");
+            return 1;
+        }
+    };
+    let status = summarize(&inputs, &Settings::from_config(config), now);
+    let printed = match format {
+        StatusFormat::Text => write!(out, "{status}"),
+        StatusFormat::Json => serde_json::to_string_pretty(&status)
+            .map_err(std::io::Error::other)
+            .and_then(|j| writeln!(out, "{j}")),
+    };
+    match printed {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "dexscope: cannot print the status: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// A loop is stale past twice its interval plus the slack, as `/readyz` decides; a failed
+    /// last pass is judged by the success it carries forward.
+    #[test]
+    fn staleness_and_ages() {
+        let now = at("2026-11-22T12:00:00Z");
+        let every = Duration::from_secs(300);
+        let pass = |finished: &str, ok: bool, summary: Value| LoopPass {
+            loop_name: "reconcile".into(),
+            started: at(finished),
+            finished: at(finished),
+            ok,
+            summary,
+        };
+        let cases: &[(Option<LoopPass>, bool, Option<&str>)] = &[
+            (None, true, None),
+            // 2 × 300 s + 60 s = 660 s is the limit.
+            (
+                Some(pass("2026-11-22T11:49:00Z", true, json!({}))),
+                false,
+                Some("11m"),
+            ),
+            (
+                Some(pass("2026-11-22T11:48:59Z", true, json!({}))),
+                true,
+                Some("11m"),
+            ),
+            (
+                Some(pass(
+                    "2026-11-22T11:59:00Z",
+                    false,
+                    json!({"error": "x", "last_success": "2026-11-22T09:30:00Z"}),
+                )),
+                true,
+                Some("2h 30m"),
+            ),
+            (
+                Some(pass("2026-11-22T11:59:00Z", false, json!({"error": "x"}))),
+                true,
+                None,
+            ),
+        ];
+        for (p, stale, age) in cases {
+            let l = loop_status("reconcile", every, p.as_ref(), now);
+            assert_eq!(l.stale, *stale, "{p:?}");
+            assert_eq!(
+                l.last_success_age_secs.map(age_text).as_deref(),
+                *age,
+                "{p:?}"
+            );
+        }
+        assert_eq!(age_text(59), "59s");
+        assert_eq!(age_text(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+    }
+}
