@@ -165,7 +165,8 @@ pub async fn plan_once(
     Ok(plan::plan(&r.desired, &r.actual, settings))
 }
 
-/// One reconcile pass: read, plan, record the guard's decision, apply, verify. Level-triggered:
+/// One reconcile pass: read, settle audit rows an interrupted pass left pending, plan, record
+/// the guard's decision, apply, verify. Level-triggered:
 /// nothing is carried over from an earlier pass but what the tenant and `desired` say.
 pub async fn reconcile_once(
     ctx: Context<'_>,
@@ -173,14 +174,16 @@ pub async fn reconcile_once(
     settings: &PlanSettings,
     now: DateTime<Utc>,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let plan = plan_once(
-        ctx.tenant,
+    let r = resolve::resolve(
+        &ctx.tenant.graph,
+        &ctx.tenant.defender,
         ctx.user_group,
         ctx.device_tag,
         desired,
-        settings,
     )
     .await?;
+    apply::settle_pending(ctx.state, &r.actual, now)?;
+    let plan = plan::plan(&r.desired, &r.actual, settings);
     record_guard(ctx.state, &plan, now)?;
     let target = Target {
         graph: &ctx.tenant.graph,
