@@ -4,6 +4,7 @@ mod auth;
 mod check;
 mod clients_sim;
 mod config;
+mod crashloop;
 mod daemon;
 mod defender;
 mod desired;
