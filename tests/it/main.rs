@@ -8,6 +8,7 @@ mod crashloop;
 mod daemon;
 mod defender;
 mod desired;
+mod faults;
 mod graph;
 mod http;
 mod incidents;
