@@ -251,7 +251,7 @@ async fn run(case: &Case) -> Outcome {
     let tenant = Tenant::from_config(&config).unwrap();
     let state = State::open(&config.state.path).unwrap();
     let desired = desired::load(
-        &[config.scope.desired_state.clone()],
+        std::slice::from_ref(&config.scope.desired_state),
         Utc::now().date_naive(),
         Mode::Runtime,
     )
