@@ -1,6 +1,7 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
 mod auth;
+mod badinput;
 mod check;
 mod clients_sim;
 mod config;
