@@ -9,14 +9,17 @@
 //!
 //! ```sh
 //! sqlite3 -header -column /var/lib/dexscope/state.db \
-//!   "select at, grp, operation, object_label, object_id, result, message, request_id, commit_id
+//!   "select at, grp, operation, object_label, object_id, result, message, request_id, commit_id,
+//!           settled_at
 //!      from audit where at >= '2026-12-01' order by id desc limit 50"
 //! ```
 //!
 //! Columns of `audit`: `id` (insertion order), `at`, `grp` (`users`|`devices`), `object_id`,
 //! `object_label`, `operation` (`add`|`remove`|`tag`|`untag`), `result` (`ok`|`already`|
-//! `failed`), `message` (why it failed), `request_id` (the API request id), `commit_id` (the
-//! desired-state commit).
+//! `failed`|`pending`), `message` (why it failed, or how a pending row was settled),
+//! `request_id` (the API request id), `commit_id` (the desired-state commit), `settled_at` (set
+//! when a later pass settled a row left `pending` by an interrupted one). A row is written
+//! `pending` before its request is sent, so a crash loses no record.
 //!
 //! The connection sits behind a mutex, so a [`State`] can be shared (`Arc<State>`) by the loops
 //! of one process; calls are short, blocking SQLite calls.
@@ -110,6 +113,12 @@ create table member_snapshot (
     display_name text
 );
 "#,
+    // 3: audit rows are written `pending` before their request is sent and settled afterwards;
+    // `settled_at` is set when a pass settled a row left pending by an interrupted one.
+    r#"
+alter table audit add column settled_at text;
+create index audit_pending on audit (id) where result = 'pending';
+"#,
 ];
 
 /// The schema version this build writes.
@@ -198,6 +207,8 @@ pub enum ChangeResult {
     /// "Already a member" / "not a member": the desired effect held already.
     Already,
     Failed(String),
+    /// Written before the request was sent; not yet known to have taken effect.
+    Pending,
 }
 
 impl ChangeResult {
@@ -206,6 +217,7 @@ impl ChangeResult {
             ChangeResult::Ok => "ok",
             ChangeResult::Already => "already",
             ChangeResult::Failed(_) => "failed",
+            ChangeResult::Pending => "pending",
         }
     }
 }
@@ -222,6 +234,26 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     /// The desired state's git commit, when it lives in a work tree.
     pub commit_id: Option<String>,
+}
+
+/// An audit row written `pending` and not yet settled ([`State::pending_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingChange {
+    /// The row id in `audit`.
+    pub row: i64,
+    pub group: GroupKind,
+    pub object_id: String,
+    pub operation: Operation,
+}
+
+/// The result of one pending audit row ([`State::finish_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedChange {
+    pub row: i64,
+    pub result: ChangeResult,
+    /// Kept in `message` when the result is not a failure (how the row was settled).
+    pub note: Option<String>,
+    pub request_id: Option<String>,
 }
 
 /// A verdict comment posted on an incident.
@@ -430,6 +462,7 @@ impl State {
                         "ok" => ChangeResult::Ok,
                         "already" => ChangeResult::Already,
                         "failed" => ChangeResult::Failed(text(message)),
+                        "pending" => ChangeResult::Pending,
                         other => return Err(self.corrupt("audit result", other)),
                     };
                     Ok(AuditEntry {
@@ -878,6 +911,98 @@ impl State {
         DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| self.corrupt(what, s))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Audit rows written before their request (never lost to a crash).
+
+    /// Writes `entries` as `pending` rows in one transaction, before their request is sent,
+    /// and returns their row ids in order. A process killed before the answer leaves them
+    /// pending for the next pass to settle by what the tenant shows.
+    pub fn begin_changes(&self, entries: &[AuditEntry]) -> Result<Vec<i64>, StateError> {
+        self.write("record pending changes in the audit log", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "insert into audit (at, grp, object_id, object_label, operation, result, \
+                 request_id, commit_id) values (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+            )?;
+            let mut rows = Vec::with_capacity(entries.len());
+            for e in entries {
+                stmt.execute(params![
+                    ts(e.at),
+                    e.group.as_str(),
+                    e.object_id,
+                    e.object_label,
+                    e.operation.as_str(),
+                    e.request_id,
+                    e.commit_id,
+                ])?;
+                rows.push(tx.last_insert_rowid());
+            }
+            Ok(rows)
+        })
+    }
+
+    /// Sets the result of rows written by [`State::begin_changes`] once the answer came, in
+    /// one transaction. `settled_at` marks a row settled by a later pass (after a crash or an
+    /// answer that never came). Only pending rows change, so settling twice is harmless.
+    pub fn finish_changes(
+        &self,
+        results: &[FinishedChange],
+        settled_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StateError> {
+        let settled_at = settled_at.map(ts);
+        self.write("record change results in the audit log", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "update audit set result = ?2, message = ?3, \
+                 request_id = coalesce(?4, request_id), settled_at = ?5 \
+                 where id = ?1 and result = 'pending'",
+            )?;
+            for f in results {
+                let message = match &f.result {
+                    ChangeResult::Failed(m) => Some(m.as_str()),
+                    _ => f.note.as_deref(),
+                };
+                stmt.execute(params![
+                    f.row,
+                    f.result.as_str(),
+                    message,
+                    f.request_id,
+                    settled_at
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Rows still pending, oldest first: changes whose answer this process never saw.
+    pub fn pending_changes(&self) -> Result<Vec<PendingChange>, StateError> {
+        let rows: Vec<(i64, String, String, String)> =
+            self.read("read pending audit rows", |conn| {
+                let mut stmt = conn.prepare(
+                    "select id, grp, object_id, operation from audit \
+                     where result = 'pending' order by id",
+                )?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                rows.collect()
+            })?;
+        rows.into_iter()
+            .map(|(row, grp, object_id, operation)| {
+                let group = match grp.as_str() {
+                    "users" => GroupKind::Users,
+                    "devices" => GroupKind::Devices,
+                    other => return Err(self.corrupt("audit group", other)),
+                };
+                let operation = Operation::parse(&operation)
+                    .ok_or_else(|| self.corrupt("audit operation", &operation))?;
+                Ok(PendingChange {
+                    row,
+                    group,
+                    object_id,
+                    operation,
+                })
+            })
+            .collect()
     }
 }
 

@@ -334,14 +334,6 @@ impl Client {
                     if !is_retryable_status(status) {
                         return Err(err);
                     }
-                    if !req.idempotent && status != 429 {
-                        return Err(Error::Ambiguous {
-                            method,
-                            path,
-                            surface: req.surface,
-                            detail: format!("status {status}"),
-                        });
-                    }
                     let ra = if matches!(status, 429 | 503) {
                         headers
                             .get(RETRY_AFTER)
@@ -350,6 +342,22 @@ impl Client {
                     } else {
                         None
                     };
+                    if !req.idempotent && status != 429 {
+                        // Not retried here, but a Retry-After still holds the surface back
+                        // for whatever the caller sends next (e.g. the re-read of a comment).
+                        if let Some(ra) = ra {
+                            let until = Instant::now() + ra + rs.retry_after_margin;
+                            for (surface, _) in gates {
+                                inner.limits.hold_until(*surface, until);
+                            }
+                        }
+                        return Err(Error::Ambiguous {
+                            method,
+                            path,
+                            surface: req.surface,
+                            detail: format!("status {status}"),
+                        });
+                    }
                     if status == 429 || ra.is_some() {
                         inner.stats.throttled(req.surface);
                     }

@@ -6,10 +6,13 @@
 //! ids, 20 PATCHes per `$batch` (400 users per round trip); removals as `DELETE …/$ref`, 20 per
 //! `$batch`; tags as `AddOrRemoveTagForMultipleMachines` with 500 ids per call.
 //!
-//! Every applier is idempotent, because a pass may be killed between a write and its audit row
-//! and run again: "already a member", "not a member" and re-applying a tag are success, and the
-//! next pass plans only what is still missing. Audit rows are written after each round trip,
-//! so at most one round trip's changes can lack their row after a crash.
+//! No change goes unaudited: each round trip's rows are written `pending` before its request is
+//! sent and get their result when the answer comes. A row whose answer never came (the process
+//! was killed, the connection dropped, the service answered 5xx after possibly applying it)
+//! stays pending, and the next pass settles it by what the tenant shows ([`settle_pending`])
+//! before it plans. Every applier is idempotent, because a pass may be killed between a write
+//! and its answer and run again: "already a member", "not a member" and re-applying a tag are
+//! success, and the next pass plans only what is still missing.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -18,9 +21,11 @@ use crate::defender::{DefenderClient, MAX_IDS_PER_TAG_CALL, TagAction};
 use crate::graph::{GraphClient, MAX_BIND_PER_PATCH, MemberOutcome, MemberResult};
 use crate::http::MAX_BATCH_ITEMS;
 use crate::model::{GroupMember, MachineId, ObjectId};
-use crate::state::{AuditEntry, ChangeResult, Operation, State, StateError};
+use crate::state::{
+    AuditEntry, ChangeResult, FinishedChange, Operation, PendingChange, State, StateError,
+};
 
-use super::plan::{Change, GroupKind, Plan};
+use super::plan::{Actual, Change, GroupKind, Plan};
 
 /// Users added per round trip: 20 ids per PATCH, 20 PATCHes per `$batch`.
 pub const ADDS_PER_ROUND_TRIP: usize = MAX_BIND_PER_PATCH * MAX_BATCH_ITEMS;
@@ -110,13 +115,15 @@ async fn add_users(
             .iter()
             .map(|c| ObjectId::parse(c.id.as_str()).expect("a user id is a GUID"))
             .collect();
-        let outcomes = target.graph.add_members(target.user_group, &ids).await;
         let labels: Vec<(String, String)> = round
             .iter()
             .map(|c| (c.id.to_string(), c.label.clone()))
             .collect();
+        let rows = begin(target, GroupKind::Users, Operation::Add, &labels, now)?;
+        let outcomes = target.graph.add_members(target.user_group, &ids).await;
+        let unknown = outcomes.as_ref().err().is_some_and(graph_outcome_unknown);
         let applied = member_results(GroupKind::Users, Operation::Add, &labels, outcomes);
-        record(target, &applied, now)?;
+        finish(target, &rows, &applied, unknown)?;
         done.extend(applied);
     }
     Ok(())
@@ -133,13 +140,15 @@ async fn remove_members(
 ) -> Result<(), StateError> {
     for round in removes.chunks(MAX_BATCH_ITEMS) {
         let ids: Vec<ObjectId> = round.iter().map(|c| c.id.clone()).collect();
-        let outcomes = target.graph.remove_members(target.user_group, &ids).await;
         let labels: Vec<(String, String)> = round
             .iter()
             .map(|c| (c.id.to_string(), c.label.clone()))
             .collect();
+        let rows = begin(target, GroupKind::Users, Operation::Remove, &labels, now)?;
+        let outcomes = target.graph.remove_members(target.user_group, &ids).await;
+        let unknown = outcomes.as_ref().err().is_some_and(graph_outcome_unknown);
         let applied = member_results(GroupKind::Users, Operation::Remove, &labels, outcomes);
-        record(target, &applied, now)?;
+        finish(target, &rows, &applied, unknown)?;
         done.extend(applied);
     }
     Ok(())
@@ -162,15 +171,21 @@ async fn tag(
     };
     for call in changes.chunks(MAX_IDS_PER_TAG_CALL) {
         let ids: Vec<MachineId> = call.iter().map(|c| c.id.clone()).collect();
-        let (result, message, request_id) = match target
+        let labels: Vec<(String, String)> = call
+            .iter()
+            .map(|c| (c.id.to_string(), c.label.clone()))
+            .collect();
+        let rows = begin(target, GroupKind::Devices, operation, &labels, now)?;
+        let (result, message, request_id, unknown) = match target
             .defender
             .tag_call(target.device_tag, action, &ids)
             .await
         {
-            Ok(request_id) => (AppliedResult::Ok, None, request_id),
+            Ok(request_id) => (AppliedResult::Ok, None, request_id, false),
             Err(e) => {
                 tracing::error!(error = %e, machines = ids.len(), "tag call failed");
-                (AppliedResult::Failed, Some(e.to_string()), None)
+                let unknown = defender_outcome_unknown(&e);
+                (AppliedResult::Failed, Some(e.to_string()), None, unknown)
             }
         };
         let applied: Vec<Applied> = call
@@ -185,7 +200,7 @@ async fn tag(
                 request_id: request_id.clone(),
             })
             .collect();
-        record(target, &applied, now)?;
+        finish(target, &rows, &applied, unknown)?;
         if action == TagAction::Add && result == AppliedResult::Ok {
             target.state.note_tagged_many(&ids, now)?;
         }
@@ -272,15 +287,47 @@ fn member_results(
         .collect()
 }
 
-fn record(target: Target<'_>, applied: &[Applied], now: DateTime<Utc>) -> Result<(), StateError> {
-    let entries: Vec<AuditEntry> = applied
+/// Writes a round trip's rows `pending`, before its request is sent.
+fn begin(
+    target: Target<'_>,
+    group: GroupKind,
+    operation: Operation,
+    labels: &[(String, String)],
+    now: DateTime<Utc>,
+) -> Result<Vec<i64>, StateError> {
+    let entries: Vec<AuditEntry> = labels
         .iter()
-        .map(|a| AuditEntry {
+        .map(|(id, label)| AuditEntry {
             at: now,
-            group: a.group,
-            object_id: a.id.clone(),
-            object_label: a.label.clone(),
-            operation: a.operation,
+            group,
+            object_id: id.clone(),
+            object_label: label.clone(),
+            operation,
+            result: ChangeResult::Pending,
+            request_id: None,
+            commit_id: target.commit.map(str::to_string),
+        })
+        .collect();
+    target.state.begin_changes(&entries)
+}
+
+/// Gives a round trip's pending rows their results. When the round failed in a way that may
+/// have applied it anyway (no answer, 5xx, an answer that did not decode), the rows stay
+/// pending and the next pass settles them by what the tenant shows.
+fn finish(
+    target: Target<'_>,
+    rows: &[i64],
+    applied: &[Applied],
+    outcome_unknown: bool,
+) -> Result<(), StateError> {
+    if outcome_unknown {
+        return Ok(());
+    }
+    let results: Vec<FinishedChange> = rows
+        .iter()
+        .zip(applied)
+        .map(|(row, a)| FinishedChange {
+            row: *row,
             result: match a.result {
                 AppliedResult::Ok => ChangeResult::Ok,
                 AppliedResult::Already => ChangeResult::Already,
@@ -288,11 +335,104 @@ fn record(target: Target<'_>, applied: &[Applied], now: DateTime<Utc>) -> Result
                     ChangeResult::Failed(a.message.clone().unwrap_or_default())
                 }
             },
+            note: None,
             request_id: a.request_id.clone(),
-            commit_id: target.commit.map(str::to_string),
         })
         .collect();
-    target.state.record_changes(&entries)
+    target.state.finish_changes(&results, None)
+}
+
+/// True when a failed Graph round may still have been applied by the service.
+fn graph_outcome_unknown(e: &crate::graph::Error) -> bool {
+    e.http_source().is_some_and(http_outcome_unknown)
+}
+
+/// True when a failed tag call may still have been applied by the service.
+fn defender_outcome_unknown(e: &crate::defender::Error) -> bool {
+    match e {
+        crate::defender::Error::ListMachines { source }
+        | crate::defender::Error::GetMachine { source, .. }
+        | crate::defender::Error::Tag { source, .. }
+        | crate::defender::Error::Http(source) => http_outcome_unknown(source),
+    }
+}
+
+/// A request whose answer was lost, was a 5xx, or did not decode may have taken effect; a
+/// definite refusal (4xx other than throttling) or a request never sent did not.
+fn http_outcome_unknown(e: &crate::http::Error) -> bool {
+    e.is_transient() || matches!(e, crate::http::Error::Decode { .. })
+}
+
+/// How a pending audit row settles against the tenant as read at the start of a pass: the
+/// change shows (it took effect before the answer was lost) or it does not (it never landed;
+/// the plan includes it again while it is still desired). Pure.
+pub fn settle(pending: &[PendingChange], actual: &Actual) -> Vec<FinishedChange> {
+    let members: std::collections::HashSet<String> = actual
+        .members
+        .iter()
+        .map(|m| match m {
+            GroupMember::User { id, .. } => id.to_string(),
+            GroupMember::Other { id, .. } => id.to_string(),
+        })
+        .collect();
+    let tagged: std::collections::HashSet<String> =
+        actual.tagged.iter().map(|m| m.id.to_string()).collect();
+    pending
+        .iter()
+        .map(|p| {
+            let shows = match p.operation {
+                Operation::Add => members.contains(&p.object_id),
+                Operation::Remove => !members.contains(&p.object_id),
+                Operation::Tag => tagged.contains(&p.object_id),
+                Operation::Untag => !tagged.contains(&p.object_id),
+            };
+            let (result, note) = if shows {
+                (
+                    ChangeResult::Ok,
+                    Some(
+                        "settled by a later pass: the answer was lost, the tenant shows the change"
+                            .to_string(),
+                    ),
+                )
+            } else {
+                (
+                    ChangeResult::Failed(
+                        "settled by a later pass: the answer was lost and the tenant does not \
+                         show the change; it is planned again while still desired"
+                            .to_string(),
+                    ),
+                    None,
+                )
+            };
+            FinishedChange {
+                row: p.row,
+                result,
+                note,
+                request_id: None,
+            }
+        })
+        .collect()
+}
+
+/// Settles the audit rows an earlier, interrupted pass left pending, by the tenant as read at
+/// the start of this pass. Idempotent: only pending rows change, so it may run again after a
+/// crash between the read and the update.
+pub fn settle_pending(
+    state: &State,
+    actual: &Actual,
+    now: DateTime<Utc>,
+) -> Result<usize, StateError> {
+    let pending = state.pending_changes()?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let settled = settle(&pending, actual);
+    state.finish_changes(&settled, Some(now))?;
+    tracing::info!(
+        rows = settled.len(),
+        "settled audit rows an interrupted pass left pending"
+    );
+    Ok(settled.len())
 }
 
 /// A planned change the tenant does not show after the pass.
@@ -369,4 +509,79 @@ fn missing<I: std::fmt::Display>(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Machine, UserId};
+
+    fn pending(row: i64, operation: Operation, id: &str) -> PendingChange {
+        PendingChange {
+            row,
+            group: if matches!(operation, Operation::Tag | Operation::Untag) {
+                GroupKind::Devices
+            } else {
+                GroupKind::Users
+            },
+            object_id: id.to_string(),
+            operation,
+        }
+    }
+
+    #[test]
+    fn pending_rows_settle_by_what_the_tenant_shows() {
+        let member = "11111111-1111-1111-1111-111111111111";
+        let outsider = "22222222-2222-2222-2222-222222222222";
+        let tagged = "a".repeat(40);
+        let untagged = "b".repeat(40);
+        let actual = Actual {
+            members: vec![GroupMember::User {
+                id: UserId::parse(member).unwrap(),
+                upn: None,
+            }],
+            tagged: vec![Machine {
+                id: MachineId::parse(&tagged).unwrap(),
+                dns_name: None,
+                aad_device_id: None,
+                os_platform: None,
+                tags: vec!["DEX-Scoped".into()],
+                rbac_group_id: None,
+                rbac_group_name: None,
+            }],
+        };
+        let rows = [
+            pending(1, Operation::Add, member),
+            pending(2, Operation::Add, outsider),
+            pending(3, Operation::Remove, outsider),
+            pending(4, Operation::Remove, member),
+            pending(5, Operation::Tag, &tagged),
+            pending(6, Operation::Tag, &untagged),
+            pending(7, Operation::Untag, &untagged),
+            pending(8, Operation::Untag, &tagged),
+        ];
+        let settled = settle(&rows, &actual);
+        let landed: Vec<(i64, bool)> = settled
+            .iter()
+            .map(|f| (f.row, f.result == ChangeResult::Ok))
+            .collect();
+        assert_eq!(
+            landed,
+            [
+                (1, true),
+                (2, false),
+                (3, true),
+                (4, false),
+                (5, true),
+                (6, false),
+                (7, true),
+                (8, false)
+            ]
+        );
+        assert!(settled.iter().all(|f| match &f.result {
+            ChangeResult::Ok => f.note.as_deref().is_some_and(|n| n.contains("shows")),
+            ChangeResult::Failed(m) => m.contains("does not show") && f.note.is_none(),
+            _ => false,
+        }));
+    }
 }

@@ -174,11 +174,11 @@ pub async fn plan_once(
     settings: &PlanSettings,
     members: MemberSource<'_>,
 ) -> Result<Plan, ReconcileError> {
-    Ok(
-        read_and_plan(tenant, user_group, device_tag, desired, settings, members)
-            .await?
-            .0,
+    Ok(read_and_plan(
+        tenant, user_group, device_tag, desired, settings, members, None,
     )
+    .await?
+    .0)
 }
 
 async fn read_and_plan(
@@ -188,7 +188,9 @@ async fn read_and_plan(
     desired: &DesiredState,
     settings: &PlanSettings,
     members: MemberSource<'_>,
+    settle: Option<&State>,
 ) -> Result<(Plan, Members, PassCounts), ReconcileError> {
+    let now = members.now;
     let read = resolve::read_members(&tenant.graph, user_group, members).await?;
     let r = resolve::resolve(
         &tenant.graph,
@@ -198,6 +200,12 @@ async fn read_and_plan(
         desired,
     )
     .await?;
+    if let Some(state) = settle {
+        // By the tenant as read now. A change an interrupted pass made may not show yet in the
+        // membership delta (its processing lags); such a row settles as not applied and the
+        // plan below re-sends the change, which the tenant answers "already" and audits again.
+        apply::settle_pending(state, &r.actual, now)?;
+    }
     let counts = PassCounts {
         desired_users: r.desired.users.len(),
         desired_devices: r.desired.devices.len(),
@@ -207,9 +215,10 @@ async fn read_and_plan(
     Ok((plan::plan(&r.desired, &r.actual, settings), read, counts))
 }
 
-/// One reconcile pass: read, plan, record the guard's decision, apply, verify. Level-triggered:
-/// the tenant and `desired` decide; the member snapshot only saves reads of members that did
-/// not change, and applied changes are written into it (see [`snapshot`]).
+/// One reconcile pass: read, settle audit rows an interrupted pass left pending, plan, record
+/// the guard's decision, apply, verify. Level-triggered: the tenant and `desired` decide; the
+/// member snapshot only saves reads of members that did not change, and applied changes are
+/// written into it (see [`snapshot`]).
 pub async fn reconcile_once(
     ctx: Context<'_>,
     desired: &DesiredState,
@@ -229,6 +238,7 @@ pub async fn reconcile_once(
         desired,
         settings,
         source,
+        Some(ctx.state),
     )
     .await?;
     record_guard(ctx.state, &plan, now)?;

@@ -25,6 +25,9 @@ pub struct FaultConfig {
     /// the connection without answering.
     pub comment_timeout_rate: f64,
     pub stall_ms: u64,
+    /// Rate of `$batch` items answered 429 with `Retry-After` while their envelope and the
+    /// other items are served (the "one throttled item inside a batch" case).
+    pub batch_item_429_rate: f64,
     /// Surfaces the faults apply to; empty means every API surface (never the token endpoint).
     pub surfaces: Vec<Surface>,
 }
@@ -39,6 +42,7 @@ impl Default for FaultConfig {
             slow_ms: 2_000,
             comment_timeout_rate: 0.0,
             stall_ms: 30_000,
+            batch_item_429_rate: 0.0,
             surfaces: Vec::new(),
         }
     }
@@ -108,6 +112,7 @@ impl Faults {
             return None;
         }
         self.status()
+            .or_else(|| self.hit(self.config.batch_item_429_rate).then_some(429))
     }
 
     /// Whether this comment POST is stored and then left unanswered.

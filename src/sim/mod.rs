@@ -164,6 +164,11 @@ impl SimHandle {
         self.with(|t| t.behaviour.token_lifetime_secs = secs);
     }
 
+    /// Changes applied through the API so far, oldest first.
+    pub fn writes(&self) -> Vec<model::WriteRecord> {
+        self.with(|t| t.writes.clone())
+    }
+
     /// Object ids of the group's direct members.
     pub fn group_members(&self, group: &str) -> Vec<String> {
         let Ok(g) = Uuid::parse_str(group) else {

@@ -668,6 +668,23 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// One change the tenant applied through its API (seeding and `/_sim/` controls are not
+/// logged): what `/_sim/writes` lists, so tests can prove every change was audited and no
+/// desired member was ever removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriteRecord {
+    pub at: DateTime<Utc>,
+    /// `add` | `remove` (group members) or `tag` | `untag` (machines).
+    pub op: &'static str,
+    /// The group id, or the tag.
+    pub target: String,
+    /// The member's object id, or the machine id.
+    pub object: String,
+}
+
+/// At most this many writes are logged; later ones are only counted.
+pub const WRITE_LOG_CAP: usize = 1_000_000;
+
 /// Counters reported under `/_sim/stats` and by [`crate::sim::SimHandle::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -736,6 +753,10 @@ pub struct Tenant {
     /// Shuffles `$batch` responses and draws arriving incidents.
     pub rng: ChaCha8Rng,
     pub seed: u64,
+    /// Changes applied through the API, oldest first (see [`WriteRecord`]).
+    pub writes: Vec<WriteRecord>,
+    /// Writes beyond [`WRITE_LOG_CAP`], counted but not logged.
+    pub writes_dropped: u64,
 }
 
 impl Tenant {
@@ -759,7 +780,24 @@ impl Tenant {
             tokens: HashMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0001),
             seed,
+            writes: Vec::new(),
+            writes_dropped: 0,
         }
+    }
+
+    /// Logs a change applied through the API.
+    pub fn log_write(&mut self, op: &'static str, target: String, object: String) {
+        if self.writes.len() >= WRITE_LOG_CAP {
+            self.writes_dropped += 1;
+            return;
+        }
+        let at = self.now();
+        self.writes.push(WriteRecord {
+            at,
+            op,
+            target,
+            object,
+        });
     }
 
     /// The simulated now in milliseconds since the epoch.

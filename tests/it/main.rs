@@ -1,15 +1,18 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
 mod auth;
+mod badinput;
 mod check;
 mod clients_sim;
 mod config;
+mod crashloop;
 mod daemon;
 mod dashboard;
 mod defender;
 mod delta;
 mod desired;
 mod export;
+mod faults;
 mod graph;
 mod http;
 mod incidents;

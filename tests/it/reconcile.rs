@@ -609,10 +609,19 @@ async fn an_apply_killed_half_way_converges_on_the_next_run_without_duplicate_wr
     child.wait().unwrap();
     assert_eq!(env.members().len(), 500, "25 PATCHes of 20 were applied");
     let first_audit = env.state().recent_changes(5_000).unwrap();
+    let count = |audit: &[dexscope::state::AuditEntry], r: ChangeResult| {
+        audit.iter().filter(|a| a.result == r).count()
+    };
+    assert_eq!(first_audit.len(), 800, "both round trips have their rows");
     assert_eq!(
-        first_audit.len(),
+        count(&first_audit, ChangeResult::Ok),
         400,
-        "the finished round trip was audited"
+        "the finished round trip"
+    );
+    assert_eq!(
+        count(&first_audit, ChangeResult::Pending),
+        400,
+        "the killed round trip was written before its request"
     );
 
     // The quota window passes on the tenant's clock; the next run completes the work.
@@ -628,16 +637,32 @@ async fn an_apply_killed_half_way_converges_on_the_next_run_without_duplicate_wr
     assert_eq!(stats.calls(ADD_REF), 0, "{stats:?}");
     assert_eq!(stats.statuses.get(&400), None, "{stats:?}");
     assert_eq!(stats.throttled_total(), 0);
+    // The killed round trip's rows were settled by what the tenant showed: 100 landed before
+    // the kill, 300 did not and were written again by this run.
     let audit = env.state().recent_changes(5_000).unwrap();
-    let ids: Vec<&str> = audit.iter().map(|a| a.object_id.as_str()).collect();
-    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(audit.len(), 800 + 500);
+    assert_eq!(count(&audit, ChangeResult::Pending), 0);
+    assert_eq!(count(&audit, ChangeResult::Ok), 400 + 100 + 500);
+    let ok: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.result == ChangeResult::Ok)
+        .map(|a| a.object_id.as_str())
+        .collect();
+    let unique: HashSet<&str> = ok.iter().copied().collect();
     assert_eq!(
-        ids.len(),
-        900,
-        "400 + 500; the 100 of the killed round trip have no row"
+        unique.len(),
+        1_000,
+        "each added user has exactly one ok row"
     );
-    assert_eq!(unique.len(), ids.len(), "no change was written twice");
-    assert!(audit.iter().all(|a| a.result == ChangeResult::Ok));
+    assert_eq!(
+        unique,
+        env.members().iter().map(String::as_str).collect(),
+        "every change the tenant shows has its row"
+    );
+    assert!(audit.iter().all(|a| match &a.result {
+        ChangeResult::Failed(m) => m.contains("does not show the change"),
+        r => *r == ChangeResult::Ok,
+    }));
 
     let again = env.run(&["plan"]).await;
     assert_eq!(code(&again), 0, "{}", text(&again.stdout));

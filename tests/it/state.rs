@@ -364,3 +364,49 @@ fn a_restart_neither_repeats_nor_forgets_an_alert() {
             .is_none()
     );
 }
+
+#[test]
+fn pending_audit_rows_are_written_first_and_finished_or_settled_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path().join("state.db")).unwrap();
+    let pending = |n| AuditEntry {
+        request_id: None,
+        ..entry(n, Operation::Add, ChangeResult::Pending)
+    };
+    let rows = s
+        .begin_changes(&[pending(1), pending(2), pending(3)])
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(s.pending_changes().unwrap().len(), 3);
+    assert!(
+        s.recent_changes(10)
+            .unwrap()
+            .iter()
+            .all(|e| e.result == ChangeResult::Pending)
+    );
+    let finished = |row, result| dexscope::state::FinishedChange {
+        row,
+        result,
+        note: None,
+        request_id: Some("req".into()),
+    };
+    s.finish_changes(&[finished(rows[0], ChangeResult::Ok)], None)
+        .unwrap();
+    // Settling again (or finishing a settled row) changes nothing.
+    s.finish_changes(
+        &[
+            finished(rows[0], ChangeResult::Failed("late".into())),
+            finished(rows[1], ChangeResult::Failed("lost".into())),
+        ],
+        Some(Utc::now()),
+    )
+    .unwrap();
+    let left = s.pending_changes().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].row, rows[2]);
+    let recent = s.recent_changes(10).unwrap();
+    assert_eq!(recent[2].result, ChangeResult::Ok);
+    assert_eq!(recent[2].request_id.as_deref(), Some("req"));
+    assert_eq!(recent[1].result, ChangeResult::Failed("lost".into()));
+    assert_eq!(recent[0].result, ChangeResult::Pending);
+}

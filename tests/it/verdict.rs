@@ -1500,3 +1500,169 @@ proptest! {
         prop_assert!(lines[..lines.len() - 1].iter().all(|l| !l.starts_with(MARKER_PREFIX)));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Property: arbitrary incidents, alerts and evidence against either scope never panic, give
+// the same verdict every time, and render with the marker intact within the comment limit.
+
+/// Ids from the scopes above (so evidence hits members, tagged and desired machines) or any
+/// text at all.
+fn id_or_junk(pool: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        prop::sample::select(pool).prop_map(|s| Some(s.to_owned())),
+        any::<String>().prop_map(Some),
+    ]
+}
+
+fn text_or(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(pool).prop_map(str::to_owned),
+        any::<String>()
+    ]
+}
+
+fn arb_account() -> impl Strategy<Value = UserAccount> {
+    (
+        id_or_junk(&[ALICE, BOB, CAROL, NESTED]),
+        id_or_junk(&["alice@contoso.com", "CAROL@contoso.com", "eve@contoso.com"]),
+    )
+        .prop_map(|(id, upn)| account(id.as_deref(), upn.as_deref()))
+}
+
+fn arb_evidence() -> impl Strategy<Value = Evidence> {
+    const MACHINES: &[&str] = &[WIN, LNX, DROID, OUTR, UNAS, FRESH, NEWU, PLACED, STRAY];
+    const PLATFORMS: &[&str] = &[
+        "Windows11",
+        "WindowsServer2022",
+        "Linux",
+        "macOS",
+        "iOS",
+        "Android",
+    ];
+    const GROUPS: &[&str] = &[GROUP, "UnassignedGroup", "Tier0"];
+    let kind = prop_oneof![
+        (
+            id_or_junk(MACHINES),
+            id_or_junk(&[AAD_DEV]),
+            id_or_junk(&["ws-1.contoso.local", "kiosk-9.contoso.local"]),
+            prop::option::of(text_or(PLATFORMS)),
+            prop::option::of(any::<i64>()),
+            prop::option::of(text_or(GROUPS)),
+        )
+            .prop_map(|(mde, aad, dns, os, gid, group)| EvidenceKind::Device {
+                mde_device_id: mde,
+                azure_ad_device_id: aad,
+                dns_name: dns,
+                os_platform: os,
+                rbac_group_id: gid,
+                rbac_group_name: group,
+            }),
+        arb_account().prop_map(|account| EvidenceKind::User { account }),
+        (
+            id_or_junk(&["carol@contoso.com"]),
+            id_or_junk(&["alice@contoso.com"]),
+            prop::option::of(any::<String>()),
+            prop::option::of(arb_account()),
+        )
+            .prop_map(|(a, u, d, acct)| EvidenceKind::Mailbox {
+                primary_address: a,
+                upn: u,
+                display_name: d,
+                account: acct,
+            }),
+        (prop::option::of(arb_account()), id_or_junk(MACHINES)).prop_map(|(account, dev)| {
+            EvidenceKind::Process {
+                account,
+                mde_device_id: dev,
+            }
+        }),
+        any::<String>().prop_map(|t| EvidenceKind::Other { odata_type: t }),
+    ];
+    let role = prop_oneof![
+        Just(EvidenceRole::Compromised),
+        any::<String>().prop_map(|s| EvidenceRole::parse(&s)),
+    ];
+    (kind, prop::collection::vec(role, 0..3)).prop_map(|(kind, roles)| Evidence { kind, roles })
+}
+
+fn arb_alert() -> impl Strategy<Value = Alert> {
+    const SOURCES: &[&str] = &[
+        "microsoftDefenderForEndpoint",
+        "microsoftDefenderForIdentity",
+        "dataLossPrevention",
+        "microsoftInsiderRiskManagement",
+        "customDetection",
+        "microsoftSentinel",
+    ];
+    (
+        any::<String>(),
+        text_or(SOURCES),
+        text_or(SOURCES),
+        text_or(&["high", "medium", "low", "informational"]),
+        prop::collection::vec(arb_evidence(), 0..12),
+    )
+        .prop_map(|(title, service, detection, severity, evidence)| Alert {
+            id: "da1".into(),
+            title,
+            severity: Severity::parse(&severity),
+            service_source: ServiceSource::parse(&service),
+            detection_source: DetectionSource::parse(&detection),
+            evidence,
+        })
+}
+
+fn arb_incident() -> impl Strategy<Value = Incident> {
+    (
+        any::<String>(),
+        any::<String>(),
+        text_or(&[
+            "high",
+            "medium",
+            "low",
+            "informational",
+            "unknownFutureValue",
+        ]),
+        text_or(&["active", "resolved", "redirected", "inProgress"]),
+        prop::option::of(any::<String>()),
+        prop::collection::vec(arb_alert(), 0..6),
+    )
+        .prop_map(|(id, name, severity, status, redirect, alerts)| Incident {
+            id,
+            display_name: name,
+            severity: Severity::parse(&severity),
+            status: IncidentStatus::parse(&status),
+            redirect_incident_id: redirect,
+            created_at: now() - Duration::hours(1),
+            last_update_at: now(),
+            alerts,
+            comments: Vec::new(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_incident_gets_a_deterministic_verdict_and_an_intact_comment(
+        incident in arb_incident(),
+        offline in any::<bool>(),
+    ) {
+        let scope = || if offline { offline_scope() } else { live_scope() };
+        let v = verdict(&incident, &scope(), &Policy::default(), now());
+        prop_assert_eq!(&v, &verdict(&incident, &scope(), &Policy::default(), now()));
+        match comment(&v, &incident) {
+            Some(text) => {
+                prop_assert_eq!(Some(text.clone()), comment(&v, &incident));
+                prop_assert!(text.encode_utf16().count() <= MAX_COMMENT_LEN);
+                let marker = Marker::of(&v);
+                prop_assert!(marker.is_some());
+                prop_assert_eq!(parse_marker(&text), marker);
+                let lines: Vec<&str> = text.split('\n').collect();
+                prop_assert!(lines.last().unwrap().starts_with(MARKER_PREFIX));
+                prop_assert!(lines[..lines.len() - 1].iter().all(|l| !l.contains(MARKER_PREFIX)));
+            }
+            None => prop_assert!(Marker::of(&v).is_none(), "only a marker-less verdict posts nothing"),
+        }
+    }
+}

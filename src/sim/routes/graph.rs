@@ -499,7 +499,9 @@ fn patch_group(t: &mut Tenant, id: &str, req: &ApiReq) -> Reply {
         return r;
     }
     for r in refs {
-        t.directory.add_member(&gid, r);
+        if t.directory.add_member(&gid, r) {
+            t.log_write("add", gid.to_string(), r.to_string());
+        }
     }
     Reply::empty(204)
 }
@@ -530,7 +532,9 @@ fn add_ref(t: &mut Tenant, id: &str, req: &ApiReq) -> Reply {
     if let Err(r) = check_adds(t, &gid, &[member]) {
         return r;
     }
-    t.directory.add_member(&gid, member);
+    if t.directory.add_member(&gid, member) {
+        t.log_write("add", gid.to_string(), member.to_string());
+    }
     Reply::empty(204)
 }
 
@@ -540,7 +544,10 @@ fn remove_ref(t: &mut Tenant, id: &str, mid: &str) -> Reply {
         Err(r) => return r,
     };
     match parse_guid(mid) {
-        Some(m) if t.directory.remove_member(&gid, &m) => Reply::empty(204),
+        Some(m) if t.directory.remove_member(&gid, &m) => {
+            t.log_write("remove", gid.to_string(), m.to_string());
+            Reply::empty(204)
+        }
         _ => not_found(mid),
     }
 }

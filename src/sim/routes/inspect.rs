@@ -1,7 +1,7 @@
 //! `/_sim/…`: JSON inspection of the simulated tenant (requests, early retries, violations,
-//! throttling, comments, members, tags, placement) and runtime controls (device groups,
-//! incidents, faults, tokens, clock, out-of-band member changes, expired delta links). Not
-//! authenticated: loopback only, tests and demo.
+//! throttling, comments, members, tags, placement, the write log) and runtime controls (device
+//! groups, incidents, faults, tokens, clock, out-of-band member changes, expired delta links).
+//! Not authenticated: loopback only, tests and demo.
 
 use std::collections::BTreeMap;
 
@@ -160,6 +160,10 @@ pub fn handle(
             (_, Err(r)) => r,
             _ => Reply::json(404, json!({"error": format!("no device group {id}")})),
         },
+        ("GET", ["writes"]) => Reply::json(
+            200,
+            json!({"writes": t.writes, "dropped": t.writes_dropped}),
+        ),
         ("GET", ["faults"]) => Reply::json(
             200,
             serde_json::to_value(t.faults.config()).unwrap_or_default(),

@@ -362,7 +362,10 @@ fn tag_one(t: &mut Tenant, id: &str, req: &ApiReq) -> Reply {
         return machine_not_found(id);
     };
     let (now, delay) = (t.now_ms(), t.placement_delay_ms());
-    t.mde.set_tag(i, &tag, add, now, delay);
+    if t.mde.set_tag(i, &tag, add, now, delay) {
+        let id = t.mde.machines[i as usize].id_hex();
+        t.log_write(if add { "tag" } else { "untag" }, tag.clone(), id);
+    }
     let mut v = machine_json(t, i);
     v["@odata.context"] = format!("{}/api/$metadata#Machines/$entity", req.base).into();
     Reply::json(200, v)
@@ -420,7 +423,10 @@ fn tag_many(t: &mut Tenant, req: &ApiReq) -> Reply {
     }
     let (now, delay) = (t.now_ms(), t.placement_delay_ms());
     for i in &found {
-        t.mde.set_tag(*i, &tag, add, now, delay);
+        if t.mde.set_tag(*i, &tag, add, now, delay) {
+            let id = t.mde.machines[*i as usize].id_hex();
+            t.log_write(if add { "tag" } else { "untag" }, tag.clone(), id);
+        }
     }
     found.sort_unstable();
     found.dedup();

@@ -1,0 +1,411 @@
+//! The fault matrix: one reconcile-and-poll run per fault against the in-process simulated
+//! tenant over loopback. Every case must converge exactly (the scoped group and the tag as
+//! desired, one verdict comment per incident, no marker twice), send no request before a
+//! `Retry-After` elapsed, cause no quota violation, inject the fault it names, and stay within
+//! a request budget. `clients_sim` covers the clients under mixed faults; this matrix runs the
+//! whole passes, one fault at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use dexscope::config::Config;
+use dexscope::desired::{self, Mode};
+use dexscope::incidents::comment::MARKER_PREFIX;
+use dexscope::incidents::poll::{self, PollSettings};
+use dexscope::reconcile::{self, Context};
+use dexscope::sim::{self, FaultConfig, QuotaConfig, SeedSpec, SimHandle, SimOptions, Stats};
+use dexscope::state::State;
+use dexscope::tenant::Tenant;
+use secrecy::ExposeSecret;
+
+const TAG: &str = "DEX-Scoped";
+
+/// At most this many passes of each loop per case: the passes are level-triggered, a fault
+/// that fails a round trip leaves it to the next one.
+const MAX_PASSES: usize = 6;
+
+struct Case {
+    name: &'static str,
+    faults: FaultConfig,
+    /// Shrinks the simulator's quota windows (and the injected `Retry-After` waits).
+    quotas: QuotaConfig,
+    /// Invalidates every issued token every few milliseconds while the passes run.
+    expire_tokens: bool,
+    /// `[http] timeout` of the client.
+    timeout: &'static str,
+    /// The `/_sim/stats` fault counter (or `unauthorized`, `throttled`) that proves the fault
+    /// was injected.
+    evidence: &'static str,
+}
+
+fn case(name: &'static str, faults: FaultConfig, evidence: &'static str) -> Case {
+    Case {
+        name,
+        faults,
+        quotas: QuotaConfig {
+            scale: 0.1,
+            ..QuotaConfig::default()
+        },
+        expire_tokens: false,
+        timeout: "2s",
+        evidence,
+    }
+}
+
+fn status(code: u16, rate: f64) -> FaultConfig {
+    FaultConfig {
+        error_rate: rate,
+        error_statuses: vec![code],
+        ..FaultConfig::default()
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // Injected 429s carry Retry-After alternating whole ("1") and fractional ("0.200")
+        // seconds, as Graph does.
+        case(
+            "429 storm with Retry-After",
+            status(429, 0.35),
+            "status_429",
+        ),
+        Case {
+            quotas: QuotaConfig {
+                scale: 0.01,
+                graph_writes_per_150s: 600,
+                mde_per_min: 300,
+                ..QuotaConfig::default()
+            },
+            ..case(
+                "quota exhaustion (the service's own windows)",
+                FaultConfig::default(),
+                "throttled",
+            )
+        },
+        case("500", status(500, 0.25), "status_500"),
+        case("503 with Retry-After", status(503, 0.25), "status_503"),
+        case("504", status(504, 0.25), "status_504"),
+        case(
+            "dropped connections",
+            FaultConfig {
+                drop_rate: 0.2,
+                ..FaultConfig::default()
+            },
+            "drop",
+        ),
+        case(
+            "slow responses within the timeout",
+            FaultConfig {
+                slow_rate: 0.4,
+                slow_ms: 300,
+                ..FaultConfig::default()
+            },
+            "slow",
+        ),
+        Case {
+            timeout: "1s",
+            ..case(
+                "slow responses past the timeout",
+                FaultConfig {
+                    slow_rate: 0.1,
+                    slow_ms: 1_500,
+                    ..FaultConfig::default()
+                },
+                "slow",
+            )
+        },
+        Case {
+            expire_tokens: true,
+            ..case(
+                "token expiry mid-pass",
+                FaultConfig::default(),
+                "unauthorized",
+            )
+        },
+        case(
+            "a throttled item inside a $batch",
+            FaultConfig {
+                batch_item_429_rate: 0.3,
+                ..FaultConfig::default()
+            },
+            "status_429",
+        ),
+    ]
+}
+
+fn evidence(stats: &Stats, key: &str) -> u64 {
+    match key {
+        "unauthorized" => stats.unauthorized,
+        "throttled" => stats.throttled_total(),
+        k => stats.faults.get(k).copied().unwrap_or(0),
+    }
+}
+
+struct Setup {
+    sim: SimHandle,
+    dir: tempfile::TempDir,
+    users: HashSet<String>,
+    machines: HashSet<String>,
+    incidents: Vec<String>,
+}
+
+/// 400 users (40 in the group), 80 machines, 12 incidents; the desired state keeps 20
+/// members, adds 120 users and tags 30 machines (so 20 removals, 120 adds, tags and untags).
+async fn setup(case: &Case) -> Setup {
+    let sim = sim::start(SimOptions {
+        seed: 11,
+        generate: SeedSpec {
+            users: 400,
+            devices: 80,
+            incidents: 12,
+            scoped_users: 40,
+            tagged_share: 0.2,
+            nested: false,
+        },
+        placement_delay_secs: 0.0,
+        quotas: case.quotas.clone(),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let (upns, users, ids, incidents) = {
+        let s = sim.state();
+        let t = s.lock().unwrap();
+        let members: HashSet<uuid::Uuid> = t
+            .group_members(&t.ids.user_group_id)
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        let all: Vec<_> = t.directory.users.iter().flatten().collect();
+        let chosen: Vec<_> = all
+            .iter()
+            .filter(|u| members.contains(&u.id))
+            .take(20)
+            .chain(all.iter().filter(|u| !members.contains(&u.id)).take(120))
+            .collect();
+        let upns: Vec<String> = chosen.iter().map(|u| u.upn.to_string()).collect();
+        let users: HashSet<String> = chosen.iter().map(|u| u.id.to_string()).collect();
+        let ids: Vec<String> = t.mde.machines.iter().take(30).map(|m| m.id_hex()).collect();
+        let incidents: Vec<String> = t
+            .incidents
+            .list
+            .iter()
+            .filter(|i| i.redirect_to.is_none())
+            .map(|i| i.id.to_string())
+            .collect();
+        (upns, users, ids, incidents)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let list = |v: &[String]| v.iter().map(|s| format!("  {s:?},\n")).collect::<String>();
+    std::fs::write(
+        dir.path().join("desired.toml"),
+        format!(
+            "users = [\n{}]\ndevices = [\n{}]\n",
+            list(&upns),
+            list(&ids)
+        ),
+    )
+    .unwrap();
+    let head = super::support::sim_config_head(&sim);
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "{head}device_tag = \"{TAG}\"\ndesired_state = \"desired.toml\"\nprune = true\n\
+             max_removals = 500\n\
+             [incidents]\nlookback = \"30d\"\n\
+             severities = [\"high\", \"medium\", \"low\", \"informational\"]\n\
+             [state]\npath = \"state.db\"\n\
+             [http]\ntimeout = \"{}\"\nmax_attempts = 8\nmax_retry_time = \"1m\"\n",
+            case.timeout
+        ),
+    )
+    .unwrap();
+    Setup {
+        sim,
+        dir,
+        users,
+        machines: ids.into_iter().collect(),
+        incidents,
+    }
+}
+
+/// What one case did.
+struct Outcome {
+    requests: u64,
+    evidence: u64,
+    reconcile_passes: usize,
+    poll_passes: usize,
+}
+
+async fn run(case: &Case) -> Outcome {
+    let s = setup(case).await;
+    let secret = s.sim.client_secret().expose_secret().to_string();
+    let config = Config::load(
+        &s.dir.path().join("config.toml"),
+        [("DEXSCOPE_CLIENT_SECRET", secret.as_str())],
+    )
+    .unwrap();
+    let tenant = Tenant::from_config(&config).unwrap();
+    let state = State::open(&config.state.path).unwrap();
+    let desired = desired::load(
+        std::slice::from_ref(&config.scope.desired_state),
+        Utc::now().date_naive(),
+        Mode::Runtime,
+    )
+    .unwrap()
+    .state;
+    let settings = reconcile::settings_from_config(&config, false);
+    s.sim.set_faults(case.faults.clone());
+    s.sim.reset_stats();
+
+    // Token expiry mid-pass: every issued token stops working every 40 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let expirer = case.expire_tokens.then(|| {
+        let (stop, state) = (stop.clone(), s.sim.state());
+        tokio::spawn(async move {
+            for _ in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                state.lock().unwrap().tokens.clear();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    });
+
+    let ctx = Context {
+        tenant: &tenant,
+        state: &state,
+        user_group: &config.scope.user_group_id,
+        device_tag: &config.scope.device_tag,
+        member_resync: config.scope.member_resync,
+    };
+    let mut reconcile_passes = 0;
+    for _ in 0..MAX_PASSES {
+        reconcile_passes += 1;
+        match reconcile::reconcile_once(ctx, &desired, &settings, Utc::now()).await {
+            Ok(r) if r.converged() && r.plan.change_count() == 0 => break,
+            Ok(_) => {}
+            Err(e) => eprintln!("{}: reconcile pass failed: {e}", case.name),
+        }
+    }
+    let poll_settings = PollSettings::from_config(&config);
+    let mut poll_passes = 0;
+    for _ in 0..MAX_PASSES {
+        poll_passes += 1;
+        match poll::poll_once(&tenant, &state, &poll_settings, Utc::now()).await {
+            Ok(r) if r.failed.is_empty() => break,
+            Ok(r) => eprintln!("{}: poll left {} failed", case.name, r.failed.len()),
+            Err(e) => eprintln!("{}: poll pass failed: {e}", case.name),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(e) = expirer {
+        e.await.unwrap();
+    }
+    let stats = s.sim.stats();
+
+    let members: HashSet<String> = s
+        .sim
+        .group_members(&s.sim.user_group_id())
+        .into_iter()
+        .collect();
+    assert_eq!(
+        members, s.users,
+        "{}: the group converged exactly",
+        case.name
+    );
+    let tagged: HashSet<String> = s
+        .sim
+        .machines_with_tag(TAG)
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        tagged, s.machines,
+        "{}: the tag converged exactly",
+        case.name
+    );
+    for id in &s.incidents {
+        let markers: Vec<String> = s
+            .sim
+            .comments(id)
+            .iter()
+            .filter_map(|c| {
+                c.lines()
+                    .find(|l| l.starts_with(MARKER_PREFIX))
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(
+            markers.len(),
+            1,
+            "{}: incident {id}: {markers:?}",
+            case.name
+        );
+    }
+    assert_eq!(state.pending_changes().unwrap(), vec![], "{}", case.name);
+    assert_eq!(
+        stats.early_retries_total(),
+        0,
+        "{}: early retries {stats:?}",
+        case.name
+    );
+    assert!(
+        stats.violations.is_empty(),
+        "{}: violations {stats:?}",
+        case.name
+    );
+    let evidence = evidence(&stats, case.evidence);
+    assert!(
+        case.evidence.is_empty() || evidence > 0,
+        "{}: the fault was injected: {stats:?}",
+        case.name
+    );
+    s.sim.shutdown().await;
+    Outcome {
+        requests: stats.http_requests,
+        evidence,
+        reconcile_passes,
+        poll_passes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_converges_exactly_without_early_retries_or_violations() {
+    let baseline = run(&case("no fault", FaultConfig::default(), "")).await;
+    assert_eq!(
+        baseline.reconcile_passes, 2,
+        "one pass to apply, one to see nothing left"
+    );
+    let mut table = BTreeMap::new();
+    for c in cases() {
+        let o = run(&c).await;
+        // Bounded: retries and the extra passes at most triple the requests of a clean run.
+        assert!(
+            o.requests <= 3 * baseline.requests,
+            "{}: {} requests, a clean run needs {}",
+            c.name,
+            o.requests,
+            baseline.requests
+        );
+        table.insert(c.name, o);
+    }
+    println!(
+        "{:<46} {:>8} {:>9} {:>9} {:>6}",
+        "fault", "requests", "injected", "reconcile", "poll"
+    );
+    println!(
+        "{:<46} {:>8} {:>9} {:>9} {:>6}",
+        "none", baseline.requests, 0, baseline.reconcile_passes, baseline.poll_passes
+    );
+    for (name, o) in &table {
+        println!(
+            "{:<46} {:>8} {:>9} {:>9} {:>6}",
+            name, o.requests, o.evidence, o.reconcile_passes, o.poll_passes
+        );
+    }
+}
