@@ -86,6 +86,9 @@ fn benches() -> Vec<Bench> {
         b("unchanged_pass_at_scale", 180, || {
             scale::unchanged_pass_at_scale().boxed()
         }),
+        b("validate_at_scale", 60, || {
+            scale::validate_at_scale().boxed()
+        }),
         b("desired_parse_cpu", 60, || {
             scale::desired_parse_cpu().boxed()
         }),
@@ -98,6 +101,9 @@ fn benches() -> Vec<Bench> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(env::MEASURE_FLAG) {
+        env::measure_child(&args[1..]);
+    }
     if !args.iter().any(|a| a == "--bench") {
         println!("dexscope benchmarks: run them with `cargo bench --bench dexscope`");
         return;

@@ -247,13 +247,17 @@ impl Env {
             .expect("reconcile pass")
     }
 
-    /// The real binary with this config; stdout to `NAME.out`, stderr to `NAME.err`.
+    /// The real binary with this config, run through a measuring process (see
+    /// [`measure_child`]); stdout to `NAME.out`, stderr to `NAME.err`, rusage to `NAME.rusage`.
     pub fn bin(&self, name: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dexscope"));
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench executable"));
         let file = |ext: &str| {
             std::fs::File::create(self.path(&format!("{name}.{ext}"))).expect("output file")
         };
-        cmd.arg("--config")
+        cmd.arg(MEASURE_FLAG)
+            .arg(self.path(&format!("{name}.rusage")))
+            .arg(env!("CARGO_BIN_EXE_dexscope"))
+            .arg("--config")
             .arg(self.path("config.toml"))
             .args(args)
             .env("DEXSCOPE_CLIENT_SECRET", self.secret())
@@ -298,11 +302,11 @@ pub fn token_requests(s: &Stats) -> u64 {
 /// What a finished child cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
+    /// The exit code; `None` when a signal ended it.
     pub code: Option<i32>,
     /// User + system CPU time.
     pub cpu: Duration,
     pub max_rss_kib: u64,
-    pub wall: Duration,
 }
 
 impl Measured {
@@ -311,22 +315,77 @@ impl Measured {
     }
 }
 
-/// A running child process, reaped with `wait4` so its own rusage is read. Dropped before it
-/// was reaped (a row timed out), it is killed.
+/// The first argument that turns the bench executable into the measuring process.
+pub const MEASURE_FLAG: &str = "--measure-child";
+
+/// The measuring process: `bench --measure-child RESULT PROGRAM ARGS…` runs PROGRAM (same
+/// environment and standard streams), writes its pid to `RESULT.pid`, reaps it with `wait4`
+/// and writes `code cpu_us max_rss_kib` to RESULT.
+///
+/// Why a process in between: Linux carries the RSS high-water mark of the address space a
+/// process `exec`s from into its `ru_maxrss`. Spawned straight from the bench (which holds a
+/// simulated tenant of 100k users), every child would report at least the bench's own peak.
+/// This small process has a small address space, so the figure is the child's own.
+pub fn measure_child(args: &[String]) -> ! {
+    let [result, program, rest @ ..] = args else {
+        eprintln!("usage: {MEASURE_FLAG} RESULT PROGRAM [ARGS…]");
+        std::process::exit(2);
+    };
+    let child = Command::new(program)
+        .args(rest)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    std::fs::write(format!("{result}.pid"), pid.to_string()).expect("pid file");
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter for wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; status and usage are valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 on {program} failed");
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    std::fs::write(
+        result,
+        format!(
+            "{code} {} {}",
+            us(usage.ru_utime) + us(usage.ru_stime),
+            usage.ru_maxrss
+        ),
+    )
+    .expect("result file");
+    std::process::exit(0);
+}
+
+/// A dexscope process started through [`measure_child`]. Dropped before it finished (a row
+/// timed out), it is killed.
 pub struct Running {
-    pid: libc::pid_t,
+    measurer: libc::pid_t,
+    result: PathBuf,
     started: Instant,
     reaped: Arc<AtomicBool>,
 }
 
 impl Running {
+    /// Starts a command built by [`Env::bin`].
     pub fn spawn(mut cmd: Command) -> Running {
-        let child = cmd.spawn().expect("the dexscope binary starts");
-        let pid = child.id() as libc::pid_t;
-        // The child is reaped below with wait4, not through `Child`.
+        let result = PathBuf::from(
+            cmd.get_args()
+                .nth(1)
+                .expect("a command built by Env::bin")
+                .to_os_string(),
+        );
+        let child = cmd.spawn().expect("the measuring process starts");
+        let measurer = child.id() as libc::pid_t;
+        // Reaped below with waitpid, not through `Child`.
         drop(child);
         Running {
-            pid,
+            measurer,
+            result,
             started: Instant::now(),
             reaped: Arc::new(AtomicBool::new(false)),
         }
@@ -336,35 +395,56 @@ impl Running {
         self.started
     }
 
-    /// Asks the child to stop (SIGTERM), as systemd does.
-    pub fn terminate(&self) {
-        if !self.reaped.load(Ordering::SeqCst) {
-            // SAFETY: signals a child of this process that has not been reaped yet.
-            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+    /// The dexscope process's pid, once the measuring process has started it (bounded wait).
+    fn target(&self) -> Option<libc::pid_t> {
+        let file = self.result.with_extension("rusage.pid");
+        for _ in 0..500 {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return Some(pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(pid) = self.target() {
+            // SAFETY: signals the dexscope process this bench started; its parent (the
+            // measuring process) has not reaped it while `reaped` is false.
+            unsafe { libc::kill(pid, signal) };
         }
     }
 
-    /// Waits for the child to exit and returns its exit code, CPU time and peak RSS.
+    /// Asks dexscope to stop (SIGTERM), as systemd does.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Waits for dexscope to exit and returns its exit code, CPU time and peak RSS.
     pub async fn wait(self) -> Measured {
-        let pid = self.pid;
+        let pid = self.measurer;
         let reaped = self.reaped.clone();
-        let started = self.started;
+        let result = self.result.clone();
         tokio::task::spawn_blocking(move || {
             let mut status: libc::c_int = 0;
-            // SAFETY: zeroed rusage is a valid out-parameter for wait4.
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: waits for our own child; status and usage are valid pointers.
-            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            // SAFETY: waits for our own child; status is a valid pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
             reaped.store(true, Ordering::SeqCst);
-            assert_eq!(r, pid, "wait4 on the dexscope child failed");
-            let tv = |t: libc::timeval| {
-                Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-            };
+            assert_eq!(r, pid, "waitpid on the measuring process failed");
+            let text = std::fs::read_to_string(&result).expect("the measuring process's result");
+            let f: Vec<i64> = text
+                .split_whitespace()
+                .map(|v| v.parse().expect("a number"))
+                .collect();
             Measured {
-                code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-                cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-                max_rss_kib: usage.ru_maxrss as u64,
-                wall: started.elapsed(),
+                code: (f[0] >= 0).then_some(f[0] as i32),
+                cpu: Duration::from_micros(f[1] as u64),
+                max_rss_kib: f[2] as u64,
             }
         })
         .await
@@ -375,8 +455,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped.load(Ordering::SeqCst) {
-            // SAFETY: kills a child of this process that has not been reaped yet.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            self.signal(libc::SIGKILL);
         }
     }
 }

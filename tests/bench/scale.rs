@@ -128,6 +128,33 @@ pub async fn desired_parse_cpu() -> Vec<Row> {
     )]
 }
 
+/// `validate` on the same desired state, through the binary: the parse alone, no network.
+pub async fn validate_at_scale() -> Vec<Row> {
+    let env = converged_tenant().await;
+    let path = env.path("desired.toml");
+    let path = path.to_str().expect("utf-8 temp path");
+    let m = Running::spawn(env.bin("validate", &["validate", path]))
+        .wait()
+        .await;
+    let tail = env.stderr_tail("validate");
+    env.sim.shutdown().await;
+    vec![Row::new(
+        "`validate` of the 100k-user / 50k-device desired state (the parse alone, a process)",
+        format!(
+            "CPU {}, peak RSS {:.1} MiB{}",
+            secs(m.cpu),
+            m.rss_mib(),
+            if m.code == Some(0) {
+                String::new()
+            } else {
+                format!(" (exit {:?}: {tail})", m.code)
+            }
+        ),
+        "part of the `plan` figures above",
+        (m.code != Some(0)).then_some(false),
+    )]
+}
+
 fn uuid(n: usize, salt: u8) -> String {
     format!("{salt:02x}{:06x}-0000-4000-8000-{:012x}", n >> 24, n)
 }
