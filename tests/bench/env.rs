@@ -14,6 +14,7 @@ use dexscope::defender::DefenderClient;
 use dexscope::desired::{self, DesiredState, Mode};
 use dexscope::graph::GraphClient;
 use dexscope::http::{self, Quotas, Rate};
+use dexscope::reconcile::resolve::MemberSource;
 use dexscope::reconcile::{self, Context, ReconcileReport};
 use dexscope::sim::{self, QuotaConfig, SeedSpec, SimHandle, SimOptions, Stats};
 use dexscope::state::State;
@@ -226,6 +227,12 @@ impl Env {
             TAG,
             &self.desired(),
             &settings,
+            MemberSource {
+                state: None,
+                store: false,
+                resync_every: config.scope.member_resync,
+                now: Utc::now(),
+            },
         )
         .await
         .expect("plan")
@@ -240,6 +247,7 @@ impl Env {
             state: &state,
             user_group: &config.scope.user_group_id,
             device_tag: TAG,
+            member_resync: config.scope.member_resync,
         };
         let settings = reconcile::settings_from_config(&config, true);
         reconcile::reconcile_once(ctx, desired, &settings, Utc::now())
