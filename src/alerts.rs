@@ -444,7 +444,8 @@ pub enum WebhookError {
     )]
     Status { status: u16, attempts: u32 },
     #[error(
-        "the alert webhook asked to wait {wait:?} (Retry-After), longer than allowed; notice dropped"
+        "the alert webhook asked to wait {} (Retry-After), longer than allowed; notice dropped",
+        crate::text::duration(*wait)
     )]
     RetryAfterTooLong { wait: Duration },
     #[error("sending to the alert webhook failed after {attempts} attempt(s): {source}")]

@@ -1003,8 +1003,8 @@ async fn generation(
             task.abort();
             tracing::warn!(
                 r#loop = *name,
-                "the {name} pass did not finish within {}s; stopped it (the next pass converges)",
-                options.shutdown_grace.as_secs()
+                "the {name} pass did not finish within {}; stopped it (the next pass converges)",
+                crate::text::duration(options.shutdown_grace)
             );
         }
     }
