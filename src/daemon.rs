@@ -906,7 +906,8 @@ async fn generation(
     let mut scheduler =
         Scheduler::new(state.clone(), metrics.clone(), config.alerts.renotify_every);
     if let Some(url) = &config.alerts.webhook_url {
-        match alerts::Webhook::new(alerts::WebhookSettings::new(url.clone())) {
+        let settings = alerts::WebhookSettings::new(url.clone());
+        match alerts::Webhook::new(settings, tenant.http.reqwest().clone()) {
             Ok(webhook) => {
                 scheduler = scheduler.with_webhook(webhook, config.tenant.tenant_id.to_string())
             }

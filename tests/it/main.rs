@@ -1,5 +1,6 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
+mod alerts;
 mod auth;
 mod check;
 mod clients_sim;
