@@ -1013,8 +1013,9 @@ async fn generation(
     Ok(next)
 }
 
-/// What a signal means now: stop, reload with a valid new config, or nothing (an invalid new
-/// config is logged and the running one kept).
+/// What a signal means now: stop, reload with a valid new config (its load warnings logged, as
+/// at start-up), or nothing (an invalid new config is logged, shown in the systemd status, and
+/// the running one kept).
 fn on_signal(signal: Signal, config: &Config) -> Option<Next> {
     match signal {
         Signal::Stop(name) => {
@@ -1024,10 +1025,16 @@ fn on_signal(signal: Signal, config: &Config) -> Option<Next> {
         Signal::Reload => match Config::load(&config.path, std::env::vars()) {
             Ok(new) => {
                 tracing::info!(config = %config.path.display(), "SIGHUP received: reloading the config and the desired state");
+                for warning in &new.warnings {
+                    tracing::warn!(config = %config.path.display(), "{warning}");
+                }
                 Some(Next::Reload(Box::new(new)))
             }
             Err(e) => {
                 tracing::error!(config = %config.path.display(), "SIGHUP received but the config is invalid, keeping the running one: {e}");
+                status(&format!(
+                    "config reload refused, keeping the running config: {e}"
+                ));
                 None
             }
         },
