@@ -403,6 +403,8 @@ pub struct WebhookSettings {
     pub base_delay: Duration,
     /// No wait (backoff or `Retry-After`) is longer than this; a longer `Retry-After` gives up.
     pub max_delay: Duration,
+    /// Per attempt, in place of the shared client's longer API timeout: a slow receiver must
+    /// not hold a pass up for long.
     pub timeout: Duration,
 }
 
@@ -413,6 +415,7 @@ impl fmt::Debug for WebhookSettings {
             .field("max_attempts", &self.max_attempts)
             .field("base_delay", &self.base_delay)
             .field("max_delay", &self.max_delay)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -437,14 +440,13 @@ pub enum WebhookError {
         "the alert webhook URL is not a valid URL; check the file named by alerts.webhook_url_file"
     )]
     BadUrl,
-    #[error("cannot build the webhook HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
     #[error(
         "the alert webhook answered {status} after {attempts} attempt(s); check the receiving workflow"
     )]
     Status { status: u16, attempts: u32 },
     #[error(
-        "the alert webhook asked to wait {wait:?} (Retry-After), longer than allowed; notice dropped"
+        "the alert webhook asked to wait {} (Retry-After), longer than allowed; notice dropped",
+        crate::text::duration(*wait)
     )]
     RetryAfterTooLong { wait: Duration },
     #[error("sending to the alert webhook failed after {attempts} attempt(s): {source}")]
@@ -475,13 +477,12 @@ impl fmt::Debug for Webhook {
 }
 
 impl Webhook {
-    pub fn new(settings: WebhookSettings) -> Result<Self, WebhookError> {
+    /// A webhook sent with `client`: the process's one `reqwest::Client` (built by
+    /// [`crate::http::Client::build_reqwest`]), so its TLS settings, proxy (from the environment)
+    /// and user agent apply to alerts as to API calls.
+    pub fn new(settings: WebhookSettings, client: reqwest::Client) -> Result<Self, WebhookError> {
         let url =
             url::Url::parse(settings.url.expose_secret()).map_err(|_| WebhookError::BadUrl)?;
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| WebhookError::Client(e.without_url()))?;
         Ok(Webhook {
             settings,
             url,
@@ -494,7 +495,13 @@ impl Webhook {
         let max = self.settings.max_attempts.max(1);
         let mut delay = self.settings.base_delay;
         for attempt in 1..=max {
-            let result = self.client.post(self.url.clone()).json(body).send().await;
+            let result = self
+                .client
+                .post(self.url.clone())
+                .timeout(self.settings.timeout)
+                .json(body)
+                .send()
+                .await;
             let wait = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(attempt),
                 Ok(resp) => {
@@ -664,13 +671,18 @@ impl Alerter {
         })
     }
 
-    /// The alerter the config describes (webhook from `alerts.webhook_url_file`).
-    pub fn from_config(state: Arc<State>, config: &Config) -> Result<Self, AlerterError> {
+    /// The alerter the config describes (webhook from `alerts.webhook_url_file`), sending with
+    /// the process's shared `client`.
+    pub fn from_config(
+        state: Arc<State>,
+        config: &Config,
+        client: &reqwest::Client,
+    ) -> Result<Self, AlerterError> {
         let webhook = config
             .alerts
             .webhook_url
             .clone()
-            .map(|url| Webhook::new(WebhookSettings::new(url)))
+            .map(|url| Webhook::new(WebhookSettings::new(url), client.clone()))
             .transpose()
             .map_err(AlerterError::Webhook)?;
         Alerter::new(

@@ -621,7 +621,7 @@ fn describe_reqwest(e: &reqwest::Error, timeout: Option<Duration>) -> String {
     }
     if e.is_timeout() {
         match timeout {
-            Some(t) => format!("no answer within {} s", t.as_secs()),
+            Some(t) => format!("no answer within {}", crate::text::duration(t)),
             None => "the request timed out".into(),
         }
     } else if e.is_connect() {
@@ -699,7 +699,7 @@ impl FetchError {
                 retry_after,
             }) => {
                 let wait = retry_after
-                    .map(|d| format!(" (asked to wait {} s)", d.as_secs()))
+                    .map(|d| format!(" (asked to wait {})", crate::text::duration(d)))
                     .unwrap_or_default();
                 TokenError {
                     message: format!(

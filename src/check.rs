@@ -301,9 +301,9 @@ fn pass_problem(p: &LoopPass, schedule: Option<&Schedule>, now: DateTime<Utc>) -
     let age = (now - p.finished).to_std().unwrap_or(Duration::ZERO);
     if age > every * STALE_INTERVALS {
         return Some(format!(
-            "last successful {} pass is stale ({}m old)",
+            "last successful {} pass is stale ({} old)",
             p.loop_name,
-            age.as_secs() / 60
+            crate::text::duration(age)
         ));
     }
     if p.loop_name == "reconcile" {

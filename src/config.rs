@@ -961,11 +961,11 @@ impl Reader {
             Some(d) if d < min => Err(self.invalid(
                 sk,
                 format!(
-                    "is {}, below the minimum of {}s",
+                    "is {}, below the minimum of {}",
                     self.describe(v),
-                    min.as_secs()
+                    crate::text::duration(min)
                 ),
-                format!("use at least {}s", min.as_secs()),
+                format!("use at least {}", crate::text::duration(min)),
             )),
             Some(d) => Ok(d),
         }

@@ -964,7 +964,8 @@ async fn generation(
     let mut scheduler =
         Scheduler::new(state.clone(), metrics.clone(), config.alerts.renotify_every);
     if let Some(url) = &config.alerts.webhook_url {
-        match alerts::Webhook::new(alerts::WebhookSettings::new(url.clone())) {
+        let settings = alerts::WebhookSettings::new(url.clone());
+        match alerts::Webhook::new(settings, tenant.http.reqwest().clone()) {
             Ok(webhook) => {
                 scheduler = scheduler.with_webhook(webhook, config.tenant.tenant_id.to_string())
             }
@@ -1061,8 +1062,8 @@ async fn generation(
             task.abort();
             tracing::warn!(
                 r#loop = *name,
-                "the {name} pass did not finish within {}s; stopped it (the next pass converges)",
-                options.shutdown_grace.as_secs()
+                "the {name} pass did not finish within {}; stopped it (the next pass converges)",
+                crate::text::duration(options.shutdown_grace)
             );
         }
     }
@@ -1070,8 +1071,9 @@ async fn generation(
     Ok(next)
 }
 
-/// What a signal means now: stop, reload with a valid new config, or nothing (an invalid new
-/// config is logged and the running one kept).
+/// What a signal means now: stop, reload with a valid new config (its load warnings logged, as
+/// at start-up), or nothing (an invalid new config is logged, shown in the systemd status, and
+/// the running one kept).
 fn on_signal(signal: Signal, config: &Config) -> Option<Next> {
     match signal {
         Signal::Stop(name) => {
@@ -1081,10 +1083,16 @@ fn on_signal(signal: Signal, config: &Config) -> Option<Next> {
         Signal::Reload => match Config::load(&config.path, std::env::vars()) {
             Ok(new) => {
                 tracing::info!(config = %config.path.display(), "SIGHUP received: reloading the config and the desired state");
+                for warning in &new.warnings {
+                    tracing::warn!(config = %config.path.display(), "{warning}");
+                }
                 Some(Next::Reload(Box::new(new)))
             }
             Err(e) => {
                 tracing::error!(config = %config.path.display(), "SIGHUP received but the config is invalid, keeping the running one: {e}");
+                status(&format!(
+                    "config reload refused, keeping the running config: {e}"
+                ));
                 None
             }
         },

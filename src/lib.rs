@@ -34,7 +34,7 @@
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite: audit log, cursors, tag timestamps, alert state, member snapshot.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
-//! - `text`: small text helpers for error messages ("did you mean").
+//! - `text`: small text helpers for messages to people ("did you mean", durations like `1h 30m`).
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
 //! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - `daemon`: `run`: the scheduler around the passes, signals, systemd notify, desired-state watch.

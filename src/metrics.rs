@@ -110,9 +110,9 @@ impl Health {
             let age = (now - at).to_std().unwrap_or_default();
             if age > limit {
                 return Err(format!(
-                    "the {name} loop last succeeded {}s ago (more than {}s)",
-                    age.as_secs(),
-                    limit.as_secs()
+                    "the {name} loop last succeeded {} ago (more than {})",
+                    crate::text::duration(age),
+                    crate::text::duration(limit)
                 ));
             }
         }
@@ -493,7 +493,7 @@ mod tests {
                 Some(0),
                 vec![("reconcile", lp(Some(0)))],
                 181,
-                Some("reconcile loop last succeeded 181s ago"),
+                Some("reconcile loop last succeeded 3m 1s ago (more than 3m)"),
             ),
         ];
         for (token, loops, now, want) in cases {

@@ -1,4 +1,6 @@
-//! Small text helpers shared by the parsers' error messages.
+//! Small text helpers shared by messages meant for people: "did you mean" hints and durations.
+
+use std::time::Duration;
 
 /// Levenshtein distance, for "did you mean" hints on short keys.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
@@ -18,9 +20,40 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// A duration the way an operator reads it: `45s`, `4m`, `1m 30s`, `1h 30m`, `2d 3h`; under a
+/// second in milliseconds (`250ms`). At most the two largest units, the smaller truncated, so a
+/// value is never rounded up past what it is (59 s stays `59s`, not `1m`).
+pub(crate) fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return match d.subsec_millis() {
+            0 if d.is_zero() => "0s".into(),
+            0 => "<1ms".into(),
+            ms => format!("{ms}ms"),
+        };
+    }
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    // secs ≥ 1, so the seconds unit at least matches.
+    let first = UNITS
+        .iter()
+        .position(|(size, _)| secs >= *size)
+        .unwrap_or(UNITS.len() - 1);
+    let (size, unit) = UNITS[first];
+    let mut out = format!("{}{unit}", secs / size);
+    if let Some((next, next_unit)) = UNITS.get(first + 1) {
+        let rest = secs % size / next;
+        if rest > 0 {
+            out.push_str(&format!(" {rest}{next_unit}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::edit_distance;
+    use std::time::Duration;
+
+    use super::{duration, edit_distance};
 
     #[test]
     fn distances() {
@@ -32,6 +65,32 @@ mod tests {
             ("kitten", "sitting", 3),
         ] {
             assert_eq!(edit_distance(a, b), d, "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (d, shown) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(1), "<1ms"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1_999), "1s"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(45), "45s"),
+            (Duration::from_secs(59), "59s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(90), "1m 30s"),
+            (Duration::from_secs(240), "4m"),
+            (Duration::from_secs(3_599), "59m 59s"),
+            (Duration::from_secs(3_600), "1h"),
+            (Duration::from_secs(3_661), "1h 1m"),
+            (Duration::from_secs(5_400), "1h 30m"),
+            (Duration::from_secs(7_200), "2h"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_secs(86_400 + 3 * 3_600 + 59), "1d 3h"),
+            (Duration::from_secs(90 * 86_400), "90d"),
+        ] {
+            assert_eq!(duration(d), shown, "{d:?}");
         }
     }
 }

@@ -188,6 +188,12 @@ impl Client {
         &self.inner.settings
     }
 
+    /// The shared `reqwest::Client`, for the few senders outside the API surfaces (the alert
+    /// webhook) that must go through the same TLS, proxy and user-agent settings.
+    pub fn reqwest(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
     }

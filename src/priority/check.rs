@@ -297,8 +297,8 @@ fn summary_of(
             "{count} desired {devices} without the tag ({names}); the next reconcile pass tags them"
         ),
         FindingKind::Pending => format!(
-            "{count} tagged {devices} not yet in {group}, within the {}m propagation grace ({names})",
-            grace.num_minutes()
+            "{count} tagged {devices} not yet in {group}, within the {} propagation grace ({names})",
+            crate::text::duration(grace.to_std().unwrap_or_default())
         ),
         FindingKind::Ok => format!("{count} tagged {devices} in {group}"),
     };
@@ -508,5 +508,26 @@ mod tests {
         );
         assert_eq!(worst(&ok), Severity::Ok);
         assert!(!observation(&ok).is_bad());
+    }
+
+    #[test]
+    fn pending_summary_shows_the_grace_as_read() {
+        for (grace, shown) in [
+            (TimeDelta::seconds(30), "30s"),
+            (TimeDelta::seconds(90), "1m 30s"),
+            (TimeDelta::minutes(4), "4m"),
+            (TimeDelta::minutes(90), "1h 30m"),
+            (TimeDelta::hours(2), "2h"),
+        ] {
+            let mut p = placement(vec![tagged(1, Some("Servers_T0"), None)]);
+            p.propagation_grace = grace;
+            let f = check_priority(&p, now());
+            assert_eq!(
+                f[0].summary,
+                format!(
+                    "1 tagged device not yet in {GROUP}, within the {shown} propagation grace (ws-01)"
+                )
+            );
+        }
     }
 }

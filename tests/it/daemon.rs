@@ -1,6 +1,7 @@
 //! `dexscope run` as a process against the in-process simulated tenant, with a systemd-style
 //! notify socket: READY=1, watchdog pings, a desired-state change starting a reconcile pass, an
-//! invalid change alerting, SIGTERM exiting 0 with a consistent state database.
+//! invalid change alerting, SIGTERM exiting 0 with a consistent state database; SIGHUP reloading
+//! the config and desired state, and keeping the running config when the new one is broken.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -299,5 +300,299 @@ async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sig
         .sum();
     assert!((2..=6).contains(&member_reads), "{:?}", stats.http_by_route);
     drain.abort();
+    sim.shutdown().await;
+}
+
+/// A `dexscope run` child with its notify socket and log (JSON lines) collected as they come.
+struct Daemon {
+    child: std::process::Child,
+    seen: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<String>>>,
+    drain: tokio::task::JoinHandle<()>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Daemon {
+    fn start(sim: &sim::SimHandle, config: &std::path::Path, socket: &std::path::Path) -> Self {
+        let sock = UnixDatagram::bind(socket).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let drain = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = sock.recv(&mut buf).await {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            })
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dexscope"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("DEXSCOPE_CONFIG")
+            .env("NOTIFY_SOCKET", socket)
+            .env(
+                "DEXSCOPE_CLIENT_SECRET",
+                sim.client_secret().expose_secret(),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stderr = child.stderr.take().unwrap();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    log.lock().unwrap().push(line);
+                }
+            })
+        };
+        Daemon {
+            child,
+            seen,
+            log,
+            drain,
+            reader,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The `message` of every log event that contains `needle`.
+    fn messages(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some(v.get("message")?.as_str()?.to_string()))
+            .filter(|m| m.contains(needle))
+            .collect()
+    }
+
+    /// Waits until a log event's message contains `needle` (bounded).
+    async fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.messages(needle).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no log event with {needle:?} within {limit:?}:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Notify lines (e.g. `STATUS=…`) received so far, in order.
+    fn notes(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// SIGTERM, then the exit code (bounded).
+    fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let started = Instant::now();
+        let code = loop {
+            if let Some(code) = self.child.try_wait().unwrap() {
+                break code;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no exit within 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.reader.join().unwrap();
+        self.drain.abort();
+        code.code()
+    }
+}
+
+/// `users = [...]` for a desired-state file.
+fn users_file(upns: &[String]) -> String {
+    let quoted: Vec<String> = upns.iter().map(|u| format!("{u:?}")).collect();
+    format!("users = [{}]\n", quoted.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_desired_state_and_keeps_the_running_config_when_broken() {
+    let sim = sim::start(SimOptions::default()).await.unwrap();
+    let group = sim.user_group_id();
+    // The group's members as they are, plus outsiders: one to add at start, one after reload.
+    let (members, outsiders) = {
+        let ids = sim.group_members(&group);
+        let state = sim.state();
+        let tenant = state.lock().unwrap();
+        let (inside, outside): (Vec<_>, Vec<_>) = tenant
+            .directory
+            .users
+            .iter()
+            .flatten()
+            .map(|u| (u.upn.to_string(), u.id.to_string()))
+            .partition(|(_, id)| ids.contains(id));
+        (inside, outside.into_iter().take(2).collect::<Vec<_>>())
+    };
+    let (first, second) = (&outsiders[0], &outsiders[1]);
+    let mut wanted: Vec<String> = members.iter().map(|(upn, _)| upn.clone()).collect();
+    wanted.push(first.0.clone());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("desired-a.toml"), users_file(&wanted)).unwrap();
+    wanted.push(second.0.clone());
+    std::fs::write(dir.path().join("desired-b.toml"), users_file(&wanted)).unwrap();
+
+    // Every interval an hour: each generation runs each loop exactly once within the test.
+    let head = super::support::sim_config_head(&sim);
+    let config_text = |desired: &str, extra: &str| {
+        format!(
+            "{head}device_tag = \"DEX-Scoped\"\n\
+             desired_state = \"{desired}\"\n\
+             [schedule]\nreconcile_every = \"1h\"\npriority_every = \"1h\"\n\
+             incidents_every = \"1h\"\n{extra}\
+             [state]\npath = \"state.db\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\nformat = \"json\"\n",
+        )
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_text("desired-a.toml", "")).unwrap();
+    let daemon = Daemon::start(&sim, &config, &dir.path().join("notify.sock"));
+    wait_for(&daemon.seen, "READY=1", Duration::from_secs(10)).await;
+    let address = daemon
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| Some(v.get("address")?.as_str()?.to_string()))
+        .expect("the start-up log names the metrics address");
+    let base = format!("http://{address}");
+    let passes = |l: &str| format!("dexscope_passes_total{{loop=\"{l}\",result=\"ok\"}}");
+    for name in ["reconcile", "priority", "incidents"] {
+        wait_metric(
+            &base,
+            &passes(name),
+            1.0,
+            Duration::from_secs(10),
+            &daemon.log,
+        )
+        .await;
+    }
+    let in_group = |id: &str| sim.group_members(&group).iter().any(|m| m == id);
+    assert!(in_group(&first.1) && !in_group(&second.1));
+    assert_eq!(sim.stats().tokens_issued, 2);
+    let dev_secret = "using the client secret from DEXSCOPE_CLIENT_SECRET";
+    assert_eq!(daemon.messages(dev_secret).len(), 1);
+
+    // Point the config at the other desired-state file and add a setting that warns; SIGHUP.
+    std::fs::write(
+        &config,
+        config_text(
+            "desired-b.toml",
+            "[incidents]\nexcluded_sources = [\"NoSuchSource\"]\n",
+        ),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    wait_for(&daemon.seen, "RELOADING=1", Duration::from_secs(10)).await;
+    wait_for(
+        &daemon.seen,
+        "STATUS=running (config reloaded)",
+        Duration::from_secs(10),
+    )
+    .await;
+    // The new generation: a fresh token per resource and one pass of each loop, the reconcile
+    // pass following the new file; the load warnings are logged again, the new one with them.
+    for name in ["reconcile", "priority", "incidents"] {
+        wait_metric(
+            &base,
+            &passes(name),
+            2.0,
+            Duration::from_secs(10),
+            &daemon.log,
+        )
+        .await;
+    }
+    assert!(in_group(&first.1) && in_group(&second.1));
+    assert_eq!(sim.stats().tokens_issued, 4);
+    assert_eq!(daemon.messages(dev_secret).len(), 2);
+    assert_eq!(daemon.messages("excluded_sources holds").len(), 1);
+    assert!(
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("desired-b.toml") && l.contains("desired state read")),
+        "the new desired-state file was read"
+    );
+
+    // A broken config: logged, shown in the status, the running generation kept.
+    std::fs::write(
+        &config,
+        config_text("desired-b.toml", "")
+            .replace("reconcile_every = \"1h\"", "reconcile_every = \"soon\""),
+    )
+    .unwrap();
+    let before = sim.stats();
+    daemon.signal("HUP");
+    daemon
+        .wait_log(
+            "config is invalid, keeping the running one",
+            Duration::from_secs(10),
+        )
+        .await;
+    let refused = daemon.messages("config is invalid, keeping the running one");
+    assert!(refused[0].contains("reconcile_every"), "{refused:?}");
+    let notes = daemon.notes();
+    assert!(
+        notes.iter().any(|n| n.starts_with("STATUS=config reload refused")
+            && n.contains("reconcile_every")),
+        "{notes:?}"
+    );
+    assert_eq!(
+        notes.iter().filter(|n| *n == "RELOADING=1").count(),
+        1,
+        "{notes:?}"
+    );
+    // The refusal is decided as the signal arrives: no new generation, no new request.
+    let text = wait_metric(
+        &base,
+        &passes("reconcile"),
+        2.0,
+        Duration::from_secs(1),
+        &daemon.log,
+    )
+    .await;
+    assert_eq!(sample(&text, &passes("priority")), Some(2.0), "{text}");
+    let after = sim.stats();
+    assert_eq!(after.tokens_issued, 4);
+    assert_eq!(after.http_requests, before.http_requests, "{after:?}");
+
+    let log = daemon.log.clone();
+    let code = daemon.stop();
+    let log = log.lock().unwrap().join("\n");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log.contains(sim.client_secret().expose_secret()),
+        "the log carries the secret"
+    );
     sim.shutdown().await;
 }

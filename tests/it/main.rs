@@ -1,5 +1,6 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
+mod alerts;
 mod auth;
 mod badinput;
 mod check;

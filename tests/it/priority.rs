@@ -140,13 +140,16 @@ impl Rig {
 }
 
 fn webhook(server: &MockServer) -> Webhook {
-    Webhook::new(WebhookSettings {
-        base_delay: Duration::from_millis(5),
-        ..WebhookSettings::new(SecretString::from(format!(
-            "{}/hook/sig=s3cr3t",
-            server.uri()
-        )))
-    })
+    Webhook::new(
+        WebhookSettings {
+            base_delay: Duration::from_millis(5),
+            ..WebhookSettings::new(SecretString::from(format!(
+                "{}/hook/sig=s3cr3t",
+                server.uri()
+            )))
+        },
+        super::support::shared_reqwest(),
+    )
     .unwrap()
 }
 
@@ -402,12 +405,15 @@ async fn webhook_retries_honour_retry_after_and_failures_are_not_fatal() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let dead = Webhook::new(WebhookSettings {
-        base_delay: Duration::from_millis(5),
-        ..WebhookSettings::new(SecretString::from(format!(
-            "http://{closed}/hook/sig=s3cr3t"
-        )))
-    })
+    let dead = Webhook::new(
+        WebhookSettings {
+            base_delay: Duration::from_millis(5),
+            ..WebhookSettings::new(SecretString::from(format!(
+                "http://{closed}/hook/sig=s3cr3t"
+            )))
+        },
+        super::support::shared_reqwest(),
+    )
     .unwrap();
     let err = dead.send(&serde_json::json!({})).await.unwrap_err();
     let text = format!("{err} {err:?}");

@@ -2,6 +2,14 @@
 
 use dexscope::sim::SimHandle;
 
+/// The process-wide `reqwest::Client` as `Tenant::from_config` builds it (default HTTP settings),
+/// for senders that share it, like the alert webhook.
+pub fn shared_reqwest() -> reqwest::Client {
+    let root = url::Url::parse("http://127.0.0.1/").unwrap();
+    dexscope::http::Client::build_reqwest(&dexscope::http::Settings::new(root.clone(), root))
+        .unwrap()
+}
+
 /// The start of a config pointed at the simulated tenant: its tenant and client ids, the three
 /// endpoints on its loopback URL, and `[scope] user_group_id`. Callers append the rest of
 /// `[scope]` and any further sections.
