@@ -2,9 +2,8 @@
 //! of expiry, shared and forced refreshes, error classification, retries, the roles check, the
 //! certificate assertion and the absence of secrets from logs.
 
-use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -549,38 +548,9 @@ async fn a_key_from_another_certificate_is_refused_at_start() {
 // Logs
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn logs_never_carry_the_secret_the_token_or_the_assertion() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Callsites first hit on another test thread (before this subscriber existed) may have
-    // cached "not interested"; recompute so this thread's events reach the buffer.
-    tracing::callsite::rebuild_interest_cache();
+    let logs = crate::support::capture_logs();
 
     // Secret: a success, then a refusal of the same secret.
     let server = MockServer::start().await;

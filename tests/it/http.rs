@@ -503,33 +503,9 @@ async fn batch_envelope_client_error_is_permanent() {
     assert_eq!(count(&server).await, 1);
 }
 
-/// A writer that keeps everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn tokens_never_appear_in_logs_or_errors() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Callsites first hit on another test thread (before this subscriber existed) may have
-    // cached "not interested"; recompute so this thread's events reach the buffer.
-    tracing::callsite::rebuild_interest_cache();
+    let captured = crate::support::capture_logs();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -551,7 +527,7 @@ fn tokens_never_appear_in_logs_or_errors() {
         let err = client.send(get(&client, "/x")).await.unwrap_err();
         format!("{err} {err:?} {client:?}")
     });
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("throttled"), "the capture works: {logs}");
     for secret in ["tok-0", "tok-1", "Bearer"] {
         assert!(!logs.contains(secret), "{secret} in logs");

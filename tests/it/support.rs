@@ -24,3 +24,63 @@ pub fn sim_config_head(sim: &SimHandle) -> String {
         sim.user_group_id(),
     )
 }
+
+/// Logs captured from the current thread while the value lives.
+///
+/// One subscriber for the whole test binary (every level, installed on first use) writes each event to
+/// the buffer of the thread that emitted it, when that thread is capturing, and drops it
+/// otherwise. A subscriber per test (`set_default`) raced with the callsite interest cache that
+/// test threads share: an event could miss the buffer, and the test failed now and then.
+/// Capturing tests run on a current-thread runtime, so every event they cause is on their thread.
+pub struct LogCapture {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+thread_local! {
+    static CAPTURING: std::cell::RefCell<Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURING.with(|c| {
+            if let Some(b) = &*c.borrow() {
+                b.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs() -> LogCapture {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| ThreadWriter)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the test binary");
+    });
+    let buf = std::sync::Arc::default();
+    CAPTURING.with(|c| *c.borrow_mut() = Some(std::sync::Arc::clone(&buf)));
+    LogCapture { buf }
+}
+
+impl LogCapture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| *c.borrow_mut() = None);
+    }
+}
