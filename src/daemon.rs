@@ -666,7 +666,7 @@ pub async fn reconcile_pass(
         let refused: Vec<String> = plan
             .refusals()
             .iter()
-            .map(|(group, count, max)| format!("{count} removals from {group:?} (max {max})"))
+            .map(|(group, count, max)| format!("{count} removals from {group} (max {max})"))
             .collect();
         Observation::bad(
             AlertKind::RemovalGuardTripped,

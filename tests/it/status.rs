@@ -375,7 +375,7 @@ async fn unhealthy_state_snapshot_outranked_guard_tripped_stale_loop() {
           - users: 2 removals (max 1) at 2026-11-22 11:57
         alerts firing:    2
           - critical priority_misconfigured since 2026-11-22 11:55: device group Defender_Experts_Scoped_Coverage_Devices is outranked by Berlin: 2 tagged devices placed there (ws-ber-0001.contoso.local, ws-ber-0002.contoso.local); give Defender_Experts_Scoped_Coverage_Devices rank 1
-          - critical removal_guard_tripped [reconcile] since 2026-11-22 11:57: removal guard refused 2 removals from Users (max 1); run `dexscope apply --allow-mass-removal` if intended
+          - critical removal_guard_tripped [reconcile] since 2026-11-22 11:57: removal guard refused 2 removals from users (max 1); run `dexscope apply --allow-mass-removal` if intended
         loops             last success       age  every
           reconcile       2026-11-22 11:57     3m  5m
           priority        2026-11-22 11:55     5m  15m
