@@ -438,6 +438,7 @@ pub async fn poll_once(
                 .await?;
         }
     }
+    trace_memory("incident pass listed and judged");
     let mut report = pass.report;
     report.cursor = stored;
     if let Some(next) = next_cursor(stored, &pass.times) {
@@ -586,7 +587,11 @@ async fn judge(
     };
     let scope = match scope {
         Some(scope) => scope,
-        None => scope.insert(read_scope(tenant, state, settings, now).await?),
+        None => {
+            let read = read_scope(tenant, state, settings, now).await?;
+            trace_memory("incident scope read");
+            scope.insert(read)
+        }
     };
     let v = verdict::verdict(incident, scope, &settings.policy, now);
     if let Outcome::Skipped { .. } = v.outcome {
@@ -597,6 +602,29 @@ async fn judge(
             .await
             .map(|handled| (polled(handled, &v), v.priority_findings.clone())),
     )
+}
+
+/// With `DEXSCOPE_TRACE_MEMORY` set, logs the process's peak and current resident memory
+/// (Linux `/proc/self/status`) at a phase boundary: how the memory figure of the benchmark is
+/// attributed to the passes. A diagnostic, not a setting; silent elsewhere.
+fn trace_memory(phase: &str) {
+    if std::env::var_os("DEXSCOPE_TRACE_MEMORY").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    tracing::info!(
+        phase,
+        vm_hwm = field("VmHWM:"),
+        vm_rss = field("VmRSS:"),
+        "memory"
+    );
 }
 
 fn delta(d: Duration) -> TimeDelta {
