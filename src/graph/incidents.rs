@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
 use super::{Error, GraphClient, wire};
-use crate::http::{Request, Surface, encode_query_value};
+use crate::http::{self, Request, Surface, encode_query_value};
 use crate::model::{
     Alert, DetectionSource, Evidence, EvidenceKind, EvidenceRole, Incident, IncidentComment,
     IncidentStatus, ServiceSource, Severity, UserAccount,
@@ -42,14 +42,84 @@ impl Default for IncidentQuery {
     }
 }
 
+/// The incident list read page by page, following `@odata.nextLink` verbatim (and only to
+/// the host of the first request).
+pub struct IncidentPages<'a> {
+    client: &'a GraphClient,
+    origin: url::Origin,
+    next: Option<Request>,
+    pages: usize,
+}
+
+/// More pages than this in one listing is a service fault (a link that leads back to itself),
+/// not a backlog: 25,000 pages are 1.25 million incidents.
+pub const MAX_INCIDENT_PAGES: usize = 25_000;
+
+impl IncidentPages<'_> {
+    /// The next page, converted, or `None` after the last one.
+    pub async fn next_page(
+        &mut self,
+    ) -> Result<Option<Vec<Result<Incident, IncidentError>>>, Error> {
+        let Some(req) = self.next.take() else {
+            return Ok(None);
+        };
+        let fail = |source| Error::ListIncidents { source };
+        self.pages += 1;
+        if self.pages > MAX_INCIDENT_PAGES {
+            return Err(fail(http::Error::Url {
+                input: "@odata.nextLink".into(),
+                detail: format!(
+                    "more than {MAX_INCIDENT_PAGES} pages; the service keeps sending next links"
+                ),
+            }));
+        }
+        let resp = self.client.http.send(req.clone()).await.map_err(fail)?;
+        let page: wire::IncidentPage = resp.json().map_err(fail)?;
+        drop(resp);
+        if let Some(link) = page.next_link {
+            // Verbatim: the link is used as sent, never rebuilt from its parts.
+            let url = url::Url::parse(&link).map_err(|e| {
+                fail(http::Error::Url {
+                    input: "@odata.nextLink".into(),
+                    detail: e.to_string(),
+                })
+            })?;
+            if url.origin() != self.origin {
+                return Err(fail(http::Error::ForeignLink {
+                    host: url.host_str().unwrap_or("").to_string(),
+                    expected: req.url.host_str().unwrap_or("").to_string(),
+                }));
+            }
+            self.next = Some(Request { url, ..req });
+        }
+        Ok(Some(page.value.iter().map(parse_incident).collect()))
+    }
+}
+
 impl GraphClient {
     /// Incidents updated at or after `since`, every page. A malformed incident is returned as
-    /// an [`IncidentError`] in its place instead of failing the page.
+    /// an [`IncidentError`] in its place instead of failing the page. Holds every incident at
+    /// once: a poller with a backlog reads [`GraphClient::incident_pages`] instead.
     pub async fn list_incidents(
         &self,
         since: DateTime<Utc>,
         q: IncidentQuery,
     ) -> Result<Vec<Result<Incident, IncidentError>>, Error> {
+        let mut pages = self.incident_pages(since, q)?;
+        let mut all = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
+    /// The same list as [`GraphClient::list_incidents`], one page at a time, so a caller holds
+    /// one page (≤ 50 incidents with their alerts and evidence) rather than the whole backlog.
+    pub fn incident_pages(
+        &self,
+        since: DateTime<Utc>,
+        q: IncidentQuery,
+    ) -> Result<IncidentPages<'_>, Error> {
         let top = q.top.clamp(1, MAX_INCIDENTS_TOP);
         let filter = format!(
             "lastUpdateDateTime ge {}",
@@ -64,12 +134,12 @@ impl GraphClient {
         }
         let req = Request::get(Surface::GraphSecurity, self.http.graph_url(&pq)?)
             .with_header("Prefer", PREFER_UNKNOWN_ENUMS);
-        let items: Vec<serde_json::Value> = self
-            .http
-            .get_all(req)
-            .await
-            .map_err(|source| Error::ListIncidents { source })?;
-        Ok(items.iter().map(parse_incident).collect())
+        Ok(IncidentPages {
+            client: self,
+            origin: req.url.origin(),
+            next: Some(req),
+            pages: 0,
+        })
     }
 
     /// One incident with its alerts and evidence.

@@ -9,7 +9,10 @@ mod members;
 mod wire;
 
 pub use delta::{DeltaError, DeltaRound, MAX_DELTA_PAGES, MemberChange};
-pub use incidents::{IncidentError, IncidentQuery, MAX_INCIDENTS_TOP, parse_incident};
+pub use incidents::{
+    IncidentError, IncidentPages, IncidentQuery, MAX_INCIDENT_PAGES, MAX_INCIDENTS_TOP,
+    parse_incident,
+};
 pub use members::{MAX_BIND_PER_PATCH, MAX_UPNS_PER_FILTER, MemberOutcome, MemberResult};
 
 use crate::http;

@@ -147,3 +147,13 @@ pub(crate) struct DeltaMember {
     #[serde(rename = "@removed")]
     pub removed: Option<serde_json::Value>,
 }
+
+/// One page of `GET /security/incidents`. The incidents stay JSON until each is converted on
+/// its own, so one malformed incident does not fail its page.
+#[derive(Debug, Deserialize)]
+pub(crate) struct IncidentPage {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<serde_json::Value>,
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+}

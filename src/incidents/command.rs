@@ -145,7 +145,7 @@ pub async fn verdict(
             offline_scope(path, group, now.date_naive())?
         }
         (None, Some((tenant, state, settings))) => {
-            poll::read_scope(tenant, state, settings).await?
+            poll::read_scope(tenant, state, settings, now).await?
         }
         (None, None) => return Err(CommandError::NoConfig),
     };

@@ -23,6 +23,7 @@ use crate::incidents::verdict::{
     self, ExcludedKind, Outcome, PlatformClass, Policy, PriorityFinding, Scope, Verdict,
 };
 use crate::model::{Incident, IncidentComment, ObjectId};
+use crate::reconcile::resolve::{MemberSource, ResolveError, read_members};
 use crate::state::{PostedVerdict, State, StateError};
 use crate::tenant::Tenant;
 use crate::{defender, model};
@@ -37,6 +38,9 @@ pub struct PollSettings {
     pub device_tag: String,
     pub device_group: String,
     pub propagation_grace: Duration,
+    /// `[scope] member_resync`: how old the reconcile loop's member snapshot may be and still
+    /// stand in for a full read of the user group.
+    pub member_resync: Duration,
     pub lookback: Duration,
     pub overlap: Duration,
     pub post_comments: bool,
@@ -50,6 +54,7 @@ impl PollSettings {
             device_tag: config.scope.device_tag.clone(),
             device_group: config.scope.device_group_name.clone(),
             propagation_grace: config.scope.propagation_grace,
+            member_resync: config.scope.member_resync,
             lookback: config.incidents.lookback,
             overlap: config.incidents.overlap,
             post_comments: config.incidents.post_comments,
@@ -99,7 +104,7 @@ pub enum PollError {
     #[error("{0}; the cursor is unchanged, the next pass tries again")]
     List(#[source] graph::Error),
     #[error("reading the scope for incident verdicts failed: {0}")]
-    Members(#[source] graph::Error),
+    Members(#[source] ResolveError),
     #[error("reading the scope for incident verdicts failed: {0}")]
     Tagged(#[source] defender::Error),
     #[error("reading tag times for incident verdicts failed: {0}")]
@@ -255,16 +260,28 @@ pub fn next_cursor(
 /// Reads the effective scope from the tenant: the direct members of the user group and the
 /// machines carrying the tag with their placement, each with when it was tagged (or first seen
 /// tagged) as noted in the state database.
+///
+/// The members come from the reconcile loop's snapshot continued with one delta round (one
+/// request when nothing changed, instead of every page of the group), read-only: the
+/// snapshot and its delta link stay as the reconcile loop left them. The delta round makes the
+/// members as current as a full read would; without a fresh snapshot (none yet, or older
+/// than `member_resync`) the members are read in full, as before.
 pub async fn read_scope(
     tenant: &Tenant,
     state: &State,
     settings: &PollSettings,
+    now: DateTime<Utc>,
 ) -> Result<Scope, PollError> {
-    let members = tenant
-        .graph
-        .list_group_members(&settings.user_group)
+    let source = MemberSource {
+        state: Some(state),
+        store: false,
+        resync_every: settings.member_resync,
+        now,
+    };
+    let members = read_members(&tenant.graph, &settings.user_group, source)
         .await
-        .map_err(PollError::Members)?;
+        .map_err(PollError::Members)?
+        .members;
     let machines = tenant
         .defender
         .machines_by_tag(&settings.device_tag)
@@ -356,6 +373,13 @@ fn posted_at(comments: &[IncidentComment], marker: &Marker) -> Option<DateTime<U
 /// looks back `lookback` from `now`), judge each with its alerts against the scope read afresh,
 /// post each verdict exactly once, and move the cursor past what was handled.
 ///
+/// The list is worked one page at a time and each page is dropped once judged, so a backlog
+/// of thousands of incidents (with alerts and evidence) is never held at once; what outlives a
+/// page is one (time, handled) pair and the id of each incident, which the cursor needs.
+/// Posting between pages does not make the listing skip anything: the list is newest first,
+/// and a comment only moves an incident already listed to the front (at worst an incident is
+/// listed twice, and judged once).
+///
 /// Idempotent: the cursor is stored only at the end and never past an unhandled incident, and
 /// every POST is preceded by a read of the incident's comments, so a pass killed anywhere and
 /// run again neither misses an incident nor duplicates a comment.
@@ -370,56 +394,54 @@ pub async fn poll_once(
         Some(cursor) => cursor - delta(settings.overlap),
         None => now - delta(settings.lookback),
     };
-    let (listed, detail) = list(tenant, since).await?;
-    let mut report = PollReport {
-        since: Some(since),
-        listed: listed.len(),
-        ..PollReport::default()
+    let mut pass = Pass {
+        report: PollReport {
+            since: Some(since),
+            ..PollReport::default()
+        },
+        times: Vec::new(),
+        seen: HashMap::new(),
+        scope: None,
     };
-    let mut times: Vec<(DateTime<Utc>, bool)> = Vec::with_capacity(listed.len());
-    let mut scope: Option<Scope> = None;
-    // The list is newest first; one incident listed twice (it moved between pages) is judged once.
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for entry in listed {
-        let summary = match entry {
-            Ok(incident) => incident,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed incident skipped");
-                report.incidents.push(PolledIncident {
-                    id: e.id.clone().unwrap_or_default(),
-                    handled: Handled::Malformed,
-                    verdict: None,
-                    digest: None,
-                });
+    let query = |expand_alerts| IncidentQuery {
+        expand_alerts,
+        ..IncidentQuery::default()
+    };
+    // `detail`: the list does not carry the alerts, each incident is fetched on its own.
+    let mut detail = false;
+    let mut pages = tenant
+        .graph
+        .incident_pages(since, query(true))
+        .map_err(PollError::List)?;
+    loop {
+        let page = match pages.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            // Large tenants have seen persistent 500s listing with `$expand=alerts`: list
+            // without alerts from the start instead. Incidents already judged are not judged
+            // again (`seen`).
+            Err(e) if !detail && is_server_error(&e) => {
+                tracing::warn!(error = %e, "listing incidents with their alerts failed; fetching them one by one");
+                detail = true;
+                pass.report.listed = 0;
+                pages = tenant
+                    .graph
+                    .incident_pages(since, query(false))
+                    .map_err(PollError::List)?;
                 continue;
             }
+            Err(e) => return Err(PollError::List(e)),
         };
-        if let Some(&i) = seen.get(&summary.id) {
-            times.push((summary.last_update_at, times[i].1));
-            continue;
+        pass.report.listed += page.len();
+        for entry in page {
+            pass.take(tenant, state, settings, entry, detail, now)
+                .await?;
         }
-        let ok = match handle(tenant, state, settings, &summary, detail, &mut scope, now).await? {
-            Ok((polled, findings)) => {
-                report
-                    .priority_findings
-                    .extend(findings.into_iter().map(|finding| EvidenceFinding {
-                        incident_id: summary.id.clone(),
-                        finding,
-                    }));
-                report.incidents.push(polled);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(incident = %summary.id, error = %e, "incident not handled; the next pass tries again");
-                report.failed.push((summary.id.clone(), e.to_string()));
-                false
-            }
-        };
-        seen.insert(summary.id.clone(), times.len());
-        times.push((summary.last_update_at, ok));
     }
+    trace_memory("incident pass listed and judged");
+    let mut report = pass.report;
     report.cursor = stored;
-    if let Some(next) = next_cursor(stored, &times) {
+    if let Some(next) = next_cursor(stored, &pass.times) {
         state
             .set_cursor(CURSOR, next)
             .map_err(PollError::StoreCursor)?;
@@ -428,37 +450,86 @@ pub async fn poll_once(
     Ok(report)
 }
 
-type HandleResult = Result<(PolledIncident, Vec<PriorityFinding>), IncidentFailure>;
-
-/// Lists the incidents updated since `since` with their alerts (and comments) inline. When
-/// that list fails on the service side (large tenants have seen persistent 500s with
-/// `$expand=alerts`), lists without alerts instead; the `true` then says each incident must be
-/// fetched on its own.
-async fn list(tenant: &Tenant, since: DateTime<Utc>) -> Result<(Listed, bool), PollError> {
-    let expanded = IncidentQuery {
-        expand_alerts: true,
-        ..IncidentQuery::default()
-    };
-    match tenant.graph.list_incidents(since, expanded).await {
-        Ok(listed) => Ok((listed, false)),
-        Err(e)
-            if e.http_source()
-                .and_then(|h| h.status())
-                .is_some_and(|s| s >= 500) =>
-        {
-            tracing::warn!(error = %e, "listing incidents with their alerts failed; fetching them one by one");
-            let listed = tenant
-                .graph
-                .list_incidents(since, IncidentQuery::default())
-                .await
-                .map_err(PollError::List)?;
-            Ok((listed, true))
-        }
-        Err(e) => Err(PollError::List(e)),
-    }
+fn is_server_error(e: &graph::Error) -> bool {
+    e.http_source()
+        .and_then(|h| h.status())
+        .is_some_and(|s| s >= 500)
 }
 
-type Listed = Vec<Result<Incident, graph::IncidentError>>;
+type HandleResult = Result<(PolledIncident, Vec<PriorityFinding>), IncidentFailure>;
+
+/// What one pass carries from page to page.
+struct Pass {
+    report: PollReport,
+    /// The `lastUpdateDateTime` of every incident listed and whether it was handled: the
+    /// input of [`next_cursor`].
+    times: Vec<(DateTime<Utc>, bool)>,
+    /// Incident id → whether it was handled; one incident listed twice (it moved between
+    /// pages) is judged once.
+    seen: HashMap<String, bool>,
+    /// Read on the first incident that needs it, then kept for the pass.
+    scope: Option<Scope>,
+}
+
+impl Pass {
+    async fn take(
+        &mut self,
+        tenant: &Tenant,
+        state: &State,
+        settings: &PollSettings,
+        entry: Result<Incident, graph::IncidentError>,
+        detail: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), PollError> {
+        let summary = match entry {
+            Ok(incident) => incident,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed incident skipped");
+                self.report.incidents.push(PolledIncident {
+                    id: e.id.clone().unwrap_or_default(),
+                    handled: Handled::Malformed,
+                    verdict: None,
+                    digest: None,
+                });
+                return Ok(());
+            }
+        };
+        if let Some(&ok) = self.seen.get(&summary.id) {
+            self.times.push((summary.last_update_at, ok));
+            return Ok(());
+        }
+        let result = handle(
+            tenant,
+            state,
+            settings,
+            &summary,
+            detail,
+            &mut self.scope,
+            now,
+        )
+        .await?;
+        let ok = match result {
+            Ok((polled, findings)) => {
+                self.report
+                    .priority_findings
+                    .extend(findings.into_iter().map(|finding| EvidenceFinding {
+                        incident_id: summary.id.clone(),
+                        finding,
+                    }));
+                self.report.incidents.push(polled);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(incident = %summary.id, error = %e, "incident not handled; the next pass tries again");
+                self.report.failed.push((summary.id.clone(), e.to_string()));
+                false
+            }
+        };
+        self.times.push((summary.last_update_at, ok));
+        self.seen.insert(summary.id, ok);
+        Ok(())
+    }
+}
 
 /// One listed incident: fetch it with its alerts when the list did not carry them (`detail`),
 /// judge it, post. The outer error fails the pass (the scope could not be read); the inner one
@@ -516,7 +587,11 @@ async fn judge(
     };
     let scope = match scope {
         Some(scope) => scope,
-        None => scope.insert(read_scope(tenant, state, settings).await?),
+        None => {
+            let read = read_scope(tenant, state, settings, now).await?;
+            trace_memory("incident scope read");
+            scope.insert(read)
+        }
     };
     let v = verdict::verdict(incident, scope, &settings.policy, now);
     if let Outcome::Skipped { .. } = v.outcome {
@@ -527,6 +602,29 @@ async fn judge(
             .await
             .map(|handled| (polled(handled, &v), v.priority_findings.clone())),
     )
+}
+
+/// With `DEXSCOPE_TRACE_MEMORY` set, logs the process's peak and current resident memory
+/// (Linux `/proc/self/status`) at a phase boundary: how the memory figure of the benchmark is
+/// attributed to the passes. A diagnostic, not a setting; silent elsewhere.
+fn trace_memory(phase: &str) {
+    if std::env::var_os("DEXSCOPE_TRACE_MEMORY").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    tracing::info!(
+        phase,
+        vm_hwm = field("VmHWM:"),
+        vm_rss = field("VmRSS:"),
+        "memory"
+    );
 }
 
 fn delta(d: Duration) -> TimeDelta {

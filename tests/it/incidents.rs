@@ -348,6 +348,81 @@ async fn every_incident_gets_exactly_one_comment_with_the_right_verdict() {
     sim.shutdown().await;
 }
 
+/// The user id of `upn` in the simulator.
+fn user_id(sim: &SimHandle, upn: &str) -> String {
+    let s = sim.state();
+    let t = s.lock().unwrap();
+    t.directory
+        .users
+        .iter()
+        .flatten()
+        .find(|u| u.upn.to_string() == upn)
+        .map(|u| u.id.to_string())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scope_comes_from_the_member_snapshot_and_one_delta_round() {
+    const DELTA_ROUTE: &str = "GET /v1.0/groups/delta";
+    const MEMBERS_ROUTE: &str = "GET /v1.0/groups/{id}/members";
+    let sim = start_sim(0, FaultConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), true, "30s");
+    let p = poller(&sim, &config);
+    // The snapshot the reconcile loop keeps: its delta link, then the members listed.
+    let group = p.settings.user_group.clone();
+    let round = p.tenant.graph.members_delta(&group, None).await.unwrap();
+    let members = p.tenant.graph.list_group_members(&group).await.unwrap();
+    let sync = dexscope::state::MemberSync {
+        group: group.clone(),
+        delta_link: round.delta_link,
+        link_at: Utc::now(),
+        full_at: Utc::now(),
+    };
+    p.state.replace_member_snapshot(&sync, &members).unwrap();
+    let stored = p.state.member_snapshot().unwrap().unwrap().0;
+
+    // A user added to the group after the snapshot: the delta round brings them in, so the
+    // incident is in scope although the snapshot does not know them.
+    let picked = picks(&sim);
+    let added = user_id(&sim, &picked.unscoped_upn);
+    assert!(sim.set_member(&sim.user_group_id(), &added, true));
+    let id = sim.create_incident(&IncidentSpec {
+        title: "Late member".into(),
+        users: vec![picked.unscoped_upn.clone()],
+        ..IncidentSpec::default()
+    });
+    sim.reset_stats();
+    let report = p.pass().await;
+    assert_eq!(report.count(Handled::Posted), 1, "{report:?}");
+    let stats = sim.stats();
+    // The list, one delta round (one page) instead of the member pages, the user lookup of
+    // the new member's UPN, the tagged machines, the POST.
+    assert_eq!(stats.calls(MEMBERS_ROUTE), 0, "{:?}", stats.http_by_route);
+    assert_eq!(stats.calls(DELTA_ROUTE), 1, "{:?}", stats.http_by_route);
+    assert_eq!(stats.calls(LIST_ROUTE), 1);
+    assert_eq!(stats.calls(POST_ROUTE), 1);
+    let got = assert_exactly_one_each(&sim);
+    assert_eq!(got.get(&id).copied(), Some("in_scope"));
+    // Read-only: the reconcile loop's snapshot and link are where it left them.
+    assert_eq!(p.state.member_snapshot().unwrap().unwrap().0, stored);
+
+    // Without a snapshot the members are read in full, as before.
+    p.state.clear_member_snapshot().unwrap();
+    sim.advance(Duration::from_secs(60));
+    sim.create_incident(&IncidentSpec {
+        title: "No snapshot".into(),
+        users: vec![picked.scoped_upn.clone()],
+        ..IncidentSpec::default()
+    });
+    sim.reset_stats();
+    p.pass().await;
+    let stats = sim.stats();
+    assert_eq!(stats.calls(DELTA_ROUTE), 0, "{:?}", stats.http_by_route);
+    assert!(stats.calls(MEMBERS_ROUTE) >= 1, "{:?}", stats.http_by_route);
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_verdict_gets_a_new_comment() {
     let sim = start_sim(0, FaultConfig::default()).await;
