@@ -8,6 +8,7 @@ use crate::text::edit_distance;
 use std::hash::Hash;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use toml::Spanned;
@@ -193,7 +194,7 @@ impl EntryKind for DeviceKey {
 /// Parses one file. Never panics, whatever the input.
 pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
     let mut cx = Cx {
-        file,
+        file: Arc::from(file),
         index: LineIndex::new(text),
         out: ParsedFile {
             file: file.to_path_buf(),
@@ -224,7 +225,8 @@ pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
 }
 
 struct Cx<'a> {
-    file: &'a Path,
+    /// Shared by every location of the file.
+    file: Arc<Path>,
     index: LineIndex<'a>,
     out: ParsedFile,
 }
@@ -233,7 +235,7 @@ impl Cx<'_> {
     fn at(&self, span: Range<usize>) -> Location {
         let (line, col) = self.index.line_col(span.start);
         Location {
-            file: self.file.to_path_buf(),
+            file: Arc::clone(&self.file),
             line,
             col,
         }
