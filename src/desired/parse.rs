@@ -207,10 +207,10 @@ const PIECE_PREFIX: &str = "x=[";
 /// next. Any TOML error on that path makes the whole text be parsed at once, so diagnostics
 /// are exactly those of a whole-text parse.
 pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
-    if let Some(arrays) = cut_arrays(text) {
-        if let Some(out) = parse_in_pieces(file, text, &arrays) {
-            return out;
-        }
+    if let Some(arrays) = cut_arrays(text)
+        && let Some(out) = parse_in_pieces(file, text, &arrays)
+    {
+        return out;
     }
     parse_whole(file, text)
 }
