@@ -43,7 +43,9 @@ macro_rules! string_id {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        // `Box<str>`, not `String`: hundreds of thousands of ids live through a pass, and
+        // a capacity word per id adds up.
+        pub struct $name(Box<str>);
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -87,7 +89,7 @@ string_id!(
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_guid(s) {
-            Ok(Self(s.to_ascii_lowercase()))
+            Ok(Self(s.to_ascii_lowercase().into()))
         } else {
             Err(invalid(
                 "user object id",
@@ -118,7 +120,7 @@ impl Upn {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
         if ok {
-            Ok(Self(s.to_lowercase()))
+            Ok(Self(s.to_lowercase().into()))
         } else {
             Err(invalid("UPN", s, expected))
         }
@@ -128,7 +130,7 @@ impl Upn {
 impl MachineId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
-            Ok(Self(s.to_ascii_lowercase()))
+            Ok(Self(s.to_ascii_lowercase().into()))
         } else {
             Err(invalid(
                 "MDE machine id",
@@ -142,7 +144,7 @@ impl MachineId {
 impl AadDeviceId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_guid(s) {
-            Ok(Self(s.to_ascii_lowercase()))
+            Ok(Self(s.to_ascii_lowercase().into()))
         } else {
             Err(invalid(
                 "Entra device id",
@@ -168,7 +170,7 @@ impl DnsName {
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             });
         if ok {
-            Ok(Self(s.to_ascii_lowercase()))
+            Ok(Self(s.to_ascii_lowercase().into()))
         } else {
             Err(invalid(
                 "device DNS name",
@@ -182,7 +184,7 @@ impl DnsName {
 impl ObjectId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_guid(s) {
-            Ok(Self(s.to_ascii_lowercase()))
+            Ok(Self(s.to_ascii_lowercase().into()))
         } else {
             Err(invalid("directory object id", s, "a GUID"))
         }

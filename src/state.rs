@@ -1033,8 +1033,10 @@ const USER_ODATA_TYPE: &str = "#microsoft.graph.user";
 
 impl State {
     /// The stored snapshot, or `None` when there is none.
+    ///
+    /// Rows become [`GroupMember`]s as they are read: 100k members are never held twice (as
+    /// row strings and as members).
     pub fn member_snapshot(&self) -> Result<Option<(MemberSync, Vec<GroupMember>)>, StateError> {
-        type Row = (String, String, Option<String>, Option<String>);
         let found = self.read("read the member snapshot", |conn| {
             let sync: Option<(String, String, String, String)> = conn
                 .query_row(
@@ -1046,16 +1048,30 @@ impl State {
             let Some(sync) = sync else {
                 return Ok(None);
             };
+            let count: i64 =
+                conn.query_row("select count(*) from member_snapshot", [], |r| r.get(0))?;
+            let mut members = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            let mut bad = None;
             let mut stmt =
                 conn.prepare("select id, odata_type, upn, display_name from member_snapshot")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<Vec<Row>>>()?;
-            Ok(Some((sync, rows)))
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                match snapshot_member(r)? {
+                    Ok(m) => members.push(m),
+                    Err(id) => {
+                        bad = Some(id);
+                        break;
+                    }
+                }
+            }
+            Ok(Some((sync, members, bad)))
         })?;
-        let Some(((group, delta_link, link_at, full_at), rows)) = found else {
+        let Some(((group, delta_link, link_at, full_at), members, bad)) = found else {
             return Ok(None);
         };
+        if let Some(id) = bad {
+            return Err(self.corrupt("snapshot member", &id));
+        }
         let sync = MemberSync {
             group: ObjectId::parse(&group)
                 .map_err(|_| self.corrupt("snapshot group id", &group))?,
@@ -1063,25 +1079,6 @@ impl State {
             link_at: self.parse_ts("delta link time", &link_at)?,
             full_at: self.parse_ts("full read time", &full_at)?,
         };
-        let members = rows
-            .into_iter()
-            .map(|(id, odata_type, upn, display_name)| {
-                if odata_type == USER_ODATA_TYPE {
-                    let id =
-                        UserId::parse(&id).map_err(|_| self.corrupt("snapshot member", &id))?;
-                    let upn = upn.as_deref().and_then(|u| Upn::parse(u).ok());
-                    Ok(GroupMember::User { id, upn })
-                } else {
-                    let id =
-                        ObjectId::parse(&id).map_err(|_| self.corrupt("snapshot member", &id))?;
-                    Ok(GroupMember::Other {
-                        id,
-                        odata_type,
-                        display_name,
-                    })
-                }
-            })
-            .collect::<Result<Vec<_>, StateError>>()?;
         Ok(Some((sync, members)))
     }
 
@@ -1126,6 +1123,31 @@ impl State {
             tx.execute("delete from member_snapshot", [])?;
             Ok(())
         })
+    }
+}
+
+/// One snapshot row as a member; `Err(id)` when its id is not a valid object id.
+fn snapshot_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<GroupMember, String>> {
+    let id = r.get_ref(0)?.as_str()?;
+    let odata_type = r.get_ref(1)?.as_str()?;
+    if odata_type == USER_ODATA_TYPE {
+        let Ok(id) = UserId::parse(id) else {
+            return Ok(Err(id.to_string()));
+        };
+        let upn = r
+            .get_ref(2)?
+            .as_str_or_null()?
+            .and_then(|u| Upn::parse(u).ok());
+        Ok(Ok(GroupMember::User { id, upn }))
+    } else {
+        let Ok(id) = ObjectId::parse(id) else {
+            return Ok(Err(id.to_string()));
+        };
+        Ok(Ok(GroupMember::Other {
+            id,
+            odata_type: odata_type.to_string(),
+            display_name: r.get(3)?,
+        }))
     }
 }
 

@@ -86,12 +86,16 @@ impl DefenderClient {
         }
         pq.push_str(&format!("$top={MAX_MACHINES_TOP}"));
         let req = Request::get(Surface::Defender, self.http.defender_url(&pq)?);
-        let list: Vec<wire::Machine> = self
-            .http
-            .get_all_or_empty(req)
+        // Each page becomes compact `Machine`s before the next is read: 50k machines are
+        // never held as wire values all at once.
+        let mut machines = Vec::new();
+        self.http
+            .for_each_page_or_empty(req, |page: Vec<wire::Machine>| {
+                machines.extend(page.into_iter().filter_map(machine));
+            })
             .await
             .map_err(|source| Error::ListMachines { source })?;
-        Ok(list.into_iter().filter_map(machine).collect())
+        Ok(machines)
     }
 
     /// Every machine carrying `tag` (exact match).

@@ -34,8 +34,8 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
     let mut devices = Vec::new();
     for mut file in files {
         diagnostics.append(&mut file.diagnostics);
-        users.append(&mut file.users);
-        devices.append(&mut file.devices);
+        join(&mut users, file.users);
+        join(&mut devices, file.devices);
     }
     let mut expired = 0;
     state.users = in_scope(users, today, mode, &mut diagnostics, &mut expired);
@@ -52,13 +52,16 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
         diagnostics.push(Diagnostic::error(at, empty_message(expired)));
     }
     diagnostics.sort_by_key(|d| {
-        let file = order.get(&d.at.file).copied().unwrap_or(usize::MAX);
+        let file = order.get(&*d.at.file).copied().unwrap_or(usize::MAX);
         (file, d.at.line, d.at.col)
     });
     Outcome { state, diagnostics }
 }
 
 /// Drops duplicates (keeping the first, naming it in the error) and expired entries.
+///
+/// Memory: duplicates are found through an index of references into `entries` (no key or
+/// location is copied), and the kept entries are collected into the same buffer.
 fn in_scope<K: EntryKind>(
     entries: Vec<Parsed<K>>,
     today: NaiveDate,
@@ -66,71 +69,106 @@ fn in_scope<K: EntryKind>(
     diagnostics: &mut Vec<Diagnostic>,
     expired: &mut usize,
 ) -> Vec<Entry<K>> {
-    let mut seen: HashMap<K, Location> = HashMap::with_capacity(entries.len());
-    let mut kept = Vec::with_capacity(entries.len());
-    for Parsed { entry, expires_at } in entries {
-        match seen.entry(entry.key.clone()) {
-            hash_map::Entry::Occupied(first) => {
+    let duplicate = mark_duplicates(&entries, diagnostics);
+    entries
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, Parsed { entry, expires_at })| {
+            if duplicate[i] {
+                return None;
+            }
+            let Some(expires) = entry.expires else {
+                return Some(entry);
+            };
+            let at = expires_at.unwrap_or_else(|| entry.at.clone());
+            let days_left = (expires - today).num_days();
+            if days_left <= 0 {
+                *expired += 1;
+                diagnostics.push(expired_diagnostic(&entry, expires, at, mode));
+                return None;
+            }
+            if days_left <= EXPIRY_WARNING_DAYS {
+                diagnostics.push(Diagnostic::warning(
+                    at,
+                    format!(
+                        "{} {} expires on {expires}, in {days_left} day{}: set a later `expires` \
+                         if it should stay in scope",
+                        K::WHAT,
+                        entry.key,
+                        if days_left == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+            Some(entry)
+        })
+        .collect()
+}
+
+/// Which entries repeat an earlier one; each repeat gets an error naming the first.
+fn mark_duplicates<K: EntryKind>(
+    entries: &[Parsed<K>],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<bool> {
+    let mut first: HashMap<&K, usize> = HashMap::with_capacity(entries.len());
+    let mut duplicate = vec![false; entries.len()];
+    for (i, Parsed { entry, .. }) in entries.iter().enumerate() {
+        match first.entry(&entry.key) {
+            hash_map::Entry::Occupied(seen) => {
+                duplicate[i] = true;
                 diagnostics.push(Diagnostic::error(
                     entry.at.clone(),
                     format!(
                         "duplicate {} {}: already listed at {}; remove one of the two entries",
                         K::WHAT,
                         entry.key,
-                        first.get()
+                        entries[*seen.get()].entry.at
                     ),
                 ));
-                continue;
             }
             hash_map::Entry::Vacant(slot) => {
-                slot.insert(entry.at.clone());
+                slot.insert(i);
             }
         }
-        let Some(expires) = entry.expires else {
-            kept.push(entry);
-            continue;
-        };
-        let at = expires_at.unwrap_or_else(|| entry.at.clone());
-        let days_left = (expires - today).num_days();
-        if days_left <= 0 {
-            *expired += 1;
-            match mode {
-                Mode::Strict => diagnostics.push(Diagnostic::error(
-                    at,
-                    format!(
-                        "{} {} expired on {expires}: remove the entry, or set a later \
-                         `expires` if it should stay in scope",
-                        K::WHAT,
-                        entry.key
-                    ),
-                )),
-                Mode::Runtime => diagnostics.push(Diagnostic::warning(
-                    at,
-                    format!(
-                        "{} {} expired on {expires} and is out of scope: remove the entry, or \
-                         set a later `expires` if it should stay in scope",
-                        K::WHAT,
-                        entry.key
-                    ),
-                )),
-            }
-            continue;
-        }
-        if days_left <= EXPIRY_WARNING_DAYS {
-            diagnostics.push(Diagnostic::warning(
-                at,
-                format!(
-                    "{} {} expires on {expires}, in {days_left} day{}: set a later `expires` \
-                     if it should stay in scope",
-                    K::WHAT,
-                    entry.key,
-                    if days_left == 1 { "" } else { "s" }
-                ),
-            ));
-        }
-        kept.push(entry);
     }
-    kept
+    duplicate
+}
+
+fn expired_diagnostic<K: EntryKind>(
+    entry: &Entry<K>,
+    expires: NaiveDate,
+    at: Location,
+    mode: Mode,
+) -> Diagnostic {
+    match mode {
+        Mode::Strict => Diagnostic::error(
+            at,
+            format!(
+                "{} {} expired on {expires}: remove the entry, or set a later \
+                 `expires` if it should stay in scope",
+                K::WHAT,
+                entry.key
+            ),
+        ),
+        Mode::Runtime => Diagnostic::warning(
+            at,
+            format!(
+                "{} {} expired on {expires} and is out of scope: remove the entry, or \
+                 set a later `expires` if it should stay in scope",
+                K::WHAT,
+                entry.key
+            ),
+        ),
+    }
+}
+
+/// Appends `more` to `all`, taking the buffer over when `all` is still empty (one file, the
+/// usual case, is not copied).
+fn join<T>(all: &mut Vec<T>, mut more: Vec<T>) {
+    if all.is_empty() {
+        *all = more;
+    } else {
+        all.append(&mut more);
+    }
 }
 
 fn empty_message(expired: usize) -> String {
@@ -147,7 +185,7 @@ fn empty_message(expired: usize) -> String {
 
 fn first_line(file: &std::path::Path) -> Location {
     Location {
-        file: file.to_path_buf(),
+        file: file.into(),
         line: 1,
         col: 1,
     }

@@ -26,6 +26,7 @@ pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 
@@ -47,18 +48,21 @@ pub enum Mode {
 
 /// A place in a desired-state file. `line` and `col` are 1-based (`col` counts characters);
 /// `line == 0` means the file or path as a whole (it does not exist, cannot be read, …).
+///
+/// The path is shared: every entry of a file points at the same allocation, so 150k entries
+/// do not each carry a copy of the file name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Location {
-    pub file: PathBuf,
+    pub file: Arc<Path>,
     pub line: u32,
     pub col: u32,
 }
 
 impl Location {
     /// The file as a whole, for problems that have no line (missing path, unreadable file).
-    pub fn whole(file: impl Into<PathBuf>) -> Self {
+    pub fn whole(file: impl AsRef<Path>) -> Self {
         Self {
-            file: file.into(),
+            file: Arc::from(file.as_ref()),
             line: 0,
             col: 0,
         }

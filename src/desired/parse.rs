@@ -8,6 +8,7 @@ use crate::text::edit_distance;
 use std::hash::Hash;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use toml::Spanned;
@@ -190,11 +191,35 @@ impl EntryKind for DeviceKey {
     }
 }
 
+/// Items per piece when a big `users` or `devices` array is parsed piece by piece.
+const PIECE_ITEMS: usize = 2_000;
+
+/// What a piece of an array is wrapped in to make it a document of its own.
+const PIECE_PREFIX: &str = "x=[";
+
 /// Parses one file. Never panics, whatever the input.
+///
+/// Memory: toml's parser holds every token and event of the text besides the tree it builds
+/// (about 270 bytes per array item), so 150k entries parsed at once would peak near 50 MiB.
+/// A file whose top-level `users` and `devices` arrays can be cut is instead parsed as its
+/// skeleton (the arrays' contents blanked, every byte offset kept) and then the arrays'
+/// items in pieces of [`PIECE_ITEMS`], each piece converted to entries and dropped before the
+/// next. Any TOML error on that path makes the whole text be parsed at once, so diagnostics
+/// are exactly those of a whole-text parse.
 pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
-    let mut cx = Cx {
-        file,
+    if let Some(arrays) = cut_arrays(text)
+        && let Some(out) = parse_in_pieces(file, text, &arrays)
+    {
+        return out;
+    }
+    parse_whole(file, text)
+}
+
+fn new_cx<'a>(file: &Path, text: &'a str) -> Cx<'a> {
+    Cx {
+        file: Arc::from(file),
         index: LineIndex::new(text),
+        piece_at: None,
         out: ParsedFile {
             file: file.to_path_buf(),
             users: Vec::new(),
@@ -204,7 +229,14 @@ pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
             items: 0,
             diagnostics: Vec::new(),
         },
-    };
+        pieces: &[],
+        text,
+        failed: false,
+    }
+}
+
+fn parse_whole(file: &Path, text: &str) -> ParsedFile {
+    let mut cx = new_cx(file, text);
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -223,17 +255,147 @@ pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
     cx.out
 }
 
-struct Cx<'a> {
-    file: &'a Path,
-    index: LineIndex<'a>,
-    out: ParsedFile,
+/// `None` when some part is not valid TOML: the caller parses the whole text instead.
+fn parse_in_pieces(file: &Path, text: &str, arrays: &[CutArray]) -> Option<ParsedFile> {
+    let mut skeleton = text.as_bytes().to_vec();
+    for a in arrays {
+        skeleton[a.open..a.close].fill(b' ');
+    }
+    // Only ASCII bytes were replaced, inside a text that was UTF-8, at token boundaries.
+    let skeleton = String::from_utf8(skeleton).ok()?;
+    let doc = DeTable::parse(&skeleton).ok()?;
+    let mut cx = new_cx(file, text);
+    cx.pieces = arrays;
+    cx.document(doc.get_ref());
+    if cx.failed { None } else { Some(cx.out) }
 }
 
-impl Cx<'_> {
+/// A top-level `users = [` or `devices = [` array whose items are parsed in pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CutArray {
+    /// Byte offset of the key.
+    key: usize,
+    /// Just after the `[`.
+    open: usize,
+    /// The closing `]`.
+    close: usize,
+    /// Piece boundaries between `open` and `close`: just after every [`PIECE_ITEMS`]th comma
+    /// between items.
+    cuts: Vec<usize>,
+}
+
+impl CutArray {
+    /// The pieces' byte ranges, in order, covering `open..close`.
+    fn pieces(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        let starts = std::iter::once(self.open).chain(self.cuts.iter().copied());
+        let ends = self.cuts.iter().copied().chain(std::iter::once(self.close));
+        starts.zip(ends).map(|(a, b)| a..b)
+    }
+}
+
+/// Finds the top-level `users` and `devices` arrays with toml's own lexer (a stream: no token
+/// list is kept). `None` when the file has a table header or brackets that do not balance:
+/// such a file is parsed whole.
+fn cut_arrays(text: &str) -> Option<Vec<CutArray>> {
+    use toml_parser::lexer::TokenKind as T;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum At {
+        LineStart,
+        Key(Option<usize>),
+        Equals(Option<usize>),
+        Other,
+    }
+    let mut found = Vec::new();
+    let mut at = At::LineStart;
+    // Nesting outside a cut array, and inside the one being cut.
+    let mut depth = 0usize;
+    let mut cutting: Option<(CutArray, usize, usize)> = None;
+    for token in toml_parser::Source::new(text).lex() {
+        let (kind, span) = (token.kind(), token.span());
+        if let Some((array, inner, commas)) = &mut cutting {
+            match kind {
+                T::LeftSquareBracket | T::LeftCurlyBracket => *inner += 1,
+                T::RightSquareBracket | T::RightCurlyBracket if *inner > 0 => *inner -= 1,
+                T::RightSquareBracket => {
+                    array.close = span.start();
+                    found.push(array.clone());
+                    cutting = None;
+                    at = At::Other;
+                }
+                T::RightCurlyBracket => return None,
+                T::Comma if *inner == 0 => {
+                    *commas += 1;
+                    if (*commas).is_multiple_of(PIECE_ITEMS) {
+                        array.cuts.push(span.end());
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if depth > 0 {
+            match kind {
+                T::LeftSquareBracket | T::LeftCurlyBracket => depth += 1,
+                T::RightSquareBracket | T::RightCurlyBracket => depth -= 1,
+                _ => {}
+            }
+            continue;
+        }
+        at = match (kind, at) {
+            (T::Newline, _) => At::LineStart,
+            (T::Whitespace | T::Comment, at) => at,
+            (T::Atom, At::LineStart) => {
+                let name = &text[span.start()..span.end()];
+                At::Key((name == "users" || name == "devices").then_some(span.start()))
+            }
+            (T::Equals, At::Key(key)) => At::Equals(key),
+            (T::LeftSquareBracket, At::Equals(Some(key))) => {
+                let array = CutArray {
+                    key,
+                    open: span.end(),
+                    close: span.end(),
+                    cuts: Vec::new(),
+                };
+                cutting = Some((array, 0, 0));
+                At::Other
+            }
+            // A table header: keys after it are not top-level; not worth cutting.
+            (T::LeftSquareBracket, At::LineStart) => return None,
+            (T::LeftSquareBracket | T::LeftCurlyBracket, _) => {
+                depth += 1;
+                At::Other
+            }
+            (T::RightSquareBracket | T::RightCurlyBracket, _) => return None,
+            _ => At::Other,
+        };
+    }
+    (cutting.is_none() && depth == 0 && !found.is_empty()).then_some(found)
+}
+
+struct Cx<'a> {
+    /// Shared by every location of the file.
+    file: Arc<Path>,
+    index: LineIndex<'a>,
+    /// Where the piece being read starts in the text (its spans count from its prefix).
+    piece_at: Option<usize>,
+    out: ParsedFile,
+    /// The arrays whose items are read piece by piece (empty for a whole-text parse).
+    pieces: &'a [CutArray],
+    text: &'a str,
+    /// A piece was not valid TOML: the whole text is to be parsed instead.
+    failed: bool,
+}
+
+impl<'a> Cx<'a> {
     fn at(&self, span: Range<usize>) -> Location {
-        let (line, col) = self.index.line_col(span.start);
+        let offset = match self.piece_at {
+            Some(start) => (span.start + start).saturating_sub(PIECE_PREFIX.len()),
+            None => span.start,
+        };
+        let (line, col) = self.index.line_col(offset);
         Location {
-            file: self.file.to_path_buf(),
+            file: Arc::clone(&self.file),
             line,
             col,
         }
@@ -250,12 +412,18 @@ impl Cx<'_> {
             match name {
                 "users" => {
                     self.note_listed(key.span());
-                    let users = self.entries::<UserKey>(name, value);
+                    let users = match self.cut_at(key.span().start) {
+                        Some(array) => self.entries_in_pieces::<UserKey>(array),
+                        None => self.entries::<UserKey>(name, value),
+                    };
                     self.out.users = users;
                 }
                 "devices" => {
                     self.note_listed(key.span());
-                    let devices = self.entries::<DeviceKey>(name, value);
+                    let devices = match self.cut_at(key.span().start) {
+                        Some(array) => self.entries_in_pieces::<DeviceKey>(array),
+                        None => self.entries::<DeviceKey>(name, value),
+                    };
                     self.out.devices = devices;
                 }
                 "allow_empty" => match value.get_ref() {
@@ -281,6 +449,38 @@ impl Cx<'_> {
                 }
             }
         }
+    }
+
+    fn cut_at(&self, key: usize) -> Option<&'a CutArray> {
+        let pieces: &'a [CutArray] = self.pieces;
+        pieces.iter().find(|a| a.key == key)
+    }
+
+    /// The items of a cut array, one piece at a time; each piece's tree is dropped before the
+    /// next is parsed.
+    fn entries_in_pieces<K: EntryKind>(&mut self, array: &CutArray) -> Vec<Parsed<K>> {
+        let mut all = Vec::new();
+        let mut piece = String::new();
+        for range in array.pieces() {
+            piece.clear();
+            piece.push_str(PIECE_PREFIX);
+            piece.push_str(&self.text[range.clone()]);
+            piece.push(']');
+            let Ok(doc) = DeTable::parse(&piece) else {
+                self.failed = true;
+                return Vec::new();
+            };
+            let Some(DeValue::Array(items)) = doc.get_ref().iter().next().map(|(_, v)| v.get_ref())
+            else {
+                self.failed = true;
+                return Vec::new();
+            };
+            self.piece_at = Some(range.start);
+            self.out.items += items.len();
+            all.extend(items.iter().filter_map(|item| self.entry::<K>(item)));
+            self.piece_at = None;
+        }
+        all
     }
 
     fn note_listed(&mut self, span: Range<usize>) {
@@ -598,6 +798,41 @@ mod tests {
         assert_eq!(ix.line_col(4), (2, 1));
         let bom = LineIndex::new("\u{feff}users");
         assert_eq!(bom.line_col(3), (1, 1));
+    }
+
+    /// Cut into pieces or parsed whole, a file gives the same entries and diagnostics.
+    #[test]
+    fn pieces_read_like_the_whole_text() {
+        let user = |n: usize| format!("  \"user{n}@contoso.com\",\n");
+        let mut many = String::from("allow_empty = false\nusers = [\n");
+        for n in 0..PIECE_ITEMS * 2 + 7 {
+            match n {
+                // A bad entry and a table entry in later pieces, a comment between items.
+                2_500 => many.push_str("  \"not a upn\",\n"),
+                4_001 => many.push_str("  { upn = \"t@contoso.com\", note = \"x, y\" }, # [\n"),
+                _ => many.push_str(&user(n)),
+            }
+        }
+        many.push_str("]\ndevices = ['ws-1.contoso.local', 'ws-2.contoso.local']\n");
+        let broken = many.replace(
+            "  \"user3000@contoso.com\",",
+            "  \"user3000@contoso.com\" \"x\",",
+        );
+        let header = format!("{many}[extra]\nkey = 1\n");
+        for (text, cut) in [(&many, true), (&broken, true), (&header, false)] {
+            assert_eq!(cut_arrays(text).is_some(), cut);
+            let file = Path::new("d.toml");
+            let got = format!("{:?}", parse_file(file, text));
+            assert_eq!(got, format!("{:?}", parse_whole(file, text)));
+        }
+        let arrays = cut_arrays(&many).expect("cut");
+        assert_eq!(arrays.len(), 2);
+        assert_eq!(arrays[0].cuts.len(), 2);
+        let parsed = parse_file(Path::new("d.toml"), &many);
+        assert_eq!(parsed.users.len(), PIECE_ITEMS * 2 + 6);
+        assert_eq!(parsed.items, PIECE_ITEMS * 2 + 9);
+        assert_eq!(parsed.diagnostics.len(), 1);
+        assert_eq!(parsed.diagnostics[0].at.line, 2_503);
     }
 
     #[test]

@@ -89,7 +89,11 @@ pub fn read_all(paths: &[PathBuf], diagnostics: &mut Vec<Diagnostic>) -> Vec<(Pa
                         super::parse::LineIndex::new(&String::from_utf8_lossy(e.as_bytes()))
                             .line_col(e.utf8_error().valid_up_to());
                     diagnostics.push(Diagnostic::error(
-                        Location { file, line, col },
+                        Location {
+                            file: file.as_path().into(),
+                            line,
+                            col,
+                        },
                         "file is not valid UTF-8: save it as UTF-8",
                     ));
                     None

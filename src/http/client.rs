@@ -217,7 +217,9 @@ impl Client {
     /// GETs `first` and every page after it, following `@odata.nextLink` verbatim until it
     /// is absent, and returns the `value` items of all pages in order.
     pub async fn get_all<T: DeserializeOwned>(&self, first: Request) -> Result<Vec<T>, Error> {
-        self.pages(first, false).await
+        let mut items = Vec::new();
+        self.pages(first, false, |page| items.extend(page)).await?;
+        Ok(items)
     }
 
     /// Like [`Client::get_all`], but a 404 on the first page means "no items" (MDE answers
@@ -226,30 +228,45 @@ impl Client {
         &self,
         first: Request,
     ) -> Result<Vec<T>, Error> {
-        self.pages(first, true).await
+        let mut items = Vec::new();
+        self.pages(first, true, |page| items.extend(page)).await?;
+        Ok(items)
+    }
+
+    /// Like [`Client::get_all_or_empty`], but hands each page's items to `each` before the
+    /// next page is read, so a caller that keeps a compact form of the items never holds
+    /// more than one page of wire values (and one response body) at a time.
+    pub async fn for_each_page_or_empty<T: DeserializeOwned>(
+        &self,
+        first: Request,
+        each: impl FnMut(Vec<T>),
+    ) -> Result<(), Error> {
+        self.pages(first, true, each).await
     }
 
     async fn pages<T: DeserializeOwned>(
         &self,
         first: Request,
         not_found_is_empty: bool,
-    ) -> Result<Vec<T>, Error> {
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<(), Error> {
         let origin = first.url.origin();
         let mut req = first;
-        let mut items = Vec::new();
         let mut page_no = 0u32;
         loop {
             page_no += 1;
             let resp = match self.send(req.clone()).await {
                 Err(e) if not_found_is_empty && page_no == 1 && e.status() == Some(404) => {
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
                 other => other?,
             };
             let page: Page<T> = resp.json()?;
-            items.extend(page.value);
+            // The body is no longer needed once decoded; free it before the items are used.
+            drop(resp);
+            each(page.value);
             let Some(link) = page.next_link else {
-                return Ok(items);
+                return Ok(());
             };
             // Verbatim: the link is used as sent, never rebuilt from its parts.
             let next = Url::parse(&link).map_err(|e| Error::Url {

@@ -191,11 +191,12 @@ async fn read_and_plan(
     settle: Option<&State>,
 ) -> Result<(Plan, Members, PassCounts), ReconcileError> {
     let now = members.now;
-    let read = resolve::read_members(&tenant.graph, user_group, members).await?;
+    let mut read = resolve::read_members(&tenant.graph, user_group, members).await?;
+    // Moved, not cloned: the caller needs only how the members were read.
     let r = resolve::resolve(
         &tenant.graph,
         &tenant.defender,
-        read.members.clone(),
+        std::mem::take(&mut read.members),
         device_tag,
         desired,
     )

@@ -398,28 +398,28 @@ pub fn resolve_devices(
     entries: &[crate::desired::DesiredDevice],
     machines: &[Machine],
 ) -> (Vec<DesiredDeviceRef>, Vec<Unresolved>) {
-    let mut by_id: HashSet<&str> = HashSet::new();
-    let mut by_name: HashMap<&str, Vec<&MachineId>> = HashMap::new();
-    let mut by_aad: HashMap<&str, Vec<&MachineId>> = HashMap::new();
+    let mut by_id: HashSet<&str> = HashSet::with_capacity(machines.len());
+    let mut by_name: HashMap<&str, Found<'_>> = HashMap::with_capacity(machines.len());
+    let mut by_aad: HashMap<&str, Found<'_>> = HashMap::new();
     for m in machines {
         by_id.insert(m.id.as_str());
         if let Some(n) = &m.dns_name {
-            by_name.entry(n.as_str()).or_default().push(&m.id);
+            Found::add(&mut by_name, n.as_str(), &m.id);
         }
         if let Some(a) = &m.aad_device_id {
-            by_aad.entry(a.as_str()).or_default().push(&m.id);
+            Found::add(&mut by_aad, a.as_str(), &m.id);
         }
     }
     let mut devices = Vec::new();
     let mut unresolved = Vec::new();
     for entry in entries {
-        let label = entry.key.to_string();
         let found: Vec<&MachineId> = match &entry.key {
             DeviceKey::Machine(id) if by_id.contains(id.as_str()) => vec![id],
             DeviceKey::Machine(_) => Vec::new(),
-            DeviceKey::Name(n) => by_name.get(n.as_str()).cloned().unwrap_or_default(),
-            DeviceKey::AadDevice(a) => by_aad.get(a.as_str()).cloned().unwrap_or_default(),
+            DeviceKey::Name(n) => by_name.get(n.as_str()).map(Found::ids).unwrap_or_default(),
+            DeviceKey::AadDevice(a) => by_aad.get(a.as_str()).map(Found::ids).unwrap_or_default(),
         };
+        let label = entry.key.to_string();
         let mut found: Vec<MachineId> = found.into_iter().cloned().collect();
         found.sort();
         found.dedup();
@@ -439,6 +439,36 @@ pub fn resolve_devices(
         }
     }
     (devices, unresolved)
+}
+
+/// The machines reporting one name or Entra device id. Almost always one, so one is kept
+/// without a list of its own (50k names do not each own a `Vec`).
+enum Found<'a> {
+    One(&'a MachineId),
+    Many(Vec<&'a MachineId>),
+}
+
+impl<'a> Found<'a> {
+    fn add(map: &mut HashMap<&'a str, Found<'a>>, key: &'a str, id: &'a MachineId) {
+        match map.get_mut(key) {
+            None => {
+                map.insert(key, Found::One(id));
+            }
+            Some(Found::Many(ids)) => ids.push(id),
+            Some(found) => {
+                if let Found::One(first) = *found {
+                    *found = Found::Many(vec![first, id]);
+                }
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<&'a MachineId> {
+        match self {
+            Found::One(id) => vec![*id],
+            Found::Many(ids) => ids.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
