@@ -561,12 +561,15 @@ async fn sighup_reloads_the_config_and_desired_state_and_keeps_the_running_confi
         .await;
     let refused = daemon.messages("config is invalid, keeping the running one");
     assert!(refused[0].contains("reconcile_every"), "{refused:?}");
+    // The status datagram may arrive after the log line that goes with it.
+    let refused_status =
+        |n: &String| n.starts_with("STATUS=config reload refused") && n.contains("reconcile_every");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.notes().iter().any(refused_status) {
+        assert!(Instant::now() < deadline, "{:?}", daemon.notes());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let notes = daemon.notes();
-    assert!(
-        notes.iter().any(|n| n.starts_with("STATUS=config reload refused")
-            && n.contains("reconcile_every")),
-        "{notes:?}"
-    );
     assert_eq!(
         notes.iter().filter(|n| *n == "RELOADING=1").count(),
         1,
