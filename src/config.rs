@@ -958,12 +958,12 @@ impl Reader {
     }
 
     fn uint_at_most(&self, sk: Sk, min: u32, max: u32) -> Result<u32, ConfigError> {
-        let n = self.uint(sk, min)?;
-        if n > max {
+        let n = self.uint(sk, 0)?;
+        if !(min..=max).contains(&n) {
             let v = self.get(sk).expect("read just now");
             return Err(self.invalid(
                 sk,
-                format!("must be at most {max}, not {}", self.describe(v)),
+                format!("must be from {min} to {max}, not {}", self.describe(v)),
                 format!("write a whole number from {min} to {max}"),
             ));
         }
