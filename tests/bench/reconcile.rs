@@ -153,18 +153,28 @@ pub async fn throttled_converge() -> Vec<Row> {
     let tenant = env.tenant(quotas);
     env.sim.reset_stats();
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let report = env.pass(&tenant, &desired).await;
     let wall = started.elapsed();
+    let ended_at = chrono::Utc::now();
     let s = env.sim.stats();
     let writes = s.calls(PATCH_GROUP);
     let window = Duration::from_secs(150) / k;
     let min = quota_minimum(n.div_ceil(20) as u64, 3_000, window);
     let ratio = wall.as_secs_f64() / min.as_secs_f64();
-    // The write phase on the simulator's clock: first member added to last.
+    // The pass in three parts on the simulator's clock (the system clock; nothing moves it
+    // here): up to the first member added, first to last, and after the last (the re-read).
     let log = env.sim.writes();
-    let write_span = match (log.first(), log.last()) {
-        (Some(a), Some(b)) => (b.at - a.at).to_std().unwrap_or_default(),
-        _ => Duration::ZERO,
+    let span = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+        (b - a).to_std().unwrap_or_default()
+    };
+    let (before, write_span, after) = match (log.first(), log.last()) {
+        (Some(a), Some(b)) => (
+            span(started_at, a.at),
+            span(a.at, b.at),
+            span(b.at, ended_at),
+        ),
+        _ => (Duration::ZERO, Duration::ZERO, Duration::ZERO),
     };
     let converged = report.converged() && env.member_count() == n;
     env.sim.shutdown().await;
@@ -175,14 +185,16 @@ pub async fn throttled_converge() -> Vec<Row> {
                  large-tenant read budget)"
             ),
             format!(
-                "{} = {ratio:.2} × the minimum {} (reads before the first write {}; first to \
-                 last write {} = {:.2} ×, {in_flight} envelopes in flight; {writes} PATCHes, \
-                 {} throttled, {} requests)",
+                "{} = {ratio:.2} × the minimum {} (reads before the first write {} alone, {} \
+                 in the pass; first to last write {} = {:.2} ×, {in_flight} envelopes in \
+                 flight; after the last write {}; {writes} PATCHes, {} throttled, {} requests)",
                 secs(wall),
                 secs(min),
                 secs(reads_alone),
+                secs(before),
                 secs(write_span),
                 write_span.as_secs_f64() / min.as_secs_f64(),
+                secs(after),
                 s.throttled_total(),
                 s.http_requests
             ),
