@@ -1,9 +1,11 @@
 //! Client-side rate limiters per surface and the per-surface "not before" instant a
 //! `Retry-After` sets, which holds back every request to that surface until it passes.
 //!
-//! Graph directory writes are a window quota ("3,000 per 2 min 30 s", api-facts C.2), so their
-//! limiter is a sliding window ([`Window`]) whose cells count from when the answer came back;
-//! the other surfaces use governor's token buckets.
+//! Graph directory quotas are windows per app and tenant ("3,000 writes per 2 min 30 s" and
+//! resource units "per 10 s", api-facts C.2), and every write also costs one resource unit, so
+//! directory reads and writes share one resource-unit [`Window`] and writes have their own
+//! besides; cells count from when the answer came back. The other surfaces use governor's
+//! token buckets.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -139,7 +141,7 @@ impl Window {
                 if st.in_flight + st.done_cells + n <= self.limit {
                     st.in_flight += n;
                     return Permit {
-                        window: Some((self.clone(), n)),
+                        windows: vec![(self.clone(), n)],
                     };
                 }
                 st.fits_at(n, self.limit, self.per)
@@ -173,12 +175,25 @@ impl Window {
 /// stamps them. Permits of token-bucket surfaces carry nothing.
 #[must_use = "the cells count from when the permit is dropped"]
 pub(crate) struct Permit {
-    window: Option<(Arc<Window>, u32)>,
+    windows: Vec<(Arc<Window>, u32)>,
+}
+
+impl Permit {
+    fn none() -> Self {
+        Self {
+            windows: Vec::new(),
+        }
+    }
+
+    fn and(mut self, mut other: Permit) -> Self {
+        self.windows.append(&mut other.windows);
+        self
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some((window, n)) = self.window.take() {
+        for (window, n) in self.windows.drain(..) {
             window.stamp(n);
         }
     }
@@ -186,7 +201,7 @@ impl Drop for Permit {
 
 /// The limiters and not-before gates of all surfaces.
 pub(crate) struct Limits {
-    graph_reads: Limiter,
+    graph_reads: Arc<Window>,
     graph_writes: Arc<Window>,
     graph_security: Limiter,
     defender_minute: Limiter,
@@ -197,7 +212,7 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(q: &Quotas) -> Self {
         Self {
-            graph_reads: Limiter::new(q.graph_reads),
+            graph_reads: Window::new(q.graph_reads),
             graph_writes: Window::new(q.graph_writes),
             graph_security: Limiter::new(q.graph_security),
             defender_minute: Limiter::new(q.defender_per_minute),
@@ -211,10 +226,14 @@ impl Limits {
     /// Keep the permit until the answer has arrived (see [`Window`]).
     pub(crate) async fn acquire(&self, surface: Surface, cost: u32) -> Permit {
         self.wait_not_before(surface).await;
-        let mut permit = Permit { window: None };
+        let mut permit = Permit::none();
         match surface {
-            Surface::GraphRead => self.graph_reads.acquire(cost).await,
-            Surface::GraphWrite => permit = self.graph_writes.acquire(cost).await,
+            Surface::GraphRead => permit = self.graph_reads.acquire(cost).await,
+            Surface::GraphWrite => {
+                // A write costs one resource unit besides its write (api-facts C.2).
+                let write = self.graph_writes.acquire(cost).await;
+                permit = write.and(self.graph_reads.acquire(cost).await);
+            }
             Surface::GraphSecurity => self.graph_security.acquire(cost).await,
             Surface::Defender => {
                 // The hourly window binds first; each cell is taken once from each window.
@@ -336,6 +355,22 @@ mod tests {
         // A cost above the limit is clamped, not refused for ever.
         let big = tokio::time::timeout(per * 3, window.acquire(1_000)).await;
         assert!(big.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_takes_a_resource_unit_so_reads_cannot_fill_the_window_under_it() {
+        let mut q = Quotas::default();
+        q.graph_reads = Rate::new(100, Duration::from_secs(10));
+        let limits = Limits::new(&q);
+        let start = Instant::now();
+        let reads = limits.acquire(Surface::GraphRead, 90).await;
+        let writes = limits.acquire(Surface::GraphWrite, 10).await;
+        drop((reads, writes));
+        // The resource-unit window is full: the next write waits for it, though the write
+        // window has room.
+        let next = limits.acquire(Surface::GraphWrite, 1).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
+        drop(next);
     }
 
     #[tokio::test]
