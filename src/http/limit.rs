@@ -359,9 +359,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_takes_a_resource_unit_so_reads_cannot_fill_the_window_under_it() {
-        let mut q = Quotas::default();
-        q.graph_reads = Rate::new(100, Duration::from_secs(10));
-        let limits = Limits::new(&q);
+        let limits = Limits::new(&Quotas {
+            graph_reads: Rate::new(100, Duration::from_secs(10)),
+            ..Quotas::default()
+        });
         let start = Instant::now();
         let reads = limits.acquire(Surface::GraphRead, 90).await;
         let writes = limits.acquire(Surface::GraphWrite, 10).await;
