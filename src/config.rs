@@ -97,6 +97,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &[
             "graph_directory_writes_per_150s",
             "graph_directory_reads_per_10s",
+            "graph_directory_write_batches_in_flight",
             "graph_security_per_minute",
             "defender_per_minute",
             "defender_per_hour",
@@ -153,6 +154,7 @@ format = "text"
 [limits]
 graph_directory_writes_per_150s = 3000
 graph_directory_reads_per_10s = 3500
+graph_directory_write_batches_in_flight = 4
 graph_security_per_minute = 150
 defender_per_minute = 100
 defender_per_hour = 1500
@@ -429,12 +431,20 @@ pub struct Log {
     pub format: LogFormat,
 }
 
+/// The most member-write `$batch` envelopes `[limits]` lets be in flight at once.
+pub const MAX_WRITE_BATCHES_IN_FLIGHT: u32 = 16;
+
 /// Client-side budgets per API surface, at the documented quotas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub graph_directory_writes_per_150s: u32,
-    /// A resource-unit budget (the small-tenant figure).
+    /// A resource-unit budget: the small-tenant figure by default, the safe one while the
+    /// tenant's size is unknown; raise it to 5,000 (50–500 users) or 8,000 (more than 500).
     pub graph_directory_reads_per_10s: u32,
+    /// Member-write `$batch` envelopes sent at once (1 to [`MAX_WRITE_BATCHES_IN_FLIGHT`]).
+    /// The write window, not this, bounds the rate; more than one in flight hides the round
+    /// trip, which otherwise paces the writes left over once a full window frees.
+    pub graph_directory_write_batches_in_flight: u32,
     pub graph_security_per_minute: u32,
     pub defender_per_minute: u32,
     pub defender_per_hour: u32,
@@ -947,6 +957,19 @@ impl Reader {
             })
     }
 
+    fn uint_at_most(&self, sk: Sk, min: u32, max: u32) -> Result<u32, ConfigError> {
+        let n = self.uint(sk, 0)?;
+        if !(min..=max).contains(&n) {
+            let v = self.get(sk).expect("read just now");
+            return Err(self.invalid(
+                sk,
+                format!("must be from {min} to {max}, not {}", self.describe(v)),
+                format!("write a whole number from {min} to {max}"),
+            ));
+        }
+        Ok(n)
+    }
+
     fn duration(&self, sk: Sk, min: Duration) -> Result<Duration, ConfigError> {
         let v = self
             .get(sk)
@@ -1139,6 +1162,11 @@ fn build(mut r: Reader, path: &Path, env: &HashMap<String, String>) -> Result<Co
         graph_directory_writes_per_150s: r
             .uint(("limits", "graph_directory_writes_per_150s"), 1)?,
         graph_directory_reads_per_10s: r.uint(("limits", "graph_directory_reads_per_10s"), 1)?,
+        graph_directory_write_batches_in_flight: r.uint_at_most(
+            ("limits", "graph_directory_write_batches_in_flight"),
+            1,
+            MAX_WRITE_BATCHES_IN_FLIGHT,
+        )?,
         graph_security_per_minute: r.uint(("limits", "graph_security_per_minute"), 1)?,
         defender_per_minute: r.uint(("limits", "defender_per_minute"), 1)?,
         defender_per_hour: r.uint(("limits", "defender_per_hour"), 1)?,

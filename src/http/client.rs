@@ -303,15 +303,19 @@ impl Client {
         let mut force_refresh = false;
         loop {
             attempt += 1;
+            let mut permits = Vec::with_capacity(gates.len());
             for (surface, cells) in gates {
-                inner.limits.acquire(*surface, *cells).await;
+                permits.push(inner.limits.acquire(*surface, *cells).await);
             }
             let token = inner
                 .bearer
                 .bearer(resource, std::mem::take(&mut force_refresh))
                 .await
                 .map_err(|source| Error::Token { resource, source })?;
-            let (failure, wait, retry_after) = match self.send_once(req, &token).await {
+            let sent = self.send_once(req, &token).await;
+            // The answer is in: window cells count from now (see `limit::Window`).
+            drop(permits);
+            let (failure, wait, retry_after) = match sent {
                 Ok((status, headers, body)) => {
                     if count {
                         inner.stats.response(req.surface, Some(status));

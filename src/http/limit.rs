@@ -1,8 +1,15 @@
-//! Client-side rate limiters per surface (governor) and the per-surface "not before" instant
-//! a `Retry-After` sets, which holds back every request to that surface until it passes.
+//! Client-side rate limiters per surface and the per-surface "not before" instant a
+//! `Retry-After` sets, which holds back every request to that surface until it passes.
+//!
+//! Graph directory quotas are windows per app and tenant ("3,000 writes per 2 min 30 s" and
+//! resource units "per 10 s", api-facts C.2), and every write also costs one resource unit, so
+//! directory reads and writes share one resource-unit [`Window`] and writes have their own
+//! besides; cells count from when the answer came back. The other surfaces use governor's
+//! token buckets.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -55,10 +62,147 @@ impl Limiter {
     }
 }
 
+/// A sliding-window limiter: at most `limit` cells within any `per`, a cell counting from the
+/// moment its request's answer arrived (the service counted it at some instant before that).
+///
+/// Why not a token bucket: a bucket of `limit` cells refills one cell every `per / limit`, so
+/// right after a full burst it lets cells through that a window quota still refuses, and the
+/// service answers 429. Why stamp at the answer: a cell stamped when it was taken would expire
+/// before the service's own record of the call when the request was slow to arrive; stamped at
+/// the answer it never expires early, so several requests in flight at once never arrive at a
+/// full window because of our own traffic.
+pub(crate) struct Window {
+    limit: u32,
+    per: Duration,
+    state: Mutex<WindowState>,
+    /// Woken when a permit is dropped (its cells move from in flight to the window).
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct WindowState {
+    /// Cells of requests not answered yet: they count until they are stamped.
+    in_flight: u32,
+    /// Answered cells in stamp order, with the instant of the answer.
+    done: VecDeque<(Instant, u32)>,
+    done_cells: u32,
+}
+
+impl WindowState {
+    fn expire(&mut self, now: Instant, per: Duration) {
+        while let Some(&(t, n)) = self.done.front() {
+            if t + per <= now {
+                self.done_cells -= n;
+                self.done.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// When enough answered cells will have left the window for `n` more to fit, or `None`
+    /// when only cells still in flight stand in the way (their answer frees them first).
+    fn fits_at(&self, n: u32, limit: u32, per: Duration) -> Option<Instant> {
+        let mut used = self.in_flight + self.done_cells;
+        for &(t, c) in &self.done {
+            used -= c;
+            if used + n <= limit {
+                return Some(t + per);
+            }
+        }
+        None
+    }
+}
+
+impl Window {
+    pub(crate) fn new(rate: Rate) -> Arc<Self> {
+        Arc::new(Self {
+            limit: rate.count.max(1),
+            per: rate.per,
+            state: Mutex::new(WindowState::default()),
+            freed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Waits until `n` cells fit in the window and takes them. A cost above the limit is
+    /// clamped to it (it could never pass otherwise). The cells count as in flight until the
+    /// returned permit is dropped, which stamps them with that instant.
+    pub(crate) async fn acquire(self: &Arc<Self>, n: u32) -> Permit {
+        let n = n.clamp(1, self.limit);
+        loop {
+            // Registered before the state is read, so a permit dropped in between still wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let fits_at = {
+                let mut st = self.state.lock().expect("window lock");
+                let now = Instant::now();
+                st.expire(now, self.per);
+                if st.in_flight + st.done_cells + n <= self.limit {
+                    st.in_flight += n;
+                    return Permit {
+                        windows: vec![(self.clone(), n)],
+                    };
+                }
+                st.fits_at(n, self.limit, self.per)
+            };
+            match fits_at {
+                // At least 1 ms, so a paused tokio clock cannot spin here.
+                Some(t) => {
+                    let t = t.max(Instant::now() + Duration::from_millis(1));
+                    tokio::select! {
+                        () = tokio::time::sleep_until(t) => {}
+                        () = &mut freed => {}
+                    }
+                }
+                None => freed.await,
+            }
+        }
+    }
+
+    fn stamp(&self, n: u32) {
+        {
+            let mut st = self.state.lock().expect("window lock");
+            st.in_flight -= n;
+            st.done.push_back((Instant::now(), n));
+            st.done_cells += n;
+        }
+        self.freed.notify_waiters();
+    }
+}
+
+/// Cells taken from a [`Window`]; dropping it (once the answer arrived, or the attempt failed)
+/// stamps them. Permits of token-bucket surfaces carry nothing.
+#[must_use = "the cells count from when the permit is dropped"]
+pub(crate) struct Permit {
+    windows: Vec<(Arc<Window>, u32)>,
+}
+
+impl Permit {
+    fn none() -> Self {
+        Self {
+            windows: Vec::new(),
+        }
+    }
+
+    fn and(mut self, mut other: Permit) -> Self {
+        self.windows.append(&mut other.windows);
+        self
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        for (window, n) in self.windows.drain(..) {
+            window.stamp(n);
+        }
+    }
+}
+
 /// The limiters and not-before gates of all surfaces.
 pub(crate) struct Limits {
-    graph_reads: Limiter,
-    graph_writes: Limiter,
+    graph_reads: Arc<Window>,
+    graph_writes: Arc<Window>,
     graph_security: Limiter,
     defender_minute: Limiter,
     defender_hour: Limiter,
@@ -68,8 +212,8 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(q: &Quotas) -> Self {
         Self {
-            graph_reads: Limiter::new(q.graph_reads),
-            graph_writes: Limiter::new(q.graph_writes),
+            graph_reads: Window::new(q.graph_reads),
+            graph_writes: Window::new(q.graph_writes),
             graph_security: Limiter::new(q.graph_security),
             defender_minute: Limiter::new(q.defender_per_minute),
             defender_hour: Limiter::new(q.defender_per_hour),
@@ -79,11 +223,17 @@ impl Limits {
 
     /// Waits until a request of `cost` may be sent to `surface`: first any `Retry-After` in
     /// force for the surface, then its limiter(s). MDE has two windows and both must allow.
-    pub(crate) async fn acquire(&self, surface: Surface, cost: u32) {
+    /// Keep the permit until the answer has arrived (see [`Window`]).
+    pub(crate) async fn acquire(&self, surface: Surface, cost: u32) -> Permit {
         self.wait_not_before(surface).await;
+        let mut permit = Permit::none();
         match surface {
-            Surface::GraphRead => self.graph_reads.acquire(cost).await,
-            Surface::GraphWrite => self.graph_writes.acquire(cost).await,
+            Surface::GraphRead => permit = self.graph_reads.acquire(cost).await,
+            Surface::GraphWrite => {
+                // A write costs one resource unit besides its write (api-facts C.2).
+                let write = self.graph_writes.acquire(cost).await;
+                permit = write.and(self.graph_reads.acquire(cost).await);
+            }
             Surface::GraphSecurity => self.graph_security.acquire(cost).await,
             Surface::Defender => {
                 // The hourly window binds first; each cell is taken once from each window.
@@ -93,6 +243,7 @@ impl Limits {
         }
         // A Retry-After may have arrived while waiting for the limiter.
         self.wait_not_before(surface).await;
+        permit
     }
 
     async fn wait_not_before(&self, surface: Surface) {
@@ -149,8 +300,78 @@ mod tests {
             other.is_ok(),
             "graph reads are not held by a defender Retry-After"
         );
-        limits.acquire(Surface::Defender, 1).await;
+        drop(limits.acquire(Surface::Defender, 1).await);
         assert!(Instant::now() - start >= Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_admits_the_limit_then_waits_for_the_oldest_answer() {
+        let per = Duration::from_secs(150);
+        let window = Window::new(Rate::new(40, per));
+        let start = Instant::now();
+        // Two requests of 20 cells, answered 1 s and 3 s after the start.
+        let a = window.acquire(20).await;
+        let b = window.acquire(20).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(a);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(b);
+        // A token bucket would have refilled a cell every 3.75 s; the window refuses until
+        // the first answer is `per` old, then admits exactly what left the window.
+        let c = window.acquire(20).await;
+        assert_eq!(Instant::now() - start, per + Duration::from_secs(1));
+        drop(c);
+        let d = window.acquire(20).await;
+        assert_eq!(Instant::now() - start, per + Duration::from_secs(3));
+        drop(d);
+        let e = tokio::time::timeout(Duration::from_secs(100), window.acquire(1)).await;
+        assert!(
+            e.is_err(),
+            "the window is full again until c's answer is old"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cells_in_flight_count_until_their_answer_and_from_then() {
+        let per = Duration::from_secs(10);
+        let window = Window::new(Rate::new(20, per));
+        let start = Instant::now();
+        let in_flight = window.acquire(20).await;
+        // However long the answer takes, nothing more is sent while it is out...
+        let waiting = tokio::spawn({
+            let window = window.clone();
+            async move {
+                let p = window.acquire(5).await;
+                drop(p);
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!waiting.is_finished(), "cells in flight still count");
+        drop(in_flight);
+        // ...and the cells count for a whole window from the answer, not from the send.
+        let admitted = waiting.await.unwrap();
+        assert_eq!(admitted - start, Duration::from_secs(30) + per);
+        // A cost above the limit is clamped, not refused for ever.
+        let big = tokio::time::timeout(per * 3, window.acquire(1_000)).await;
+        assert!(big.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_takes_a_resource_unit_so_reads_cannot_fill_the_window_under_it() {
+        let limits = Limits::new(&Quotas {
+            graph_reads: Rate::new(100, Duration::from_secs(10)),
+            ..Quotas::default()
+        });
+        let start = Instant::now();
+        let reads = limits.acquire(Surface::GraphRead, 90).await;
+        let writes = limits.acquire(Surface::GraphWrite, 10).await;
+        drop((reads, writes));
+        // The resource-unit window is full: the next write waits for it, though the write
+        // window has room.
+        let next = limits.acquire(Surface::GraphWrite, 1).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
+        drop(next);
     }
 
     #[tokio::test]

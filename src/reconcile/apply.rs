@@ -99,57 +99,109 @@ pub async fn apply(
     Ok(done)
 }
 
-/// Adds users, one `$batch` of PATCHes per round. Idempotent: the planner only lists ids that
-/// were not members when read; one that became a member since makes its PATCH fail as a whole,
-/// and the Graph client then redoes that PATCH's ids one by one, where "already a member" is
-/// success — so a pass that runs again after a crash between the write and the audit row
-/// converges without an error.
+/// Adds users, one `$batch` of PATCHes per round, several rounds in flight (see
+/// [`member_rounds`]). Idempotent: the planner only lists ids that were not members when read;
+/// one that became a member since makes its PATCH fail as a whole, and the Graph client then
+/// redoes that PATCH's ids one by one, where "already a member" is success — so a pass that
+/// runs again after a crash between the write and the audit row converges without an error.
 async fn add_users(
     target: Target<'_>,
     adds: &[Change<crate::model::UserId>],
     now: DateTime<Utc>,
     done: &mut Vec<Applied>,
 ) -> Result<(), StateError> {
-    for round in adds.chunks(ADDS_PER_ROUND_TRIP) {
-        let ids: Vec<ObjectId> = round
+    // Named functions, not closures: the pass future must stay `Send` for every lifetime.
+    fn round(round: &[Change<crate::model::UserId>]) -> Round {
+        let ids = round
             .iter()
             .map(|c| ObjectId::parse(c.id.as_str()).expect("a user id is a GUID"))
             .collect();
-        let labels: Vec<(String, String)> = round
-            .iter()
-            .map(|c| (c.id.to_string(), c.label.clone()))
-            .collect();
-        let rows = begin(target, GroupKind::Users, Operation::Add, &labels, now)?;
-        let outcomes = target.graph.add_members(target.user_group, &ids).await;
-        let unknown = outcomes.as_ref().err().is_some_and(graph_outcome_unknown);
-        let applied = member_results(GroupKind::Users, Operation::Add, &labels, outcomes);
-        finish(target, &rows, &applied, unknown)?;
-        done.extend(applied);
+        (ids, labels(round))
     }
-    Ok(())
+    let rounds = adds.chunks(ADDS_PER_ROUND_TRIP).map(round);
+    let in_flight = rounds_in_flight(target, adds.iter().map(|c| c.id.as_str()));
+    member_rounds(target, Operation::Add, rounds, in_flight, now, done).await
 }
 
 /// Removes members (any type), always with `DELETE …/members/{id}/$ref`, one `$batch` per
-/// round. Idempotent: "not a member" is success, so it may run again after a crash between the
-/// delete and the audit row.
+/// round, several rounds in flight (see [`member_rounds`]). Idempotent: "not a member" is
+/// success, so it may run again after a crash between the delete and the audit row.
 async fn remove_members(
     target: Target<'_>,
     removes: &[Change<ObjectId>],
     now: DateTime<Utc>,
     done: &mut Vec<Applied>,
 ) -> Result<(), StateError> {
-    for round in removes.chunks(MAX_BATCH_ITEMS) {
-        let ids: Vec<ObjectId> = round.iter().map(|c| c.id.clone()).collect();
-        let labels: Vec<(String, String)> = round
-            .iter()
-            .map(|c| (c.id.to_string(), c.label.clone()))
-            .collect();
-        let rows = begin(target, GroupKind::Users, Operation::Remove, &labels, now)?;
-        let outcomes = target.graph.remove_members(target.user_group, &ids).await;
+    fn round(round: &[Change<ObjectId>]) -> Round {
+        (round.iter().map(|c| c.id.clone()).collect(), labels(round))
+    }
+    let rounds = removes.chunks(MAX_BATCH_ITEMS).map(round);
+    let in_flight = rounds_in_flight(target, removes.iter().map(|c| c.id.as_str()));
+    member_rounds(target, Operation::Remove, rounds, in_flight, now, done).await
+}
+
+/// One member-write round: the ids and, in the same order, `(id, label)` for the audit rows.
+type Round = (Vec<ObjectId>, Vec<(String, String)>);
+
+fn labels<I: std::fmt::Display>(round: &[Change<I>]) -> Vec<(String, String)> {
+    round
+        .iter()
+        .map(|c| (c.id.to_string(), c.label.clone()))
+        .collect()
+}
+
+/// Member-write rounds to keep in flight: the configured figure, or one at a time when an id
+/// appears twice in the list (two writes for the same group/member pair are never in flight
+/// at once; the planner lists each id once, so this is a guard, not a path taken).
+fn rounds_in_flight<'a>(target: Target<'_>, ids: impl Iterator<Item = &'a str>) -> usize {
+    let configured = target
+        .graph
+        .http()
+        .settings()
+        .write_batches_in_flight
+        .max(1);
+    if configured > 1 && !all_distinct(ids) {
+        tracing::warn!("a member id is listed twice; member writes go one round at a time");
+        return 1;
+    }
+    configured
+}
+
+fn all_distinct<'a>(ids: impl Iterator<Item = &'a str>) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter().all(|id| seen.insert(id))
+}
+
+/// Runs member-write rounds, up to `in_flight` at once, each its own `$batch` round trip with
+/// its own audit rows: written `pending` just before its request goes out, given their results
+/// when its answer is in. Rounds hold distinct members, so rounds in flight together never
+/// touch the same group/member pair; the write window in the HTTP layer keeps them within the
+/// quota however many are in flight. Results come back in plan order. A failed audit write
+/// stops the pass; rounds then still in flight keep their pending rows, which the next pass
+/// settles by what the tenant shows.
+async fn member_rounds(
+    target: Target<'_>,
+    operation: Operation,
+    rounds: impl Iterator<Item = Round>,
+    in_flight: usize,
+    now: DateTime<Utc>,
+    done: &mut Vec<Applied>,
+) -> Result<(), StateError> {
+    use futures::StreamExt;
+    let round = |(ids, labels): Round| async move {
+        let rows = begin(target, GroupKind::Users, operation, &labels, now)?;
+        let outcomes = match operation {
+            Operation::Remove => target.graph.remove_members(target.user_group, &ids).await,
+            _ => target.graph.add_members(target.user_group, &ids).await,
+        };
         let unknown = outcomes.as_ref().err().is_some_and(graph_outcome_unknown);
-        let applied = member_results(GroupKind::Users, Operation::Remove, &labels, outcomes);
+        let applied = member_results(GroupKind::Users, operation, &labels, outcomes);
         finish(target, &rows, &applied, unknown)?;
-        done.extend(applied);
+        Ok::<_, StateError>(applied)
+    };
+    let mut results = futures::stream::iter(rounds.map(round)).buffered(in_flight.max(1));
+    while let Some(applied) = results.next().await {
+        done.extend(applied?);
     }
     Ok(())
 }
@@ -527,6 +579,17 @@ mod tests {
             object_id: id.to_string(),
             operation,
         }
+    }
+
+    #[test]
+    fn a_repeated_member_id_is_noticed_wherever_it_repeats() {
+        let check = |ids: &[&str], expected: bool| {
+            assert_eq!(all_distinct(ids.iter().copied()), expected, "{ids:?}");
+        };
+        check(&[], true);
+        check(&["a", "b", "c"], true);
+        check(&["a", "b", "a"], false);
+        check(&["a", "a"], false);
     }
 
     #[test]

@@ -57,7 +57,16 @@ pub fn sim_unlimited() -> QuotaConfig {
 /// dexscope's client-side quotas (the shipped defaults) with every rate multiplied by `k` the
 /// same way as [`sim_quotas`]: windows `k` times shorter, budgets unchanged.
 pub fn client_quotas(k: u32) -> Quotas {
-    let q = Quotas::default();
+    faster(Quotas::default(), k)
+}
+
+/// The `[limits]` of a large tenant (more than 500 users), as its operator would configure
+/// them: the read budget Graph documents for that size (api-facts C.2: 8,000 resource units per
+/// 10 s), everything else at the shipped defaults.
+pub const LARGE_TENANT_LIMITS: &str = "[limits]\ngraph_directory_reads_per_10s = 8000\n";
+
+/// `q` with every rate multiplied by `k` (windows `k` times shorter, budgets unchanged).
+pub fn faster(q: Quotas, k: u32) -> Quotas {
     let fast = |r: Rate| Rate::new(r.count, r.per / k);
     Quotas {
         graph_reads: fast(q.graph_reads),
@@ -139,6 +148,11 @@ impl Env {
             [("DEXSCOPE_CLIENT_SECRET", secret.as_str())],
         )
         .expect("the bench config is valid")
+    }
+
+    /// The client quotas the config's `[limits]` describe, every rate multiplied by `k`.
+    pub fn configured_quotas(&self, k: u32) -> Quotas {
+        faster(tenant::http_settings(&self.config()).quotas, k)
     }
 
     /// The tenant connection the config describes, with `quotas` instead of the configured ones.

@@ -194,6 +194,7 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.limits.graph_directory_writes_per_150s, 3000);
     assert_eq!(c.limits.graph_directory_reads_per_10s, 3500);
+    assert_eq!(c.limits.graph_directory_write_batches_in_flight, 4);
     assert_eq!(c.limits.graph_security_per_minute, 150);
     assert_eq!(c.limits.defender_per_minute, 100);
     assert_eq!(c.limits.defender_per_hour, 1500);
@@ -851,4 +852,16 @@ fn binary_exit_codes_for_the_command_line() {
         assert_eq!(out.status.code(), Some(*code), "{args:?}: {text}");
         assert!(text.contains(needle), "{args:?}: {needle:?} not in {text}");
     }
+}
+
+#[test]
+fn write_batches_in_flight_is_refused_outside_1_to_16() {
+    let key = "graph_directory_write_batches_in_flight";
+    for bad in ["0", "17"] {
+        let e = err(&case().set("limits", key, bad));
+        assert!(e.contains(&format!("[limits] {key}")), "{e}");
+        assert!(e.contains("from 1 to 16"), "{e}");
+    }
+    let (_dir, c) = ok(&case().set("limits", key, "16"));
+    assert_eq!(c.limits.graph_directory_write_batches_in_flight, 16);
 }

@@ -25,4 +25,5 @@ mod state;
 mod status;
 mod support;
 mod tenant;
+mod throttle;
 mod verdict;

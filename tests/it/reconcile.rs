@@ -582,7 +582,12 @@ async fn an_apply_killed_half_way_converges_on_the_next_run_without_duplicate_wr
         ..QuotaConfig::default()
     };
     let env = Env::start(opts).await;
-    env.write_config_with("", "[http]\nmax_retry_time = \"10m\"\n");
+    // One write round trip at a time, so the throttled one is the second.
+    env.write_config_with(
+        "",
+        "[http]\nmax_retry_time = \"10m\"\n\
+         [limits]\ngraph_directory_write_batches_in_flight = 1\n",
+    );
     let wanted = upns(&env.sim, 1_000);
     env.write_desired(&wanted, &[], "");
 
