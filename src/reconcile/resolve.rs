@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use crate::defender::{self, DefenderClient};
 use crate::desired::{DesiredState, DeviceKey, UserKey};
 use crate::graph::{self, DeltaError, GraphClient};
+use crate::incidents::poll::trace_memory;
 use crate::model::{GroupMember, Machine, MachineId, ObjectId, Upn, UserId};
 use crate::state::{MemberSync, State};
 
@@ -109,6 +110,7 @@ pub async fn read_members(
             .ok()
             .flatten()
     });
+    trace_memory("snapshot load");
     let mut reason = snapshot::full_read_needed(
         stored.as_ref().map(|(s, _)| s),
         group,
@@ -117,7 +119,10 @@ pub async fn read_members(
     );
     if let (None, Some((sync, members))) = (reason, stored) {
         match continue_members(graph, group, src, sync, members).await {
-            Ok(m) => return Ok(m),
+            Ok(m) => {
+                trace_memory("delta");
+                return Ok(m);
+            }
             Err(Continue::Expired(e)) => {
                 tracing::info!(error = %e, "membership delta link refused; full resync");
                 reason = Some(FullRead::LinkExpired);
@@ -150,6 +155,7 @@ pub async fn read_members(
         members = members.len(),
         "members read in full"
     );
+    trace_memory("members full");
     let mut snapshot_stored = false;
     if let Some(state) = store_in {
         let saved = match link {
@@ -256,6 +262,7 @@ pub async fn resolve(
             .all_machines()
             .await
             .map_err(ResolveError::Machines)?;
+        trace_memory("machines");
         let (devices, bad) = resolve_devices(&desired.devices, &all);
         unresolved.extend(bad);
         (tagged_in(all, device_tag), devices)
