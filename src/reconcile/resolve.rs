@@ -405,15 +405,24 @@ pub fn resolve_devices(
     entries: &[crate::desired::DesiredDevice],
     machines: &[Machine],
 ) -> (Vec<DesiredDeviceRef>, Vec<Unresolved>) {
-    let mut by_id: HashSet<&str> = HashSet::with_capacity(machines.len());
-    let mut by_name: HashMap<&str, Found<'_>> = HashMap::with_capacity(machines.len());
+    // Only the indexes some entry asks for: each is a map over every machine (megabytes at
+    // 50k machines), and a desired state usually lists its devices one way.
+    let wants = |kind: fn(&DeviceKey) -> bool| entries.iter().any(|e| kind(&e.key));
+    let want_id = wants(|k| matches!(k, DeviceKey::Machine(_)));
+    let want_name = wants(|k| matches!(k, DeviceKey::Name(_)));
+    let want_aad = wants(|k| matches!(k, DeviceKey::AadDevice(_)));
+    let size = |wanted: bool| if wanted { machines.len() } else { 0 };
+    let mut by_id: HashSet<&str> = HashSet::with_capacity(size(want_id));
+    let mut by_name: HashMap<&str, Found<'_>> = HashMap::with_capacity(size(want_name));
     let mut by_aad: HashMap<&str, Found<'_>> = HashMap::new();
     for m in machines {
-        by_id.insert(m.id.as_str());
-        if let Some(n) = &m.dns_name {
+        if want_id {
+            by_id.insert(m.id.as_str());
+        }
+        if let Some(n) = m.dns_name.as_ref().filter(|_| want_name) {
             Found::add(&mut by_name, n.as_str(), &m.id);
         }
-        if let Some(a) = &m.aad_device_id {
+        if let Some(a) = m.aad_device_id.as_ref().filter(|_| want_aad) {
             Found::add(&mut by_aad, a.as_str(), &m.id);
         }
     }
