@@ -106,7 +106,8 @@ pub struct Response {
     pub status: u16,
     /// Graph `request-id` (or `client-request-id`).
     pub request_id: Option<String>,
-    pub body: Vec<u8>,
+    /// As received: deserialized in place, never copied.
+    pub body: bytes::Bytes,
     method: String,
     path: String,
 }
@@ -452,7 +453,7 @@ impl Client {
         &self,
         req: &Request,
         token: &SecretString,
-    ) -> Result<(u16, HeaderMap, Vec<u8>), reqwest::Error> {
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), reqwest::Error> {
         let mut b = self
             .inner
             .http
@@ -467,7 +468,9 @@ impl Client {
         let resp = b.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await?.to_vec();
+        // The body as reqwest collected it: a page of 10,000 machines is megabytes, and a
+        // copy of it would be one more.
+        let body = resp.bytes().await?;
         Ok((status, headers, body))
     }
 

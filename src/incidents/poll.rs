@@ -607,7 +607,7 @@ async fn judge(
 /// With `DEXSCOPE_TRACE_MEMORY` set, logs the process's peak and current resident memory
 /// (Linux `/proc/self/status`) at a phase boundary: how the memory figure of the benchmark is
 /// attributed to the passes. A diagnostic, not a setting; silent elsewhere.
-fn trace_memory(phase: &str) {
+pub(crate) fn trace_memory(phase: &str) {
     if std::env::var_os("DEXSCOPE_TRACE_MEMORY").is_none() {
         return;
     }

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::desired::{self, DesiredState, Mode};
+use crate::incidents::poll::trace_memory;
 use crate::model::ObjectId;
 use crate::state::{GuardRefusal, State, StateError};
 use crate::tenant::Tenant;
@@ -201,6 +202,7 @@ async fn read_and_plan(
         desired,
     )
     .await?;
+    trace_memory("resolve");
     if let Some(state) = settle {
         // By the tenant as read now. A change an interrupted pass made may not show yet in the
         // membership delta (its processing lags); such a row settles as not applied and the
@@ -213,7 +215,9 @@ async fn read_and_plan(
         members: r.actual.members.len(),
         tagged: r.actual.tagged.len(),
     };
-    Ok((plan::plan(&r.desired, &r.actual, settings), read, counts))
+    let plan = plan::plan(&r.desired, &r.actual, settings);
+    trace_memory("plan");
+    Ok((plan, read, counts))
 }
 
 /// One reconcile pass: read, settle audit rows an interrupted pass left pending, plan, record
@@ -252,6 +256,7 @@ pub async fn reconcile_once(
         commit: desired.commit.as_deref(),
     };
     let applied = apply::apply(target, &plan, now).await?;
+    trace_memory("apply");
     if read.snapshot_stored {
         note_applied(ctx.state, &applied);
     }
@@ -463,6 +468,7 @@ fn prepare(
     for w in &loaded.warnings {
         let _ = writeln!(err, "{w}");
     }
+    trace_memory("desired load");
     match Tenant::from_config(config) {
         Ok(t) => Some((loaded.state, t, config.scope.user_group_id.clone())),
         Err(e) => {

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use crate::defender::{self, DefenderClient};
 use crate::desired::{DesiredState, DeviceKey, UserKey};
 use crate::graph::{self, DeltaError, GraphClient};
+use crate::incidents::poll::trace_memory;
 use crate::model::{GroupMember, Machine, MachineId, ObjectId, Upn, UserId};
 use crate::state::{MemberSync, State};
 
@@ -109,6 +110,7 @@ pub async fn read_members(
             .ok()
             .flatten()
     });
+    trace_memory("snapshot load");
     let mut reason = snapshot::full_read_needed(
         stored.as_ref().map(|(s, _)| s),
         group,
@@ -117,7 +119,10 @@ pub async fn read_members(
     );
     if let (None, Some((sync, members))) = (reason, stored) {
         match continue_members(graph, group, src, sync, members).await {
-            Ok(m) => return Ok(m),
+            Ok(m) => {
+                trace_memory("delta");
+                return Ok(m);
+            }
             Err(Continue::Expired(e)) => {
                 tracing::info!(error = %e, "membership delta link refused; full resync");
                 reason = Some(FullRead::LinkExpired);
@@ -150,6 +155,7 @@ pub async fn read_members(
         members = members.len(),
         "members read in full"
     );
+    trace_memory("members full");
     let mut snapshot_stored = false;
     if let Some(state) = store_in {
         let saved = match link {
@@ -256,6 +262,7 @@ pub async fn resolve(
             .all_machines()
             .await
             .map_err(ResolveError::Machines)?;
+        trace_memory("machines");
         let (devices, bad) = resolve_devices(&desired.devices, &all);
         unresolved.extend(bad);
         (tagged_in(all, device_tag), devices)
@@ -398,15 +405,24 @@ pub fn resolve_devices(
     entries: &[crate::desired::DesiredDevice],
     machines: &[Machine],
 ) -> (Vec<DesiredDeviceRef>, Vec<Unresolved>) {
-    let mut by_id: HashSet<&str> = HashSet::with_capacity(machines.len());
-    let mut by_name: HashMap<&str, Found<'_>> = HashMap::with_capacity(machines.len());
+    // Only the indexes some entry asks for: each is a map over every machine (megabytes at
+    // 50k machines), and a desired state usually lists its devices one way.
+    let wants = |kind: fn(&DeviceKey) -> bool| entries.iter().any(|e| kind(&e.key));
+    let want_id = wants(|k| matches!(k, DeviceKey::Machine(_)));
+    let want_name = wants(|k| matches!(k, DeviceKey::Name(_)));
+    let want_aad = wants(|k| matches!(k, DeviceKey::AadDevice(_)));
+    let size = |wanted: bool| if wanted { machines.len() } else { 0 };
+    let mut by_id: HashSet<&str> = HashSet::with_capacity(size(want_id));
+    let mut by_name: HashMap<&str, Found<'_>> = HashMap::with_capacity(size(want_name));
     let mut by_aad: HashMap<&str, Found<'_>> = HashMap::new();
     for m in machines {
-        by_id.insert(m.id.as_str());
-        if let Some(n) = &m.dns_name {
+        if want_id {
+            by_id.insert(m.id.as_str());
+        }
+        if let Some(n) = m.dns_name.as_ref().filter(|_| want_name) {
             Found::add(&mut by_name, n.as_str(), &m.id);
         }
-        if let Some(a) = &m.aad_device_id {
+        if let Some(a) = m.aad_device_id.as_ref().filter(|_| want_aad) {
             Found::add(&mut by_aad, a.as_str(), &m.id);
         }
     }
