@@ -97,52 +97,13 @@ async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sig
     )
     .unwrap();
     let socket_path = dir.path().join("notify.sock");
-    // Like systemd, the test reads the notify socket all along.
-    let sock = UnixDatagram::bind(&socket_path).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-    let drain = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf).await {
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        })
-    };
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dexscope"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .env_remove("DEXSCOPE_CONFIG")
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env(
-            "DEXSCOPE_CLIENT_SECRET",
-            sim.client_secret().expose_secret(),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The log (JSON, one event per line) is collected on a thread; the metrics address is read
-    // from the start-up event.
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let reader = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                log.lock().unwrap().push(line);
-            }
-        })
-    };
+    let Daemon {
+        mut child,
+        seen,
+        log,
+        drain,
+        reader,
+    } = Daemon::start_with(&sim, &config, &socket_path, &[("WATCHDOG_USEC", "1000000")]);
 
     wait_for(&seen, "READY=1", Duration::from_secs(10)).await;
     let address = log
@@ -314,6 +275,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(sim: &sim::SimHandle, config: &std::path::Path, socket: &std::path::Path) -> Self {
+        Self::start_with(sim, config, socket, &[])
+    }
+
+    /// Like systemd, the test reads the notify socket all along; `env` adds variables (e.g.
+    /// `WATCHDOG_USEC`).
+    fn start_with(
+        sim: &sim::SimHandle,
+        config: &std::path::Path,
+        socket: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let sock = UnixDatagram::bind(socket).unwrap();
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let drain = {
@@ -334,6 +306,7 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .env_remove("DEXSCOPE_CONFIG")
             .env("NOTIFY_SOCKET", socket)
+            .envs(env.iter().copied())
             .env(
                 "DEXSCOPE_CLIENT_SECRET",
                 sim.client_secret().expose_secret(),
