@@ -1,10 +1,12 @@
 //! The pure priority check: prove from where tagged machines actually landed that the scoped
 //! device group is not outranked.
 //!
-//! No supported API returns a device group's rank (api-facts E.7), so the check tests the rank's
-//! *effect* (E.8): every machine carrying the scoped tag must report `rbacGroupName` equal to the
-//! scoped group. A tagged machine elsewhere after the propagation grace means a higher-ranked
-//! group captured it; one in `UnassignedGroup` means the group's rule does not match the tag.
+//! No supported API returns a device group's rank (the list of supported MDE APIs has no
+//! device-group endpoint, and the retired preview `machinegroups` listing carried no rank), so
+//! the check tests the rank's *effect*: every machine carrying the scoped tag must report
+//! `rbacGroupName` (read from `/api/machines`) equal to the scoped group. A tagged machine
+//! elsewhere after the propagation grace means a higher-ranked group captured it; one in
+//! `UnassignedGroup` means the group's rule does not match the tag.
 //! No I/O and no clock: `now` is a parameter.
 
 use std::collections::{BTreeMap, HashMap};
