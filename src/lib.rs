@@ -25,9 +25,12 @@
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
-//! - `reconcile`: `resolve` (desired entries → ids, members from the snapshot + delta),
-//!   `snapshot` (pure: when the member snapshot stands in for a full read), `plan` (pure),
-//!   `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
+//! - `scope`: reading the scope from the tenant, below `reconcile`, `priority` and `incidents`:
+//!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
+//!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,
+//!   pure), `vocab` (`GroupKind`, `Unresolved`, resolved entries).
+//! - `reconcile`: `resolve` (desired users → ids, the tenant read for the planner), `plan`
+//!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
 //! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics), the `Alerter`.
@@ -72,6 +75,7 @@ pub mod metrics;
 pub mod model;
 pub mod priority;
 pub mod reconcile;
+pub mod scope;
 pub mod sim;
 pub mod state;
 pub mod status;

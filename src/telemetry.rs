@@ -85,6 +85,29 @@ where
         .with_target(true)
 }
 
+/// With `DEXSCOPE_TRACE_MEMORY` set, logs the process's peak and current resident memory
+/// (Linux `/proc/self/status`) at a phase boundary: how the memory figure of the benchmark is
+/// attributed to the passes. A diagnostic, not a setting; silent elsewhere.
+pub(crate) fn trace_memory(phase: &str) {
+    if std::env::var_os("DEXSCOPE_TRACE_MEMORY").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    tracing::info!(
+        phase,
+        vm_hwm = field("VmHWM:"),
+        vm_rss = field("VmRSS:"),
+        "memory"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

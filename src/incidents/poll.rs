@@ -23,8 +23,9 @@ use crate::incidents::verdict::{
     self, ExcludedKind, Outcome, PlatformClass, Policy, PriorityFinding, Scope, Verdict,
 };
 use crate::model::{Incident, IncidentComment, ObjectId};
-use crate::reconcile::resolve::{MemberSource, ResolveError, read_members};
+use crate::scope::{MemberSource, ResolveError, read_members};
 use crate::state::{PostedVerdict, State, StateError};
+use crate::telemetry::trace_memory;
 use crate::tenant::Tenant;
 use crate::{defender, model};
 
@@ -602,29 +603,6 @@ async fn judge(
             .await
             .map(|handled| (polled(handled, &v), v.priority_findings.clone())),
     )
-}
-
-/// With `DEXSCOPE_TRACE_MEMORY` set, logs the process's peak and current resident memory
-/// (Linux `/proc/self/status`) at a phase boundary: how the memory figure of the benchmark is
-/// attributed to the passes. A diagnostic, not a setting; silent elsewhere.
-pub(crate) fn trace_memory(phase: &str) {
-    if std::env::var_os("DEXSCOPE_TRACE_MEMORY").is_none() {
-        return;
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    tracing::info!(
-        phase,
-        vm_hwm = field("VmHWM:"),
-        vm_rss = field("VmRSS:"),
-        "memory"
-    );
 }
 
 fn delta(d: Duration) -> TimeDelta {

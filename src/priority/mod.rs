@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::config::Scope;
 use crate::defender::{self, DefenderClient};
-use crate::desired::{DesiredState, DeviceKey};
+use crate::desired::DesiredState;
 use crate::model::{Machine, MachineId};
-use crate::reconcile::plan::{DesiredDeviceRef, Unresolved, UnresolvedKind};
+use crate::scope::{self, DesiredDeviceRef, Unresolved};
 use crate::state::{State, StateError};
 
 use check::{Finding, FindingKind, MissingTag, Placement, Sighting, TaggedMachine};
@@ -153,64 +153,15 @@ fn placement(
     }
 }
 
-/// Resolves the desired devices against the machine list: a machine id must exist, a DNS name
-/// (case-insensitive) or an Entra device id must name exactly one machine. Pure. Used by
-/// `check`, which reads the machine list itself.
+/// Resolves the desired devices against the machine list with [`scope::resolve_devices`], the
+/// resolver the reconcile pass uses: a machine id must exist, a DNS name or an Entra device id
+/// (both compared lower-case) must name exactly one machine. Pure. Used by `check` and the
+/// daemon, which read the machine list themselves.
 pub fn resolve_devices(
     desired: &DesiredState,
     machines: &[Machine],
 ) -> (Vec<DesiredDeviceRef>, Vec<Unresolved>) {
-    let mut by_id: HashSet<&MachineId> = HashSet::new();
-    let mut by_name: HashMap<String, Vec<&MachineId>> = HashMap::new();
-    let mut by_aad: HashMap<String, Vec<&MachineId>> = HashMap::new();
-    for m in machines {
-        by_id.insert(&m.id);
-        if let Some(d) = &m.dns_name {
-            by_name
-                .entry(d.to_string().to_ascii_lowercase())
-                .or_default()
-                .push(&m.id);
-        }
-        if let Some(a) = &m.aad_device_id {
-            by_aad
-                .entry(a.to_string().to_ascii_lowercase())
-                .or_default()
-                .push(&m.id);
-        }
-    }
-    let mut resolved = Vec::new();
-    let mut unresolved = Vec::new();
-    for entry in &desired.devices {
-        let label = entry.key.to_string();
-        let candidates: Vec<&MachineId> = match &entry.key {
-            DeviceKey::Machine(id) => by_id.get(id).into_iter().copied().collect(),
-            DeviceKey::Name(n) => by_name
-                .get(&n.to_string().to_ascii_lowercase())
-                .cloned()
-                .unwrap_or_default(),
-            DeviceKey::AadDevice(a) => by_aad
-                .get(&a.to_string().to_ascii_lowercase())
-                .cloned()
-                .unwrap_or_default(),
-        };
-        match candidates.as_slice() {
-            [id] => resolved.push(DesiredDeviceRef {
-                id: (*id).clone(),
-                label,
-            }),
-            [] => unresolved.push(Unresolved {
-                entry: label,
-                problem: UnresolvedKind::UnknownDevice,
-            }),
-            many => unresolved.push(Unresolved {
-                entry: label,
-                problem: UnresolvedKind::AmbiguousName {
-                    candidates: many.iter().map(|id| (*id).clone()).collect(),
-                },
-            }),
-        }
-    }
-    (resolved, unresolved)
+    scope::resolve_devices(&desired.devices, machines)
 }
 
 #[cfg(test)]
@@ -219,6 +170,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AadDeviceId, DnsName};
+    use crate::scope::UnresolvedKind;
 
     fn machine(n: u32, dns: &str, aad: Option<&str>) -> Machine {
         Machine {

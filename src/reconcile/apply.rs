@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::defender::{DefenderClient, MAX_IDS_PER_TAG_CALL, TagAction};
 use crate::graph::{GraphClient, MAX_BIND_PER_PATCH, MemberOutcome, MemberResult};
 use crate::http::MAX_BATCH_ITEMS;
-use crate::model::{GroupMember, MachineId, ObjectId};
+use crate::model::{GroupMember, MachineId, ObjectId, Upn, UserId};
 use crate::state::{
     AuditEntry, ChangeResult, FinishedChange, Operation, PendingChange, State, StateError,
 };
@@ -563,10 +563,47 @@ fn missing<I: std::fmt::Display>(
         .collect()
 }
 
+/// What the applied user-group changes mean for the snapshot: successful adds (including
+/// "already a member") are members, successful removes (including "not a member") are not.
+/// Failed changes say nothing and leave the snapshot alone. A user added by UPN keeps it.
+pub fn snapshot_changes(applied: &[Applied]) -> (Vec<GroupMember>, Vec<ObjectId>) {
+    let mut present = Vec::new();
+    let mut removed = Vec::new();
+    for a in applied
+        .iter()
+        .filter(|a| a.group == GroupKind::Users && a.result != AppliedResult::Failed)
+    {
+        match a.operation {
+            Operation::Add => {
+                if let Ok(id) = UserId::parse(&a.id) {
+                    present.push(GroupMember::User {
+                        id,
+                        upn: Upn::parse(&a.label).ok(),
+                    });
+                }
+            }
+            Operation::Remove => removed.extend(ObjectId::parse(&a.id).ok()),
+            Operation::Tag | Operation::Untag => {}
+        }
+    }
+    (present, removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Machine, UserId};
+    use crate::model::Machine;
+
+    fn oid(n: u32) -> ObjectId {
+        ObjectId::parse(&format!("{n:08x}-0000-4000-8000-000000000000")).unwrap()
+    }
+
+    fn user(n: u32, upn: Option<&str>) -> GroupMember {
+        GroupMember::User {
+            id: UserId::parse(oid(n).as_str()).unwrap(),
+            upn: upn.map(|u| Upn::parse(u).unwrap()),
+        }
+    }
 
     fn pending(row: i64, operation: Operation, id: &str) -> PendingChange {
         PendingChange {
@@ -646,5 +683,65 @@ mod tests {
             ChangeResult::Failed(m) => m.contains("does not show") && f.note.is_none(),
             _ => false,
         }));
+    }
+
+    #[test]
+    fn only_successful_user_changes_reach_the_snapshot() {
+        let applied = |op, id: &ObjectId, label: &str, result, group| Applied {
+            group,
+            operation: op,
+            id: id.to_string(),
+            label: label.into(),
+            result,
+            message: None,
+            request_id: None,
+        };
+        let list = vec![
+            applied(
+                Operation::Add,
+                &oid(1),
+                "a@x.com",
+                AppliedResult::Ok,
+                GroupKind::Users,
+            ),
+            applied(
+                Operation::Add,
+                &oid(2),
+                oid(2).as_str(),
+                AppliedResult::Already,
+                GroupKind::Users,
+            ),
+            applied(
+                Operation::Add,
+                &oid(3),
+                "c@x.com",
+                AppliedResult::Failed,
+                GroupKind::Users,
+            ),
+            applied(
+                Operation::Remove,
+                &oid(4),
+                "d",
+                AppliedResult::Already,
+                GroupKind::Users,
+            ),
+            applied(
+                Operation::Remove,
+                &oid(5),
+                "e",
+                AppliedResult::Failed,
+                GroupKind::Users,
+            ),
+            applied(
+                Operation::Tag,
+                &oid(6),
+                "m",
+                AppliedResult::Ok,
+                GroupKind::Devices,
+            ),
+        ];
+        let (present, removed) = snapshot_changes(&list);
+        assert_eq!(present, vec![user(1, Some("a@x.com")), user(2, None)]);
+        assert_eq!(removed, vec![oid(4)]);
     }
 }

@@ -9,7 +9,6 @@
 pub mod apply;
 pub mod plan;
 pub mod resolve;
-pub mod snapshot;
 
 use std::io::Write;
 use std::time::Duration;
@@ -19,14 +18,16 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::desired::{self, DesiredState, Mode};
-use crate::incidents::poll::trace_memory;
 use crate::model::ObjectId;
+use crate::scope::{
+    self, GroupKind, MemberSource, Members, ResolveError, Unresolved, UnresolvedKind,
+};
 use crate::state::{GuardRefusal, State, StateError};
+use crate::telemetry::trace_memory;
 use crate::tenant::Tenant;
 
 use apply::{Applied, AppliedResult, NotConverged, Target};
-use plan::{GroupKind, Plan, PlanSettings, Unresolved, UnresolvedKind};
-use resolve::{MemberSource, Members, ResolveError};
+use plan::{Plan, PlanSettings};
 
 /// `plan`: no changes pending.
 pub const EXIT_NO_CHANGES: u8 = 0;
@@ -192,7 +193,7 @@ async fn read_and_plan(
     settle: Option<&State>,
 ) -> Result<(Plan, Members, PassCounts), ReconcileError> {
     let now = members.now;
-    let mut read = resolve::read_members(&tenant.graph, user_group, members).await?;
+    let mut read = scope::read_members(&tenant.graph, user_group, members).await?;
     // Moved, not cloned: the caller needs only how the members were read.
     let r = resolve::resolve(
         &tenant.graph,
@@ -223,7 +224,7 @@ async fn read_and_plan(
 /// One reconcile pass: read, settle audit rows an interrupted pass left pending, plan, record
 /// the guard's decision, apply, verify. Level-triggered: the tenant and `desired` decide; the
 /// member snapshot only saves reads of members that did not change, and applied changes are
-/// written into it (see [`snapshot`]).
+/// written into it (see [`scope::snapshot`]).
 pub async fn reconcile_once(
     ctx: Context<'_>,
     desired: &DesiredState,
@@ -290,7 +291,7 @@ pub async fn reconcile_once(
 /// snapshot is dropped: the next pass reads in full rather than trust a snapshot that misses
 /// our own changes.
 fn note_applied(state: &State, applied: &[Applied]) {
-    let (present, removed) = snapshot::after_apply(applied);
+    let (present, removed) = apply::snapshot_changes(applied);
     if present.is_empty() && removed.is_empty() {
         return;
     }

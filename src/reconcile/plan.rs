@@ -13,43 +13,11 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::model::{GroupMember, Machine, MachineId, ObjectId, UserId};
+// re-export kept until callers move
+pub use crate::scope::{DesiredDeviceRef, DesiredUserRef, GroupKind, Unresolved, UnresolvedKind};
 
 // ---------------------------------------------------------------------------------------------
 // Input.
-
-/// A desired user, resolved to its object id. `label` is how the entry was written (UPN or id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DesiredUserRef {
-    pub id: UserId,
-    pub label: String,
-}
-
-/// A desired device, resolved to its MDE machine id. `label` is how the entry was written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DesiredDeviceRef {
-    pub id: MachineId,
-    pub label: String,
-}
-
-/// Why a desired entry could not be resolved against the tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum UnresolvedKind {
-    UnknownUser,
-    UnknownDevice,
-    /// Several machines report this DNS name; acting on any one of them would be a guess.
-    AmbiguousName {
-        candidates: Vec<MachineId>,
-    },
-}
-
-/// A desired entry that did not resolve. It is skipped, and it never causes a removal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Unresolved {
-    /// The entry as written (UPN, object id, DNS name, machine id or Entra device id).
-    pub entry: String,
-    pub problem: UnresolvedKind,
-}
 
 /// The desired state after resolution against the tenant (expired entries already dropped).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,29 +57,6 @@ pub struct PlanSettings {
 
 // ---------------------------------------------------------------------------------------------
 // Output.
-
-/// The two scoped groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupKind {
-    Users,
-    Devices,
-}
-
-impl GroupKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupKind::Users => "users",
-            GroupKind::Devices => "devices",
-        }
-    }
-}
-
-impl fmt::Display for GroupKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What kind of object a change touches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -1,5 +1,5 @@
 //! The member snapshot's decisions, pure: when a stored snapshot may stand in for a full read
-//! of the scoped user group, how a delta round changes it, and how applied changes do.
+//! of the scoped user group, and how a delta round changes it.
 //!
 //! The snapshot is a cache of the tenant and nothing more. Its one known blind spot is the UPN
 //! of a member: a membership delta carries ids only, so a user renamed in Entra keeps the old
@@ -18,10 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::graph::MemberChange;
 use crate::model::{GroupMember, ObjectId, Upn, UserId};
-use crate::state::{MemberSync, Operation};
-
-use super::apply::{Applied, AppliedResult};
-use super::plan::GroupKind;
+use crate::state::MemberSync;
 
 /// Default of `[scope] member_resync`: how old a snapshot's UPNs may get.
 pub const DEFAULT_MEMBER_RESYNC: Duration = Duration::from_secs(24 * 3600);
@@ -163,32 +160,6 @@ pub fn fill_upns(c: &mut Continued, found: &HashMap<UserId, Option<Upn>>) {
     }
 }
 
-/// What the applied user-group changes mean for the snapshot: successful adds (including
-/// "already a member") are members, successful removes (including "not a member") are not.
-/// Failed changes say nothing and leave the snapshot alone. A user added by UPN keeps it.
-pub fn after_apply(applied: &[Applied]) -> (Vec<GroupMember>, Vec<ObjectId>) {
-    let mut present = Vec::new();
-    let mut removed = Vec::new();
-    for a in applied
-        .iter()
-        .filter(|a| a.group == GroupKind::Users && a.result != AppliedResult::Failed)
-    {
-        match a.operation {
-            Operation::Add => {
-                if let Ok(id) = UserId::parse(&a.id) {
-                    present.push(GroupMember::User {
-                        id,
-                        upn: Upn::parse(&a.label).ok(),
-                    });
-                }
-            }
-            Operation::Remove => removed.extend(ObjectId::parse(&a.id).ok()),
-            Operation::Tag | Operation::Untag => {}
-        }
-    }
-    (present, removed)
-}
-
 pub fn member_id(m: &GroupMember) -> &str {
     match m {
         GroupMember::User { id, .. } => id.as_str(),
@@ -269,65 +240,5 @@ mod tests {
         // A replay of the same round changes nothing more.
         let again = continue_snapshot(c.members.clone(), &changes[..5]);
         assert_eq!(again.members, c.members);
-    }
-
-    #[test]
-    fn only_successful_user_changes_reach_the_snapshot() {
-        let applied = |op, id: &ObjectId, label: &str, result, group| Applied {
-            group,
-            operation: op,
-            id: id.to_string(),
-            label: label.into(),
-            result,
-            message: None,
-            request_id: None,
-        };
-        let list = vec![
-            applied(
-                Operation::Add,
-                &oid(1),
-                "a@x.com",
-                AppliedResult::Ok,
-                GroupKind::Users,
-            ),
-            applied(
-                Operation::Add,
-                &oid(2),
-                oid(2).as_str(),
-                AppliedResult::Already,
-                GroupKind::Users,
-            ),
-            applied(
-                Operation::Add,
-                &oid(3),
-                "c@x.com",
-                AppliedResult::Failed,
-                GroupKind::Users,
-            ),
-            applied(
-                Operation::Remove,
-                &oid(4),
-                "d",
-                AppliedResult::Already,
-                GroupKind::Users,
-            ),
-            applied(
-                Operation::Remove,
-                &oid(5),
-                "e",
-                AppliedResult::Failed,
-                GroupKind::Users,
-            ),
-            applied(
-                Operation::Tag,
-                &oid(6),
-                "m",
-                AppliedResult::Ok,
-                GroupKind::Devices,
-            ),
-        ];
-        let (present, removed) = after_apply(&list);
-        assert_eq!(present, vec![user(1, Some("a@x.com")), user(2, None)]);
-        assert_eq!(removed, vec![oid(4)]);
     }
 }
