@@ -29,7 +29,7 @@ use crate::telemetry::trace_memory;
 use super::plan::{Actual, ResolvedDesired};
 
 // re-export kept until callers move
-pub use crate::scope::{MemberSource, Members, MembersRead, read_members};
+pub use crate::scope::MemberSource;
 
 /// The desired state resolved, and the tenant as read for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
