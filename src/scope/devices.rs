@@ -193,4 +193,34 @@ mod tests {
         let tagged: Vec<MachineId> = tagged_in(machines, "T").into_iter().map(|m| m.id).collect();
         assert_eq!(tagged, vec![mid(2), mid(4)]);
     }
+
+    #[test]
+    fn a_machine_listed_twice_is_one_machine_and_candidates_come_sorted() {
+        // One machine id twice in the list is one machine: the name it reports is not
+        // ambiguous. Candidates of a truly ambiguous name are listed in id order.
+        let machines = vec![
+            machine(7, "dup.contoso.local", None),
+            machine(1, "ws-1.contoso.local", None),
+            machine(3, "dup.contoso.local", None),
+            machine(1, "ws-1.contoso.local", None),
+        ];
+        let d = desired("devices = ['ws-1.contoso.local', 'dup.contoso.local']");
+        let (devices, unresolved) = resolve_devices(&d.devices, &machines);
+        assert_eq!(
+            devices,
+            vec![DesiredDeviceRef {
+                id: mid(1),
+                label: "ws-1.contoso.local".into(),
+            }]
+        );
+        assert_eq!(
+            unresolved,
+            vec![Unresolved {
+                entry: "dup.contoso.local".into(),
+                problem: UnresolvedKind::AmbiguousName {
+                    candidates: vec![mid(3), mid(7)]
+                },
+            }]
+        );
+    }
 }
