@@ -8,7 +8,6 @@
 //! status from those values is the pure [`evaluate`].
 
 use std::path::Path;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,6 +19,7 @@ use crate::desired::{self, Mode};
 use crate::priority::check::{Finding, FindingKind};
 use crate::priority::{self, Counts, PriorityInput};
 use crate::reconcile::plan::Unresolved;
+use crate::state::records;
 use crate::state::{GuardRefusal, LoopPass, State};
 use crate::tenant::Tenant;
 
@@ -58,9 +58,6 @@ pub enum CheckFormat {
     /// One JSON object.
     Json,
 }
-
-/// A loop pass older than this many intervals is stale.
-pub const STALE_INTERVALS: u32 = 3;
 
 /// Everything the status is decided from, read by [`run`].
 #[derive(Debug, Clone, Default)]
@@ -282,8 +279,8 @@ fn finding_problem(f: &Finding) -> Option<(Status, String)> {
     })
 }
 
-/// A loop whose last pass failed, or whose last pass is more than [`STALE_INTERVALS`]
-/// intervals old.
+/// A loop whose last pass failed, whose last success is stale (by [`records::is_stale`], the
+/// rule `status` and `/readyz` use), or whose last reconcile pass left changes pending.
 fn pass_problem(p: &LoopPass, schedule: Option<&Schedule>, now: DateTime<Utc>) -> Option<String> {
     if !p.ok {
         return Some(format!(
@@ -298,17 +295,16 @@ fn pass_problem(p: &LoopPass, schedule: Option<&Schedule>, now: DateTime<Utc>) -
         "incidents" => Some(s.incidents_every),
         _ => None,
     })?;
-    let age = (now - p.finished).to_std().unwrap_or(Duration::ZERO);
-    if age > every * STALE_INTERVALS {
+    if records::is_stale(every, p.last_success(), now) {
         return Some(format!(
             "last successful {} pass is stale ({} old)",
             p.loop_name,
-            crate::text::duration(age)
+            crate::text::duration(records::age(p.finished, now))
         ));
     }
     if p.loop_name == "reconcile" {
-        // The reconcile loop records the changes it could not make in its summary.
-        let pending = p.summary.get("pending_changes").and_then(|v| v.as_u64());
+        // The reconcile loop records the changes it could not make in its figures.
+        let pending = p.reconcile_figures().map(|f| f.pending_changes);
         if let Some(n) = pending.filter(|n| *n > 0) {
             return Some(format!("{n} changes pending (drift)"));
         }
@@ -436,6 +432,8 @@ async fn gather(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use chrono::TimeDelta;
 
     use super::*;
@@ -456,6 +454,18 @@ mod tests {
             ok,
             summary,
         }
+    }
+
+    /// A reconcile pass's summary as the daemon stores it, with `pending` changes pending.
+    fn reconcile_summary(pending: u64) -> serde_json::Value {
+        let group = json!({ "desired": 0, "effective": 0, "drift": 0 });
+        json!({
+            "text": "", "changes_applied": 0, "drift": 0,
+            "details": {
+                "pending_changes": pending, "unresolved": 0, "applied": 0, "commit": null,
+                "users": group, "devices": group, "unresolved_entries": []
+            }
+        })
     }
 
     fn finding(kind: FindingKind, count: usize) -> Finding {
@@ -500,7 +510,7 @@ mod tests {
             ("all fine", base.clone(), "OK - 3 tagged devices in G"),
             (
                 "fresh passes are fine",
-                with(&|i| i.passes = vec![pass("reconcile", 14, true, json!({}))]),
+                with(&|i| i.passes = vec![pass("reconcile", 10, true, json!({}))]),
                 "OK - 3 tagged devices in G",
             ),
             (
@@ -515,9 +525,7 @@ mod tests {
             ),
             (
                 "drift pending",
-                with(&|i| {
-                    i.passes = vec![pass("reconcile", 1, true, json!({"pending_changes": 4}))]
-                }),
+                with(&|i| i.passes = vec![pass("reconcile", 1, true, reconcile_summary(4))]),
                 "WARNING - 4 changes pending (drift)",
             ),
             (

@@ -13,7 +13,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 
-use crate::alerts::{AlertState, NoticeKind};
+use crate::alerts::{AlertState, Alerter, NoticeKind};
 use crate::config::Config;
 use crate::daemon::{self, DesiredWatch, PassContext, Scheduler};
 use crate::metrics::Metrics;
@@ -76,9 +76,52 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 
 /// Runs the demo, narrating into `out`.
 pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), DemoError> {
-    let mut say = |line: String| {
-        let _ = writeln!(out, "{line}");
-    };
+    let sim = start_tenant(out).await?;
+    let dir = TempDir::create()?;
+    let config = write_files(&sim, &dir, out)?;
+    let mut demo = connect(config, out).await?;
+    let (ok, failed, ran) = run_cycles(&sim, &mut demo, &args, out).await;
+    let firing: Vec<String> = demo
+        .ctx
+        .state
+        .alerts()
+        .map_err(daemon::DaemonError::from)?
+        .into_iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .map(|a| a.kind.to_string())
+        .collect();
+    let stats = demo.ctx.tenant.http.stats();
+    say(
+        out,
+        format!(
+            "\nsummary: {ran} cycles, {ok} passes ok, {failed} failed; {} requests to the \
+             tenant; alerts firing: {}",
+            stats.total_requests(),
+            if firing.is_empty() {
+                "none".to_string()
+            } else {
+                firing.join(", ")
+            }
+        ),
+    );
+    drop(demo);
+    sim.shutdown().await;
+    Ok(())
+}
+
+fn say(out: &mut dyn std::io::Write, line: String) {
+    let _ = writeln!(out, "{line}");
+}
+
+/// The daemon's machinery as the demo runs it: the scheduler, the pass context and the loops.
+struct Demo {
+    scheduler: Scheduler,
+    ctx: PassContext,
+    loops: Vec<daemon::Loop>,
+}
+
+/// Starts the seeded simulated tenant with the scoped device group misranked.
+async fn start_tenant(out: &mut dyn std::io::Write) -> Result<sim::SimHandle, DemoError> {
     let sim = sim::start(SimOptions {
         generate: SeedSpec {
             users: 40,
@@ -100,16 +143,26 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
             ..GroupRule::default()
         },
     );
-    say(format!(
-        "simulated tenant on {} (loopback only); device group {MISRANKED_GROUP} put at rank 1 \
-         above {}, with a rule matching the tag {}",
-        sim.base_url(),
-        sim::model::DEVICE_GROUP_NAME,
-        sim::model::DEVICE_TAG
-    ));
+    say(
+        out,
+        format!(
+            "simulated tenant on {} (loopback only); device group {MISRANKED_GROUP} put at rank \
+             1 above {}, with a rule matching the tag {}",
+            sim.base_url(),
+            sim::model::DEVICE_GROUP_NAME,
+            sim::model::DEVICE_TAG
+        ),
+    );
+    Ok(sim)
+}
 
-    let dir = TempDir::create()?;
-    let (desired_text, users, devices) = desired_state(&sim);
+/// Writes the desired state and the config into `dir` and loads the config.
+fn write_files(
+    sim: &sim::SimHandle,
+    dir: &TempDir,
+    out: &mut dyn std::io::Write,
+) -> Result<Arc<Config>, DemoError> {
+    let (desired_text, users, devices) = desired_state(sim);
     let config_path = dir.path().join("config.toml");
     let write = |name: &str, text: &str| {
         std::fs::write(dir.path().join(name), text).map_err(|source| DemoError::Files {
@@ -118,91 +171,98 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
         })
     };
     write("desired.toml", &desired_text)?;
-    write("config.toml", &config_text(&sim))?;
-    say(format!(
-        "desired state written to {}: {users} users, {devices} devices",
-        dir.path().join("desired.toml").display()
-    ));
+    write("config.toml", &config_text(sim))?;
+    say(
+        out,
+        format!(
+            "desired state written to {}: {users} users, {devices} devices",
+            dir.path().join("desired.toml").display()
+        ),
+    );
     let secret = sim.client_secret().expose_secret().to_string();
-    let config = Arc::new(Config::load(
+    Ok(Arc::new(Config::load(
         &config_path,
         [(crate::config::DEV_SECRET_VAR, secret.as_str())],
-    )?);
+    )?))
+}
 
+/// Opens the state, connects (narrating each token), reads the desired state and builds the
+/// loops, as a daemon generation does.
+async fn connect(config: Arc<Config>, out: &mut dyn std::io::Write) -> Result<Demo, DemoError> {
     let state = Arc::new(State::open(&config.state.path).map_err(daemon::DaemonError::from)?);
     let tenant = Tenant::from_config(&config).map_err(daemon::DaemonError::from)?;
     let metrics = Arc::new(Metrics::new());
     metrics.set_http_client(tenant.http.clone());
-    let scheduler = Scheduler::new(state.clone(), metrics.clone(), config.alerts.renotify_every);
+    let alerter = Alerter::new(
+        state.clone(),
+        config.tenant.tenant_id.to_string(),
+        config.alerts.renotify_every,
+        None,
+    )
+    .map_err(daemon::DaemonError::from)?;
+    let scheduler = Scheduler::new(state.clone(), metrics.clone(), Arc::new(alerter));
     for (resource, report) in tenant.tokens.self_check().await {
+        let name = resource.display_name();
         match report {
-            Ok(r) => say(format!(
-                "token for {}: {}",
-                resource.display_name(),
-                r.message
-            )),
-            Err(e) => say(format!(
-                "token for {}: failed: {e}",
-                resource.display_name()
-            )),
+            Ok(r) => say(out, format!("token for {name}: {}", r.message)),
+            Err(e) => say(out, format!("token for {name}: failed: {e}")),
         }
     }
     metrics.token_obtained(chrono::Utc::now());
     let desired = Arc::new(DesiredWatch::new(config.scope.desired_state.clone()));
-    desired.refresh(chrono::Local::now().date_naive());
-    scheduler.observe(vec![desired.observation()]);
+    daemon::refresh_desired(&desired, &scheduler.alerter, None).await;
     let ctx = PassContext {
-        config: config.clone(),
-        tenant: tenant.clone(),
-        state: state.clone(),
+        config,
+        tenant,
+        state,
         desired,
     };
-    let mut loops = daemon::build_loops(&ctx, Arc::new(Notify::new()));
+    let loops = daemon::build_loops(&ctx, Arc::new(Notify::new()));
     metrics.set_loops(&loops.iter().map(|l| (l.name, l.every)).collect::<Vec<_>>());
-    say(format!(
-        "loops: {}",
-        loops.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
-    ));
+    say(
+        out,
+        format!(
+            "loops: {}",
+            loops.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    Ok(Demo {
+        scheduler,
+        ctx,
+        loops,
+    })
+}
 
+/// Runs the cycles: an incident arrives, every loop runs once, each pass is narrated. Returns
+/// (passes ok, passes failed, cycles run).
+async fn run_cycles(
+    sim: &sim::SimHandle,
+    demo: &mut Demo,
+    args: &DemoArgs,
+    out: &mut dyn std::io::Write,
+) -> (u32, u32, u32) {
     let (mut ok, mut failed, mut ran) = (0u32, 0u32, 0u32);
     let pause = Duration::from_secs_f64(args.pause.clamp(0.0, 60.0));
-    'cycles: for cycle in 1..=args.cycles {
-        say(format!("\n— cycle {cycle} of {}", args.cycles));
-        let (spec, what) = arrival(&sim, cycle);
+    for cycle in 1..=args.cycles {
+        say(out, format!("\n— cycle {cycle} of {}", args.cycles));
+        let (spec, what) = arrival(sim, cycle);
         let id = sim.create_incident(&spec);
-        say(format!("  incident {id} arrives: {what}"));
-        for lp in &mut loops {
-            let report = scheduler.run_pass(lp).await;
-            let mut text = String::new();
+        say(out, format!("  incident {id} arrives: {what}"));
+        for lp in demo.loops.iter_mut() {
+            let report = demo.scheduler.run_pass(lp).await;
             match &report.result {
-                Ok(s) => {
-                    ok += 1;
-                    let _ = write!(text, "  {}: {}", report.loop_name, s.text);
-                    for line in &s.lines {
-                        let _ = write!(text, "\n    · {line}");
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    let _ = write!(text, "  {}: failed: {e}", report.loop_name);
-                }
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
             }
-            for n in &report.notices {
-                let verb = match n.notice {
-                    NoticeKind::Firing => "ALERT firing",
-                    NoticeKind::Repeat => "ALERT still firing",
-                    NoticeKind::Resolved => "alert resolved",
-                };
-                let _ = write!(text, "\n    ! {verb} [{}]: {}", n.alert, n.summary);
-            }
-            say(text);
+            say(out, narrate(&report));
         }
         if let Some(comment) = sim.comments(&id).last() {
             let first = comment.lines().next().unwrap_or_default();
             let last = comment.lines().last().unwrap_or_default();
-            say(format!(
-                "  comment on incident {id}: \"{first}\" … \"{last}\""
-            ));
+            say(
+                out,
+                format!("  comment on incident {id}: \"{first}\" … \"{last}\""),
+            );
         }
         ran = cycle;
         if cycle < args.cycles {
@@ -210,35 +270,38 @@ pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), 
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = tokio::signal::ctrl_c() => {
-                    say("Ctrl-C: stopping after this cycle".into());
-                    break 'cycles;
+                    say(out, "Ctrl-C: stopping after this cycle".into());
+                    break;
                 }
             }
         }
     }
+    (ok, failed, ran)
+}
 
-    let firing: Vec<String> = state
-        .alerts()
-        .map_err(daemon::DaemonError::from)?
-        .into_iter()
-        .filter(|a| a.state == AlertState::Firing)
-        .map(|a| a.kind.to_string())
-        .collect();
-    let stats = tenant.http.stats();
-    say(format!(
-        "\nsummary: {ran} cycles, {ok} passes ok, {failed} failed; {} requests to the tenant; \
-         alerts firing: {}",
-        stats.total_requests(),
-        if firing.is_empty() {
-            "none".to_string()
-        } else {
-            firing.join(", ")
+/// A few lines about one pass: what it did, its detail lines, the notices it raised.
+fn narrate(report: &daemon::PassReport) -> String {
+    let mut text = String::new();
+    match &report.result {
+        Ok(s) => {
+            let _ = write!(text, "  {}: {}", report.loop_name, s.text);
+            for line in &s.lines {
+                let _ = write!(text, "\n    · {line}");
+            }
         }
-    ));
-    drop(ctx);
-    drop(state);
-    sim.shutdown().await;
-    Ok(())
+        Err(e) => {
+            let _ = write!(text, "  {}: failed: {e}", report.loop_name);
+        }
+    }
+    for n in &report.notices {
+        let verb = match n.notice {
+            NoticeKind::Firing => "ALERT firing",
+            NoticeKind::Repeat => "ALERT still firing",
+            NoticeKind::Resolved => "alert resolved",
+        };
+        let _ = write!(text, "\n    ! {verb} [{}]: {}", n.alert, n.summary);
+    }
+    text
 }
 
 /// A desired state naming some users and tagged machines of the simulated tenant: (text,

@@ -33,14 +33,18 @@
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
-//! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics), the `Alerter`.
+//! - `alerts`: the one alert path, the `Alerter` (load, step, save, then every sink);
+//!   `transition` (pure) and `sinks` (log, webhook through `http`, alert figures).
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
-//! - `state`: SQLite: audit log, cursors, tag timestamps, alert state, member snapshot.
+//! - `state`: SQLite, one file per table family (`schema`, `audit`, `cursors`, `tags`, `alerts`,
+//!   `guard`, `passes`, `snapshot`); `records`: the typed pass records and the one staleness rule.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
 //! - `text`: small text helpers for messages to people ("did you mean", durations like `1h 30m`).
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
 //! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
-//! - `daemon`: `run`: the scheduler around the passes, signals, systemd notify, desired-state watch.
+//! - `daemon`: `run` (signals, generations), `schedule` (loops, back-off, the scheduler),
+//!   `systemd` (notify, watchdog), `watch` (desired state), `passes` (adapters; the alert and
+//!   figure decisions are the pure `reconcile::observe`, `incidents::observe`, `priority::check`).
 //! - `demo`: the daemon against an in-process simulated tenant, narrated.
 //! - `export`: the tenant's scoped coverage today written as a desired-state file (adoption).
 //! - `status`: a summary of coverage health read from the state database only.

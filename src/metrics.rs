@@ -3,9 +3,10 @@
 //!
 //! `/metrics` is OpenMetrics text (`prometheus-client`). Pass figures are pushed by the daemon
 //! after each pass; HTTP figures are read from [`http::Client::stats`] at scrape time, so they
-//! are never stale. `/readyz` answers from a pure function of what the daemon reported
-//! ([`Health::readiness`]): 200 once a token was obtained and every loop has a recent successful
-//! pass, else 503 with the reason.
+//! are never stale; so are the alert figures, read from the alert path's own. `/readyz` answers
+//! from a pure function of what the daemon reported ([`Health::readiness`]): 200 once a token
+//! was obtained and every loop has a recent successful pass (by the staleness rule of
+//! [`records::is_stale`]), else 503 with the reason.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,14 +27,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::alerts::{AlertKind, AlertRecord, AlertState};
+use crate::alerts::{AlertKind, AlertMetrics};
 use crate::http::{self, Surface};
+use crate::state::records;
 
 /// The OpenMetrics content type served on `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// A loop's last successful pass is stale after twice its interval plus this.
-pub const READY_SLACK: Duration = Duration::from_secs(60);
 
 /// The verdict kinds counted by `dexscope_verdicts_total` (a closed set, so no per-user label
 /// can ever slip in).
@@ -68,6 +67,8 @@ pub struct Metrics {
     throttled: Family<Labels, Counter>,
     throttle_wait: Family<Labels, Counter<f64, AtomicU64>>,
     http: Mutex<HttpSource>,
+    /// The alert path's figures, read at scrape time like the HTTP figures.
+    alert_source: Mutex<Option<Arc<AlertMetrics>>>,
     health: Mutex<Health>,
 }
 
@@ -106,9 +107,8 @@ impl Health {
             let Some(at) = l.last_success else {
                 return Err(format!("the {name} loop has no successful pass yet"));
             };
-            let limit = l.every * 2 + READY_SLACK;
-            let age = (now - at).to_std().unwrap_or_default();
-            if age > limit {
+            if records::is_stale(l.every, Some(at), now) {
+                let (age, limit) = (records::age(at, now), records::stale_after(l.every));
                 return Err(format!(
                     "the {name} loop last succeeded {} ago (more than {})",
                     crate::text::duration(age),
@@ -218,6 +218,7 @@ impl Metrics {
             throttled,
             throttle_wait,
             http: Mutex::new(HttpSource::default()),
+            alert_source: Mutex::new(None),
             health: Mutex::new(Health::default()),
         };
         // Every closed label value is present from the start, so a dashboard sees zeros rather
@@ -298,17 +299,10 @@ impl Metrics {
         }
     }
 
-    /// Sets the alert gauges from the alert records (the state database's view).
-    pub fn set_alerts(&self, records: &[AlertRecord]) {
-        for kind in AlertKind::ALL {
-            let firing = records
-                .iter()
-                .filter(|r| r.kind == kind && r.state == AlertState::Firing)
-                .count();
-            self.alerts
-                .get_or_create(&vec![("alert", kind.as_str().into())])
-                .set(firing as i64);
-        }
+    /// The alert figures to export (the alert path's own); replaces the previous source on a
+    /// reload.
+    pub fn set_alert_source(&self, source: Arc<AlertMetrics>) {
+        *lock(&self.alert_source) = Some(source);
     }
 
     /// The HTTP client whose figures are exported; a replaced client's figures are kept.
@@ -334,10 +328,23 @@ impl Metrics {
     /// The OpenMetrics text, `# EOF` included.
     pub fn encode(&self) -> String {
         self.refresh_http();
+        self.refresh_alerts();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    fn refresh_alerts(&self) {
+        let Some(figures) = lock(&self.alert_source).as_ref().map(|a| a.snapshot()) else {
+            return;
+        };
+        for kind in AlertKind::ALL {
+            let firing = figures.kind(kind).firing;
+            self.alerts
+                .get_or_create(&vec![("alert", kind.as_str().into())])
+                .set(i64::try_from(firing).unwrap_or(i64::MAX));
+        }
     }
 
     fn refresh_http(&self) {

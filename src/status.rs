@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::alerts::{AlertRecord, AlertState};
 use crate::config::Config;
 use crate::daemon::{INCIDENTS, PRIORITY, RECONCILE};
-use crate::metrics::READY_SLACK;
+use crate::state::records::{self, PriorityFigures, ReconcileFigures};
 use crate::state::{GuardRefusal, LoopPass, State, StateError};
+
+pub use crate::state::records::GroupFigures;
 
 /// How `status` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -37,8 +38,8 @@ pub struct Inputs {
     pub verdicts_24h: Vec<(String, u64)>,
 }
 
-/// The loops and their intervals (a loop is stale when its last success is older than twice
-/// its interval plus [`READY_SLACK`], the rule `/readyz` uses).
+/// The loops and their intervals (a loop is stale by [`records::is_stale`], the rule `check`
+/// and `/readyz` use).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub loops: Vec<(&'static str, Duration)>,
@@ -83,13 +84,6 @@ pub struct Coverage {
     pub pending_changes: u64,
     /// The desired state's commit the pass applied.
     pub commit: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct GroupFigures {
-    pub desired: u64,
-    pub effective: u64,
-    pub drift: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,9 +147,12 @@ pub fn gather(state: &State, now: DateTime<Utc>) -> Result<Inputs, StateError> {
 /// Decides the summary. Pure: `now` is a parameter.
 pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> Status {
     let pass = |name: &str| inputs.passes.iter().find(|p| p.loop_name == name);
-    let ok_details = |name: &str| pass(name).filter(|p| p.ok).map(|p| &p.summary["details"]);
-    let coverage = ok_details(RECONCILE).map(coverage);
-    let priority = ok_details(PRIORITY).map(priority);
+    let coverage = pass(RECONCILE)
+        .and_then(LoopPass::reconcile_figures)
+        .map(|f| coverage(&f));
+    let priority = pass(PRIORITY)
+        .and_then(LoopPass::priority_figures)
+        .map(|f| priority(&f));
     let loops: Vec<LoopStatus> = settings
         .loops
         .iter()
@@ -245,50 +242,32 @@ fn priority_critical(priority: &Option<Priority>) -> bool {
     priority.as_ref().is_some_and(|p| p.worst == "critical")
 }
 
-fn coverage(d: &Value) -> Coverage {
-    let group = |g: &Value| GroupFigures {
-        desired: g["desired"].as_u64().unwrap_or(0),
-        effective: g["effective"].as_u64().unwrap_or(0),
-        drift: g["drift"].as_u64().unwrap_or(0),
-    };
-    let unresolved = d["unresolved_entries"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|u| {
-                    let entry = u["entry"].as_str().unwrap_or("?");
-                    match u["problem"]["kind"].as_str() {
-                        Some(kind) => format!("{entry} ({})", kind.replace('_', " ")),
-                        None => entry.to_string(),
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+fn coverage(f: &ReconcileFigures) -> Coverage {
     Coverage {
-        users: group(&d["users"]),
-        devices: group(&d["devices"]),
-        unresolved,
-        pending_changes: d["pending_changes"].as_u64().unwrap_or(0),
-        commit: d["commit"].as_str().map(str::to_string),
+        users: f.users,
+        devices: f.devices,
+        unresolved: f.unresolved_lines().collect(),
+        pending_changes: f.pending_changes,
+        commit: f.commit.clone(),
     }
 }
 
-fn priority(d: &Value) -> Priority {
+fn priority(f: &PriorityFigures) -> Priority {
     const RANK: [&str; 3] = ["ok", "warning", "critical"];
-    let findings = d["findings"].as_array().cloned().unwrap_or_default();
-    let worst = findings
+    let worst = f
+        .findings
         .iter()
-        .filter_map(|f| RANK.iter().position(|r| Some(*r) == f["severity"].as_str()))
+        .filter_map(|f| RANK.iter().position(|r| *r == f.severity))
         .max()
         .unwrap_or(0);
     Priority {
         worst: RANK[worst].into(),
-        findings: findings
+        findings: f
+            .findings
             .iter()
             .map(|f| FindingLine {
-                severity: f["severity"].as_str().unwrap_or("unknown").into(),
-                summary: f["summary"].as_str().unwrap_or("").into(),
+                severity: f.severity.clone(),
+                summary: f.summary.clone(),
             })
             .collect(),
     }
@@ -300,29 +279,16 @@ fn loop_status(
     pass: Option<&LoopPass>,
     now: DateTime<Utc>,
 ) -> LoopStatus {
-    let last_success = pass.and_then(|p| {
-        if p.ok {
-            Some(p.finished)
-        } else {
-            p.summary["last_success"]
-                .as_str()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                .map(|t| t.with_timezone(&Utc))
-        }
-    });
-    let age = last_success.map(|t| (now - t).num_seconds().max(0));
-    let limit = (every * 2 + READY_SLACK).as_secs() as i64;
+    let last_success = pass.and_then(LoopPass::last_success);
     LoopStatus {
         name: name.into(),
         every_secs: every.as_secs(),
         last_pass: pass.map(|p| p.finished),
         last_pass_ok: pass.map(|p| p.ok),
-        last_error: pass
-            .filter(|p| !p.ok)
-            .and_then(|p| p.summary["error"].as_str().map(str::to_string)),
+        last_error: pass.and_then(LoopPass::failed_record).map(|f| f.error),
         last_success,
-        last_success_age_secs: age,
-        stale: age.is_none_or(|a| a > limit),
+        last_success_age_secs: last_success.map(|t| (now - t).num_seconds().max(0)),
+        stale: records::is_stale(every, last_success, now),
     }
 }
 
@@ -341,6 +307,19 @@ impl std::fmt::Display for Status {
     /// The terminal summary: the verdict first, then one block per topic.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut s = String::new();
+        self.write_verdict(&mut s);
+        self.write_coverage(&mut s);
+        self.write_priority(&mut s);
+        self.write_guard_and_alerts(&mut s);
+        self.write_loops(&mut s);
+        self.write_verdicts(&mut s);
+        f.write_str(&s)
+    }
+}
+
+impl Status {
+    /// Healthy or not, and why not.
+    fn write_verdict(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "coverage: {} ({})",
@@ -351,6 +330,10 @@ impl std::fmt::Display for Status {
             let _ = writeln!(s, "  ! {p}");
         }
         s.push('\n');
+    }
+
+    /// The groups' figures from the last reconcile pass.
+    fn write_coverage(&self, s: &mut String) {
         match &self.coverage {
             Some(c) => {
                 let _ = writeln!(s, "groups            desired  effective  drift");
@@ -376,6 +359,10 @@ impl std::fmt::Display for Status {
                 let _ = writeln!(s, "groups: no successful reconcile pass recorded");
             }
         }
+    }
+
+    /// The priority findings.
+    fn write_priority(&self, s: &mut String) {
         match &self.priority {
             Some(p) => {
                 let _ = writeln!(s, "priority:         {}", p.worst);
@@ -387,6 +374,10 @@ impl std::fmt::Display for Status {
                 let _ = writeln!(s, "priority:         no successful priority pass recorded");
             }
         }
+    }
+
+    /// The removal guard and the alerts firing.
+    fn write_guard_and_alerts(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "removal guard:    {}",
@@ -422,6 +413,10 @@ impl std::fmt::Display for Status {
                 a.summary
             );
         }
+    }
+
+    /// Each loop's last success and age.
+    fn write_loops(&self, s: &mut String) {
         let _ = writeln!(s, "loops             last success       age  every");
         for l in &self.loops {
             let when = l
@@ -443,6 +438,10 @@ impl std::fmt::Display for Status {
                 let _ = writeln!(s, "    last pass failed: {e}");
             }
         }
+    }
+
+    /// Verdicts posted in the last 24 hours.
+    fn write_verdicts(&self, s: &mut String) {
         let verdicts = if self.verdicts_24h.is_empty() {
             "none".to_string()
         } else {
@@ -453,7 +452,6 @@ impl std::fmt::Display for Status {
                 .join(", ")
         };
         let _ = writeln!(s, "verdicts (24h):   {verdicts}");
-        f.write_str(&s)
     }
 }
 
@@ -501,7 +499,7 @@ pub fn status_command(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

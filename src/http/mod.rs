@@ -9,6 +9,7 @@ mod batch;
 mod client;
 mod error;
 mod limit;
+mod outbound;
 mod retry;
 mod stats;
 
@@ -19,6 +20,7 @@ use url::Url;
 pub use batch::{BatchItem, BatchOutcome, MAX_BATCH_ITEMS};
 pub use client::{Client, Request, Response, encode_query_value};
 pub use error::{ApiError, Error};
+pub use outbound::{OutboundError, post_json};
 pub use retry::parse_retry_after;
 pub use stats::{Stats, SurfaceStats};
 

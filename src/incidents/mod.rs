@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod comment;
+pub mod observe;
 pub mod poll;
 pub mod verdict;
 

@@ -7,6 +7,7 @@
 //! one membership delta request and the machine pages. The `plan` and `apply` commands live here.
 
 pub mod apply;
+pub mod observe;
 pub mod plan;
 pub mod resolve;
 

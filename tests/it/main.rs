@@ -1,5 +1,6 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
+mod alert_path;
 mod alerts;
 mod auth;
 mod badinput;
@@ -21,6 +22,7 @@ mod metrics;
 mod priority;
 mod reconcile;
 mod sim;
+mod staleness;
 mod state;
 mod status;
 mod support;

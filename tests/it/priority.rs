@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use dexscope::alerts::{AlertKind, Alerter, NoticeKind, Webhook, WebhookSettings};
+use dexscope::alerts::{AlertKind, Alerter, Notice, NoticeKind, Webhook, WebhookSettings};
 use dexscope::check::{self as probe, Inputs, Status};
 use dexscope::config::Config;
 use dexscope::model::MachineId;
@@ -153,6 +153,12 @@ fn webhook(server: &MockServer) -> Webhook {
     .unwrap()
 }
 
+/// The notice one observation made due (never more than one).
+fn one(notices: Vec<Notice>) -> Option<Notice> {
+    assert!(notices.len() <= 1, "{notices:?}");
+    notices.into_iter().next()
+}
+
 async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
     server
         .received_requests()
@@ -186,7 +192,7 @@ async fn outranked_group_fires_repeats_survives_a_restart_and_resolves() {
     let r = rig.pass(&state, &[], t0).await;
     assert_eq!((r.tagged, r.newly_seen, r.counts.in_group), (5, 5, 5));
     let obs = check::observation(&r.findings);
-    assert_eq!(alerter.observe(obs, t0).await.unwrap(), None);
+    assert_eq!(one(alerter.observe([obs], t0).await), None);
 
     // A higher-ranked group appears; MDE has not re-placed the servers yet.
     let servers = add_servers_group(&rig.sim);
@@ -215,17 +221,16 @@ async fn outranked_group_fires_repeats_survives_a_restart_and_resolves() {
         outcome.line
     );
     let obs = check::observation(&r.findings);
-    assert_eq!(alerter.observe(obs, t(t0, 60)).await.unwrap(), None);
+    assert_eq!(one(alerter.observe([obs], t(t0, 60)).await), None);
 
     // The first pass past the grace: outranked, naming the winner and the devices.
     let now = t(t0, 121);
     let r = rig.pass(&state, &[], now).await;
     assert_eq!((r.counts.outranked, r.counts.in_group), (3, 2));
-    let n = alerter
-        .observe(check::observation(&r.findings), now)
-        .await
-        .unwrap()
-        .expect("a firing notice");
+    let n = one(alerter
+        .observe([check::observation(&r.findings)], now)
+        .await)
+    .expect("a firing notice");
     assert_eq!(n.notice, NoticeKind::Firing);
     assert!(
         n.summary.contains("outranked by Servers-Tier0"),
@@ -255,10 +260,9 @@ async fn outranked_group_fires_repeats_survives_a_restart_and_resolves() {
     ] {
         let now = t(t0, minute);
         let r = rig.pass(&state, &[], now).await;
-        let got = alerter
-            .observe(check::observation(&r.findings), now)
-            .await
-            .unwrap();
+        let got = one(alerter
+            .observe([check::observation(&r.findings)], now)
+            .await);
         assert_eq!(got.map(|n| n.notice), want, "minute {minute}");
     }
 
@@ -280,10 +284,9 @@ async fn outranked_group_fires_repeats_survives_a_restart_and_resolves() {
     let now = t(t0, 121 + 400);
     let r = rig.pass(&state, &[], now).await;
     assert_eq!(
-        alerter
-            .observe(check::observation(&r.findings), now)
-            .await
-            .unwrap(),
+        one(alerter
+            .observe([check::observation(&r.findings)], now)
+            .await),
         None
     );
 
@@ -293,10 +296,9 @@ async fn outranked_group_fires_repeats_survives_a_restart_and_resolves() {
     for (minute, want) in [(121 + 410, Some(NoticeKind::Resolved)), (121 + 420, None)] {
         let now = t(t0, minute);
         let r = rig.pass(&state, &[], now).await;
-        let got = alerter
-            .observe(check::observation(&r.findings), now)
-            .await
-            .unwrap();
+        let got = one(alerter
+            .observe([check::observation(&r.findings)], now)
+            .await);
         assert_eq!(got.map(|n| n.notice), want, "minute {minute}");
     }
     assert_eq!(alerter.metrics().snapshot().firing_total(), 0);
@@ -433,7 +435,7 @@ async fn webhook_retries_honour_retry_after_and_failures_are_not_fatal() {
         "cannot authenticate",
         serde_json::Value::Null,
     );
-    let n = alerter.observe(obs, Utc::now()).await.unwrap();
+    let n = one(alerter.observe([obs], Utc::now()).await);
     assert_eq!(n.map(|n| n.notice), Some(NoticeKind::Firing));
     let m = alerter.metrics().snapshot();
     assert_eq!((m.webhook_sent, m.webhook_failed), (0, 1));

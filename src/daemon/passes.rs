@@ -1,0 +1,183 @@
+//! The pass adapters: the one place that says which pass runs in which loop. Each adapter runs
+//! its `*_once` function and hands the report to the pure functions beside that pass (its
+//! `observe` module) for the alerts and the recorded figures; it decides nothing itself.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use tokio::sync::Notify;
+
+use super::schedule::{Loop, PassError, PassSummary};
+use super::watch::DesiredWatch;
+use super::{INCIDENTS, PRIORITY, RECONCILE};
+use crate::config::Config;
+use crate::incidents::{observe as incident_observe, poll};
+use crate::priority;
+use crate::priority::check as priority_check;
+use crate::reconcile;
+use crate::reconcile::observe as reconcile_observe;
+use crate::state::State;
+use crate::state::records::{PassDetails, PriorityFigures};
+use crate::tenant::Tenant;
+
+/// Everything a pass may use, built once per config generation.
+#[derive(Clone)]
+pub struct PassContext {
+    pub config: Arc<Config>,
+    pub tenant: Tenant,
+    pub state: Arc<State>,
+    pub desired: Arc<DesiredWatch>,
+}
+
+/// The three loops with their passes: `reconcile_once`, `priority_once` and `poll_once`, each
+/// reading the world afresh. A file-watch event may start a reconcile pass early, never steer it.
+pub fn build_loops(ctx: &PassContext, reconcile_trigger: Arc<Notify>) -> Vec<Loop> {
+    let schedule = &ctx.config.schedule;
+    let reconcile = {
+        let ctx = ctx.clone();
+        Loop::new(RECONCILE, schedule.reconcile_every, move || {
+            let ctx = ctx.clone();
+            async move { reconcile_pass(&ctx, Utc::now()).await }.boxed()
+        })
+        .with_trigger(reconcile_trigger)
+    };
+    let priority = {
+        let ctx = ctx.clone();
+        Loop::new(PRIORITY, schedule.priority_every, move || {
+            let ctx = ctx.clone();
+            async move { priority_pass(&ctx, Utc::now()).await }.boxed()
+        })
+    };
+    let incidents = {
+        let ctx = ctx.clone();
+        Loop::new(INCIDENTS, schedule.incidents_every, move || {
+            let ctx = ctx.clone();
+            async move { incidents_pass(&ctx, Utc::now()).await }.boxed()
+        })
+    };
+    vec![reconcile, priority, incidents]
+}
+
+/// One reconcile pass against the last valid desired state. A tripped removal guard raises the
+/// `removal_guard_tripped` alert (the refusal itself is recorded by the pass, so `check` sees it).
+pub async fn reconcile_pass(
+    ctx: &PassContext,
+    now: DateTime<Utc>,
+) -> Result<PassSummary, PassError> {
+    let Some(desired) = ctx.desired.current() else {
+        return Err(PassError::new(format!(
+            "no valid desired state yet: fix {} (dexscope validate shows why)",
+            ctx.desired.path().display()
+        )));
+    };
+    let scope = &ctx.config.scope;
+    let rctx = reconcile::Context {
+        tenant: &ctx.tenant,
+        state: &ctx.state,
+        user_group: &scope.user_group_id,
+        device_tag: &scope.device_tag,
+        member_resync: scope.member_resync,
+    };
+    let settings = reconcile::settings_from_config(&ctx.config, false);
+    let report = reconcile::reconcile_once(rctx, &desired.state, &settings, now)
+        .await
+        .map_err(|e| PassError::new(format!("reconcile pass failed: {e}")))?;
+    let plan = &report.plan;
+    let applied = reconcile_observe::applied_count(&report);
+    let failed = report.failed().count();
+    let drift = (plan.users.drift_count() + plan.devices.drift_count()) as u64;
+    let text = format!(
+        "{} changes planned, {applied} applied, {failed} failed, {} not converged, {} unresolved",
+        plan.change_count(),
+        report.not_converged.len(),
+        plan.unresolved.len()
+    );
+    Ok(PassSummary {
+        text,
+        lines: plan.to_string().lines().map(str::to_string).collect(),
+        changes_applied: applied,
+        drift: Some(drift),
+        observations: vec![reconcile_observe::guard_observation(plan)],
+        details: PassDetails::Reconcile(reconcile_observe::figures(&report)),
+        ..PassSummary::default()
+    })
+}
+
+/// One priority pass: tagged machines' placement (and desired devices missing the tag).
+pub async fn priority_pass(
+    ctx: &PassContext,
+    now: DateTime<Utc>,
+) -> Result<PassSummary, PassError> {
+    let scope = &ctx.config.scope;
+    let desired_devices = match ctx.desired.current() {
+        Some(desired) if !desired.state.devices.is_empty() => {
+            let machines = ctx.tenant.defender.all_machines().await.map_err(|e| {
+                PassError::new(format!(
+                    "cannot list machines to resolve desired devices: {e}"
+                ))
+            })?;
+            Some(priority::resolve_devices(&desired.state, &machines).0)
+        }
+        _ => None,
+    };
+    let input = priority::PriorityInput {
+        desired_devices: desired_devices.as_deref(),
+        sightings: &[],
+    };
+    let report = priority::priority_once(&ctx.tenant.defender, &ctx.state, scope, input, now)
+        .await
+        .map_err(|e| PassError::new(format!("priority pass failed: {e}")))?;
+    let worst = priority_check::worst(&report.findings);
+    let figures = PriorityFigures {
+        findings: serde_json::to_value(&report.findings)
+            .and_then(serde_json::from_value)
+            .unwrap_or_default(),
+        counts: serde_json::to_value(report.counts).unwrap_or_default(),
+    };
+    Ok(PassSummary {
+        text: format!(
+            "{} tagged machines checked; worst finding: {worst:?}",
+            report.tagged
+        )
+        .to_lowercase(),
+        lines: report.findings.iter().map(|f| f.summary.clone()).collect(),
+        observations: vec![priority_check::observation(&report.findings)],
+        details: PassDetails::Priority(figures),
+        ..PassSummary::default()
+    })
+}
+
+/// One incident pass: new and updated incidents judged, each verdict posted once. Evidence that
+/// shows an in-scope device in another group raises the priority alert too.
+pub async fn incidents_pass(
+    ctx: &PassContext,
+    now: DateTime<Utc>,
+) -> Result<PassSummary, PassError> {
+    let settings = poll::PollSettings::from_config(&ctx.config);
+    let report = poll::poll_once(&ctx.tenant, &ctx.state, &settings, now)
+        .await
+        .map_err(|e| PassError::new(format!("incident pass failed: {e}")))?;
+    let evidence =
+        incident_observe::evidence_observation(&report, &ctx.config.scope.device_group_name);
+    Ok(PassSummary {
+        text: format!(
+            "{} incidents listed, {} handled, {} failed",
+            report.listed,
+            report.incidents.len(),
+            report.failed.len()
+        ),
+        lines: report
+            .incidents
+            .iter()
+            .filter_map(|i| {
+                i.verdict
+                    .map(|v| format!("incident {}: {v} ({:?})", i.id, i.handled))
+            })
+            .collect(),
+        verdicts: incident_observe::verdict_counts(&report),
+        observations: vec![evidence],
+        details: PassDetails::Incidents(incident_observe::figures(&report)),
+        ..PassSummary::default()
+    })
+}
