@@ -474,3 +474,30 @@ fn a_token_never_appears_in_errors_or_arguments() {
     assert!(!text.contains("Basic"), "{text}");
     assert!(!format!("{err:?}").contains(token));
 }
+
+#[test]
+fn ssh_runs_with_the_key_file_and_a_missing_key_is_named() {
+    let fx = Fixture::new();
+    // Port 1 on loopback refuses connections: ssh must start (through git's `sh -c`, with the
+    // quoted key path holding a space) and report that, not a shell or option error.
+    let url = "ssh://git@127.0.0.1:1/scope.git";
+    let key = fx.key("deploy key");
+    let source = GitSource::new(settings(url, "scope.toml", None, Some(key))).unwrap();
+    let cache = GitCache::open(source, &fx.tmp.path().join("cache"), TIMEOUT).unwrap();
+    let err = cache.fetch(None).unwrap_err();
+    let text = chain(&err);
+    assert!(
+        text.starts_with(&format!("cannot fetch branch main from {url}\n")),
+        "{text}"
+    );
+    assert!(text.contains("port 1: Connection refused"), "{text}");
+
+    let missing = fx.tmp.path().join("no-such-key");
+    let source = GitSource::new(settings(url, "scope.toml", None, Some(missing.clone()))).unwrap();
+    let cache = GitCache::open(source, &fx.tmp.path().join("cache"), TIMEOUT).unwrap();
+    let err = cache.fetch(None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("cannot read the git credential file {}", missing.display())
+    );
+}
