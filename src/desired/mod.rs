@@ -22,6 +22,7 @@ pub mod git;
 pub mod merge;
 pub mod parse;
 pub mod read;
+pub mod source;
 pub mod validate;
 
 use std::fmt;
