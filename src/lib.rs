@@ -49,6 +49,28 @@
 //! - `export`: the tenant's scoped coverage today written as a desired-state file (adoption).
 //! - `status`: a summary of coverage health read from the state database only.
 //!
+//! # Layers
+//!
+//! A module may use the modules of its own layer and of the layers above it in this list, never
+//! one below; no two modules use each other, directly or round a loop. `tests/tidy.rs` checks
+//! both from the `crate::…` and `super::…` paths in the code.
+//!
+//! 1. `text`, `model`
+//! 2. `config`, `telemetry`, `sim`
+//! 3. `auth`
+//! 4. `http`
+//! 5. `graph`, `defender`, `desired`, `state`
+//! 6. `tenant`
+//! 7. `alerts`, `metrics`
+//! 8. `reconcile`, `priority`, `incidents`
+//! 9. `check`, `status`, `export`
+//! 10. `daemon`
+//! 11. `demo`, `cli`
+//!
+//! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
+//! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
+//! `incidents::verdict`, `incidents::comment`.
+//!
 //! # Architecture invariants
 //!
 //! - Nothing under `model`, `desired::parse`, `reconcile::plan`, `priority::check`,

@@ -30,9 +30,20 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
         .iter()
         .find_map(|f| f.listed_at.clone())
         .or_else(|| files.first().map(|f| first_line(&f.file)));
+    let several = files.len() > 1;
     let mut users = Vec::new();
     let mut devices = Vec::new();
     for mut file in files {
+        // A file emptied mid-write (a shell redirect, `cp`, an editor, a checkout) would
+        // otherwise take its entries out of scope while the other files keep the whole state
+        // from looking empty. One file alone is covered by the whole-state rule below.
+        if several && file.items == 0 && !file.allow_empty && file.diagnostics.is_empty() {
+            let at = file
+                .listed_at
+                .clone()
+                .unwrap_or_else(|| first_line(&file.file));
+            diagnostics.push(Diagnostic::error(at, EMPTY_FILE.to_string()));
+        }
         diagnostics.append(&mut file.diagnostics);
         join(&mut users, file.users);
         join(&mut devices, file.devices);
@@ -170,6 +181,10 @@ fn join<T>(all: &mut Vec<T>, mut more: Vec<T>) {
         all.append(&mut more);
     }
 }
+
+const EMPTY_FILE: &str = "this file lists no users and no devices; a file that lists nothing is \
+     refused so that a file caught half-written never takes its entries out of scope: add \
+     `allow_empty = true` if the file is meant to be empty";
 
 fn empty_message(expired: usize) -> String {
     let what = if expired == 0 {

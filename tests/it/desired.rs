@@ -515,13 +515,39 @@ fn everything_expired_at_runtime_is_an_empty_state_not_a_mass_removal() {
 }
 
 #[test]
-fn allow_empty_in_one_file_of_a_directory_allows_an_empty_state() {
-    let a = (Path::new("a.toml"), "users = []\n");
-    let b = (Path::new("b.toml"), "allow_empty = true\n");
-    let outcome = desired::parse_files(&[a, b], today(), Mode::Strict);
+fn an_entry_less_file_of_a_directory_is_refused_unless_it_allows_empty() {
+    let listed = (Path::new("a.toml"), "users = [\"ann@contoso.com\"]\n");
+    let zero_bytes = (Path::new("b.toml"), "");
+    let empty_list = (Path::new("c.toml"), "users = []\n");
+    let allowed = (Path::new("d.toml"), "allow_empty = true\n");
+    for (broken, line) in [(zero_bytes, 1), (empty_list, 1)] {
+        for mode in [Mode::Strict, Mode::Runtime] {
+            let outcome = desired::parse_files(&[listed, broken], today(), mode);
+            let errors: Vec<String> = outcome
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.to_string())
+                .collect();
+            assert_eq!(
+                errors,
+                [format!(
+                    "{}:{line}:1: error: this file lists no users and no devices; a file that \
+                     lists nothing is refused so that a file caught half-written never takes its \
+                     entries out of scope: add `allow_empty = true` if the file is meant to be \
+                     empty",
+                    broken.0.display()
+                )]
+            );
+        }
+    }
+    let outcome = desired::parse_files(&[listed, allowed], today(), Mode::Strict);
     assert!(outcome.is_valid(), "{:?}", outcome.diagnostics);
-    let outcome = desired::parse_files(&[a], today(), Mode::Strict);
+    // Every file empty and one of them allowing it: still refused, the other did not say so.
+    let outcome = desired::parse_files(&[empty_list, allowed], today(), Mode::Strict);
     assert!(!outcome.is_valid());
+    let outcome = desired::parse_files(&[allowed], today(), Mode::Strict);
+    assert!(outcome.is_valid(), "{:?}", outcome.diagnostics);
 }
 
 // ---------------------------------------------------------------------------------------------
