@@ -18,7 +18,7 @@ use crate::config::{Config, Schedule};
 use crate::desired::{self, Mode};
 use crate::priority::check::{Finding, FindingKind};
 use crate::priority::{self, Counts, PriorityInput};
-use crate::reconcile::plan::Unresolved;
+use crate::scope::Unresolved;
 use crate::state::records;
 use crate::state::{GuardRefusal, LoopPass, State};
 use crate::tenant::Tenant;
@@ -438,7 +438,7 @@ mod tests {
 
     use super::*;
     use crate::priority::check::{Severity, check_priority};
-    use crate::reconcile::plan::{GroupKind, UnresolvedKind};
+    use crate::scope::{GroupKind, UnresolvedKind};
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")

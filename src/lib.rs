@@ -60,7 +60,7 @@
 //! 3. `auth`
 //! 4. `http`
 //! 5. `graph`, `defender`, `desired`, `state`
-//! 6. `tenant`
+//! 6. `tenant`, `scope`
 //! 7. `alerts`, `metrics`
 //! 8. `reconcile`, `priority`, `incidents`
 //! 9. `check`, `status`, `export`
@@ -69,7 +69,8 @@
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
 //! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
-//! `incidents::verdict`, `incidents::comment`.
+//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`, `alerts::transition`,
+//! `state::records`.
 //!
 //! # Architecture invariants
 //!

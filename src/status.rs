@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::alerts::{AlertRecord, AlertState};
 use crate::config::Config;
-use crate::daemon::{INCIDENTS, PRIORITY, RECONCILE};
 use crate::state::records::{self, PriorityFigures, ReconcileFigures};
+use crate::state::records::{INCIDENTS, PRIORITY, RECONCILE};
 use crate::state::{GuardRefusal, LoopPass, State, StateError};
 
 pub use crate::state::records::GroupFigures;

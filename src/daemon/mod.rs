@@ -41,10 +41,7 @@ pub use watch::{DesiredWatch, Refresh, refresh_desired};
 use systemd::{status, watchdog};
 use watch::watch_desired;
 
-/// Names of the three loops (state database keys, metrics labels).
-pub const RECONCILE: &str = "reconcile";
-pub const PRIORITY: &str = "priority";
-pub const INCIDENTS: &str = "incidents";
+pub use crate::state::records::{INCIDENTS, PRIORITY, RECONCILE};
 
 /// Tunables of the daemon that are not operator settings.
 #[derive(Debug, Clone)]

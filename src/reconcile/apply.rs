@@ -25,7 +25,8 @@ use crate::state::{
     AuditEntry, ChangeResult, FinishedChange, Operation, PendingChange, State, StateError,
 };
 
-use super::plan::{Actual, Change, GroupKind, Plan};
+use super::plan::{Actual, Change, Plan};
+use crate::scope::GroupKind;
 
 /// Users added per round trip: 20 ids per PATCH, 20 PATCHes per `$batch`.
 pub const ADDS_PER_ROUND_TRIP: usize = MAX_BIND_PER_PATCH * MAX_BATCH_ITEMS;

@@ -5,8 +5,9 @@ use serde_json::json;
 
 use super::ReconcileReport;
 use super::apply::AppliedResult;
-use super::plan::{GroupKind, Plan};
+use super::plan::Plan;
 use crate::alerts::{AlertKind, AlertSeverity, Observation};
+use crate::scope::GroupKind;
 use crate::state::Operation;
 use crate::state::records::{GroupFigures, ReconcileFigures, UnresolvedEntry};
 

@@ -13,8 +13,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::model::{GroupMember, Machine, MachineId, ObjectId, UserId};
-// re-export kept until callers move
-pub use crate::scope::{DesiredDeviceRef, DesiredUserRef, GroupKind, Unresolved, UnresolvedKind};
+use crate::scope::{DesiredDeviceRef, DesiredUserRef, GroupKind, Unresolved, UnresolvedKind};
 
 // ---------------------------------------------------------------------------------------------
 // Input.

@@ -28,9 +28,6 @@ use crate::telemetry::trace_memory;
 
 use super::plan::{Actual, ResolvedDesired};
 
-// re-export kept until callers move
-pub use crate::scope::MemberSource;
-
 /// The desired state resolved, and the tenant as read for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolution {

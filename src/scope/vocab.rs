@@ -2,34 +2,11 @@
 //! against the tenant. Shared by the planner, the priority check, the probe and the state
 //! database, so none of them reads another's module for its words.
 
-use std::fmt;
-
 use serde::Serialize;
 
 use crate::model::{MachineId, UserId};
 
-/// The two scoped groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupKind {
-    Users,
-    Devices,
-}
-
-impl GroupKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupKind::Users => "users",
-            GroupKind::Devices => "devices",
-        }
-    }
-}
-
-impl fmt::Display for GroupKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::model::GroupKind;
 
 /// A desired user, resolved to its object id. `label` is how the entry was written (UPN or id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

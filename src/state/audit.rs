@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 use super::{State, StateError, ts};
-use crate::reconcile::plan::GroupKind;
+use crate::model::GroupKind;
 
 /// The audited operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

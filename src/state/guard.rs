@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 use super::{State, StateError, ts};
-use crate::reconcile::plan::GroupKind;
+use crate::model::GroupKind;
 
 /// The removal guard refused a group's removals.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,11 @@ use serde_json::Value;
 
 use super::LoopPass;
 
+/// Names of the three loops (state database keys, metrics labels).
+pub const RECONCILE: &str = "reconcile";
+pub const PRIORITY: &str = "priority";
+pub const INCIDENTS: &str = "incidents";
+
 /// A loop's last success is stale once it is older than twice the loop's interval plus this.
 pub const STALE_SLACK: Duration = Duration::from_secs(60);
 

@@ -8,7 +8,8 @@ use chrono::Utc;
 use dexscope::desired::{self, Mode};
 use dexscope::model::{GroupMember, Machine, MachineId, Upn, UserId};
 use dexscope::reconcile::plan::ResolvedDesired;
-use dexscope::reconcile::plan::{self, Actual, DesiredDeviceRef, DesiredUserRef, PlanSettings};
+use dexscope::reconcile::plan::{self, Actual, PlanSettings};
+use dexscope::scope::{DesiredDeviceRef, DesiredUserRef};
 
 use crate::Row;
 use crate::env::{Env, Running, TAG, secs, seeded, sim_quotas, thread_cpu, token_requests};

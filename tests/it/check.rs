@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use dexscope::model::MachineId;
-use dexscope::reconcile::plan::GroupKind;
+use dexscope::scope::GroupKind;
 use dexscope::sim::{SimHandle, SimOptions};
 use dexscope::state::{GuardRefusal, State};
 

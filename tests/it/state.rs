@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use dexscope::alerts::{self, AlertKind, AlertSeverity, NoticeKind, Observation};
 use dexscope::model::MachineId;
-use dexscope::reconcile::plan::GroupKind;
+use dexscope::scope::GroupKind;
 use dexscope::state::{
     AuditEntry, ChangeResult, GuardRefusal, LoopPass, Operation, PostedVerdict, SCHEMA_VERSION,
     State, StateError,
