@@ -18,7 +18,8 @@
 //! # Codemap
 //!
 //! - `cli`: clap definitions of the commands and flags.
-//! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`].
+//! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`];
+//!   `load` (syntax, unknown keys, merge), `reader`, `credentials`, `validate`, `types`, `error`.
 //! - `telemetry`: tracing setup (text or JSON).
 //! - `model`: domain types with validating constructors; pure.
 //! - `auth`: token sources (client secret, certificate assertion), cache, roles self-check.
@@ -77,4 +78,4 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tenant;
-mod text;
+pub mod text;

@@ -9,6 +9,7 @@ use clap::Parser;
 use dexscope::cli::{Cli, Command, EXIT_USAGE, ValidateArgs};
 use dexscope::config::{self, Config, LogFormat};
 use dexscope::telemetry;
+use dexscope::text::one_line;
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -226,10 +227,4 @@ fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
         tracing::warn!(config = %config.path.display(), "{warning}");
     }
     Ok(config)
-}
-
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
