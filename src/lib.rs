@@ -22,7 +22,8 @@
 //!   `load` (syntax, unknown keys, merge), `reader`, `credentials`, `validate`, `types`, `error`.
 //! - `telemetry`: tracing setup (text or JSON).
 //! - `model`: domain types with validating constructors; pure.
-//! - `auth`: token sources (client secret, certificate assertion), cache, roles self-check.
+//! - `auth`: token sources: `settings` (credential), `cache`, `endpoint` (transport, refusals),
+//!   `assertion` (certificate), `roles` (self-check).
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
