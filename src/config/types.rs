@@ -70,7 +70,8 @@ pub enum Cloud {
     Dod,
 }
 
-/// The endpoint roots and MDE token scope a cloud implies (api-facts A.4).
+/// The endpoint roots and MDE token scope a cloud implies, as Microsoft lists them for each
+/// national cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloudPreset {
     pub login: &'static str,
@@ -104,18 +105,19 @@ impl Cloud {
                 graph: "https://graph.microsoft.com",
                 defender: "https://api.security.microsoft.com",
                 // The MDE app roles belong to WindowsDefenderATP, whose scope is the securitycenter
-                // URI even when calling the api.security host (api-facts A.3).
+                // URI even when calling the api.security host.
                 defender_scope: "https://api.securitycenter.microsoft.com/.default",
             },
-            // GCC keeps the worldwide sign-in and Graph; only MDE moves (api-facts A.4).
+            // GCC keeps the worldwide sign-in and Graph; only MDE has a host of its own.
             Cloud::Gcc => CloudPreset {
                 login: "https://login.microsoftonline.com",
                 graph: "https://graph.microsoft.com",
                 defender: "https://api-gcc.securitycenter.microsoft.us",
                 defender_scope: "https://api-gcc.securitycenter.microsoft.us/.default",
             },
-            // Not confirmed: the MDE token scope in GCC High and DoD (api-facts A.4); scripts use
-            // both api-gov and api hosts. `[endpoints] defender_scope` overrides it.
+            // Not confirmed: the public documentation does not settle the MDE token scope in GCC
+            // High and DoD; scripts use both api-gov and api hosts. `[endpoints] defender_scope`
+            // overrides it.
             Cloud::GccHigh => CloudPreset {
                 login: "https://login.microsoftonline.us",
                 graph: "https://graph.microsoft.us",
@@ -221,7 +223,7 @@ impl Platform {
     }
 }
 
-/// The incident policy knobs (DESIGN section 7).
+/// The incident policy knobs: which incidents get a verdict, and how the poll reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncidentPolicy {
     pub post_comments: bool,
