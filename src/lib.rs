@@ -31,7 +31,8 @@
 //!   `snapshot` (pure: when the member snapshot stands in for a full read), `plan` (pure),
 //!   `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
-//! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
+//! - `incidents`: `verdict` (pure: `scope`, `policy`, `assets`, `coverage`, `types`) and `comment`
+//!   (pure), `poll`, `poll_once`.
 //! - `alerts`: alert transitions (pure) and sinks (log, webhook, metrics), the `Alerter`.
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite: audit log, cursors, tag timestamps, alert state, member snapshot.
