@@ -18,10 +18,12 @@
 //! # Codemap
 //!
 //! - `cli`: clap definitions of the commands and flags.
-//! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`].
+//! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`];
+//!   `load` (syntax, unknown keys, merge), `reader`, `credentials`, `validate`, `types`, `error`.
 //! - `telemetry`: tracing setup (text or JSON).
 //! - `model`: domain types with validating constructors; pure.
-//! - `auth`: token sources (client secret, certificate assertion), cache, roles self-check.
+//! - `auth`: token sources: `settings` (credential), `cache`, `endpoint` (transport, refusals),
+//!   `assertion` (certificate), `roles` (self-check).
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
@@ -32,7 +34,8 @@
 //! - `reconcile`: `resolve` (desired users → ids, the tenant read for the planner), `plan`
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
-//! - `incidents`: `verdict` and `comment` (pure), `poll`, `poll_once`.
+//! - `incidents`: `verdict` (pure: `scope`, `policy`, `assets`, `coverage`, `types`) and `comment`
+//!   (pure), `observe` (pure: pass report → alert observations), `poll`, `poll_once`.
 //! - `alerts`: the one alert path, the `Alerter` (load, step, save, then every sink);
 //!   `transition` (pure) and `sinks` (log, webhook through `http`, alert figures).
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
@@ -108,4 +111,4 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tenant;
-mod text;
+pub mod text;

@@ -6,9 +6,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use dexscope::cli::{Cli, Command, EXIT_USAGE, ValidateArgs};
+use dexscope::cli::{
+    ApplyArgs, CheckArgs, Cli, Command, EXIT_USAGE, ExportArgs, PlanArgs, StatusArgs, ValidateArgs,
+};
 use dexscope::config::{self, Config, LogFormat};
+use dexscope::incidents::command::VerdictArgs;
 use dexscope::telemetry;
+use dexscope::text::one_line;
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -46,120 +50,120 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(dexscope::sim::run_command(args.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check(args) => {
-            // Nagios reads stdout; logs go to stderr, warnings only unless -v.
-            telemetry::init(LogFormat::Text, cli.verbose)?;
-            let outcome = one_shot()?.block_on(dexscope::check::run(
-                &cli.config,
-                std::env::vars(),
-                chrono::Utc::now(),
-            ));
-            print!("{}", outcome.render(args.format));
-            Ok(ExitCode::from(outcome.status.code()))
-        }
-        Command::Plan(args) => {
-            let config = match load_config(cli) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            // UTC, as `apply` uses, so both agree on which entries have expired.
-            let today = chrono::Utc::now().date_naive();
-            let code = one_shot()?.block_on(dexscope::reconcile::plan_command(
-                &config,
-                args.format,
-                today,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            ));
-            Ok(ExitCode::from(code))
-        }
-        Command::Apply(args) => {
-            let config = match load_config(cli) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let code = one_shot()?.block_on(dexscope::reconcile::apply_command(
-                &config,
-                args.allow_mass_removal,
-                chrono::Utc::now(),
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            ));
-            Ok(ExitCode::from(code))
-        }
-        Command::Verdict(args) => {
-            let config = if args.needs_config() {
-                match load_config(cli) {
-                    Ok(config) => Some(config),
-                    Err(code) => return Ok(code),
-                }
-            } else {
-                telemetry::init(LogFormat::Text, cli.verbose)?;
-                None
-            };
-            let out = &mut std::io::stdout().lock();
-            one_shot()?.block_on(dexscope::incidents::command::verdict(
-                args,
-                config.as_ref(),
-                out,
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Poll(args) => {
-            let config = match load_config(cli) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            let runtime = tokio::runtime::Runtime::new()?;
-            let out = &mut std::io::stdout().lock();
-            runtime.block_on(dexscope::incidents::command::poll(args, &config, out))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run => {
-            let config = match load_config(cli) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(dexscope::daemon::run(config, Default::default()))?;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Demo(args) => {
             dexscope::demo::init_logging(cli.verbose)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(dexscope::demo::run(args.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export(args) => {
-            let config = match load_config(cli) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            let code = one_shot()?.block_on(dexscope::export::export_command(
-                &config,
-                args.output.as_deref(),
-                args.force,
-                chrono::Utc::now().date_naive(),
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            ));
-            Ok(ExitCode::from(code))
-        }
-        Command::Status(args) => {
-            let config = match load_config(cli) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            let code = dexscope::status::status_command(
-                &config,
-                args.format,
-                chrono::Utc::now(),
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            );
-            Ok(ExitCode::from(code))
-        }
+        Command::Check(args) => run_check(cli, args),
+        Command::Verdict(args) => run_verdict(cli, args),
+        Command::Plan(args) => with_config(cli, |config| run_plan(&config, args)),
+        Command::Apply(args) => with_config(cli, |config| run_apply(&config, args)),
+        Command::Export(args) => with_config(cli, |config| run_export(&config, args)),
+        Command::Status(args) => with_config(cli, |config| run_status(&config, args)),
+        Command::Poll(args) => with_config(cli, |config| {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let out = &mut std::io::stdout().lock();
+            runtime.block_on(dexscope::incidents::command::poll(args, &config, out))?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Run => with_config(cli, |config| {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dexscope::daemon::run(config, Default::default()))?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
+}
+
+/// Runs a command that needs the config; a config that cannot be loaded ends it with the exit
+/// code [`load_config`] chose.
+fn with_config(
+    cli: &Cli,
+    command: impl FnOnce(Config) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match load_config(cli) {
+        Ok(config) => command(config),
+        Err(code) => Ok(code),
+    }
+}
+
+fn run_check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    // Nagios reads stdout; logs go to stderr, warnings only unless -v.
+    telemetry::init(LogFormat::Text, cli.verbose)?;
+    let outcome = one_shot()?.block_on(dexscope::check::run(
+        &cli.config,
+        std::env::vars(),
+        chrono::Utc::now(),
+    ));
+    print!("{}", outcome.render(args.format));
+    Ok(ExitCode::from(outcome.status.code()))
+}
+
+fn run_verdict(cli: &Cli, args: &VerdictArgs) -> anyhow::Result<ExitCode> {
+    let config = if args.needs_config() {
+        match load_config(cli) {
+            Ok(config) => Some(config),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        telemetry::init(LogFormat::Text, cli.verbose)?;
+        None
+    };
+    let out = &mut std::io::stdout().lock();
+    one_shot()?.block_on(dexscope::incidents::command::verdict(
+        args,
+        config.as_ref(),
+        out,
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_plan(config: &Config, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    // UTC, as `apply` uses, so both agree on which entries have expired.
+    let today = chrono::Utc::now().date_naive();
+    let code = one_shot()?.block_on(dexscope::reconcile::plan_command(
+        config,
+        args.format,
+        today,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ));
+    Ok(ExitCode::from(code))
+}
+
+fn run_apply(config: &Config, args: &ApplyArgs) -> anyhow::Result<ExitCode> {
+    let code = one_shot()?.block_on(dexscope::reconcile::apply_command(
+        config,
+        args.allow_mass_removal,
+        chrono::Utc::now(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ));
+    Ok(ExitCode::from(code))
+}
+
+fn run_export(config: &Config, args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let code = one_shot()?.block_on(dexscope::export::export_command(
+        config,
+        args.output.as_deref(),
+        args.force,
+        chrono::Utc::now().date_naive(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ));
+    Ok(ExitCode::from(code))
+}
+
+fn run_status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let code = dexscope::status::status_command(
+        config,
+        args.format,
+        chrono::Utc::now(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    Ok(ExitCode::from(code))
 }
 
 /// The runtime of a one-shot command (`plan`, `apply`, `export`, `verdict`, `check`): one
@@ -226,10 +230,4 @@ fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
         tracing::warn!(config = %config.path.display(), "{warning}");
     }
     Ok(config)
-}
-
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }

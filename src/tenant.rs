@@ -56,10 +56,7 @@ pub fn token_settings(config: &Config) -> Result<auth::TokenSettings, TenantErro
         config::Credential::ClientSecret { secret, .. } => auth::Credential::Secret(secret.clone()),
         config::Credential::Certificate { pem, .. } => auth::Credential::Certificate {
             pem: pem.clone(),
-            alg: match tenant.assertion_alg {
-                config::AssertionAlg::Ps256 => auth::AssertionAlg::Ps256,
-                config::AssertionAlg::Rs256 => auth::AssertionAlg::Rs256,
-            },
+            alg: tenant.assertion_alg,
         },
     };
     let mut settings = auth::TokenSettings::new(

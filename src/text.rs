@@ -1,6 +1,15 @@
-//! Small text helpers shared by messages meant for people: "did you mean" hints and durations.
+//! Small text helpers shared by messages meant for people: one-line text, "did you mean" hints
+//! and durations.
 
 use std::time::Duration;
+
+/// Makes any text safe for a one-line message: line breaks and other control characters become
+/// spaces.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
 
 /// Levenshtein distance, for "did you mean" hints on short keys.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
@@ -53,7 +62,19 @@ pub(crate) fn duration(d: Duration) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::{duration, edit_distance};
+    use super::{duration, edit_distance, one_line};
+
+    #[test]
+    fn one_line_replaces_control_characters() {
+        for (input, expected) in [
+            ("plain", "plain"),
+            ("two\nlines", "two lines"),
+            ("cr\r\nlf\ttab", "cr  lf tab"),
+            ("", ""),
+        ] {
+            assert_eq!(one_line(input), expected, "{input:?}");
+        }
+    }
 
     #[test]
     fn distances() {

@@ -27,6 +27,17 @@ pub struct Parsed<K> {
     pub expires_at: Option<Location>,
 }
 
+/// What the keys of one inline-table entry said (`ok`: none was malformed or unknown); each bad
+/// key is already reported. `idents` holds the identifying keys: name, span, key if it parsed.
+struct EntryFields<K> {
+    ok: bool,
+    idents: Vec<(&'static str, Range<usize>, Option<K>)>,
+    note: Option<String>,
+    expires: Option<NaiveDate>,
+    expires_at: Option<Location>,
+    unknown_key: bool,
+}
+
 /// What one file says.
 #[derive(Debug, Clone)]
 pub struct ParsedFile {
@@ -536,7 +547,10 @@ impl<'a> Cx<'a> {
                     None
                 }
             },
-            DeValue::Table(table) => self.table_entry::<K>(table, item.span(), at),
+            DeValue::Table(table) => {
+                let fields = self.entry_fields::<K>(table);
+                self.identified(fields, item.span(), at)
+            }
             other => {
                 self.error(
                     item.span(),
@@ -551,18 +565,16 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn table_entry<K: EntryKind>(
-        &mut self,
-        table: &DeTable<'_>,
-        span: Range<usize>,
-        at: Location,
-    ) -> Option<Parsed<K>> {
-        let mut ok = true;
-        let mut idents: Vec<(&str, Range<usize>, Option<K>)> = Vec::new();
-        let mut note = None;
-        let mut expires = None;
-        let mut expires_at = None;
-        let mut unknown_key = false;
+    /// Reads every key of an inline-table entry, reporting each bad or unknown one.
+    fn entry_fields<K: EntryKind>(&mut self, table: &DeTable<'_>) -> EntryFields<K> {
+        let mut fields = EntryFields {
+            ok: true,
+            idents: Vec::new(),
+            note: None,
+            expires: None,
+            expires_at: None,
+            unknown_key: false,
+        };
         for (key, value) in table.iter() {
             let name: &str = key.get_ref();
             if let Some(ident) = K::IDENT_KEYS.iter().find(|k| **k == name) {
@@ -571,29 +583,29 @@ impl<'a> Cx<'a> {
                         Ok(k) => Some(k),
                         Err(message) => {
                             self.error(value.span(), message);
-                            ok = false;
+                            fields.ok = false;
                             None
                         }
                     },
                     None => {
-                        ok = false;
+                        fields.ok = false;
                         None
                     }
                 };
-                idents.push((ident, key.span(), parsed));
+                fields.idents.push((ident, key.span(), parsed));
                 continue;
             }
             match name {
                 "note" => match self.string_value("note", value) {
-                    Some(s) => note = Some(s.to_string()),
-                    None => ok = false,
+                    Some(s) => fields.note = Some(s.to_string()),
+                    None => fields.ok = false,
                 },
                 "expires" => match self.date_value(value) {
                     Some(d) => {
-                        expires = Some(d);
-                        expires_at = Some(self.at(value.span()));
+                        fields.expires = Some(d);
+                        fields.expires_at = Some(self.at(value.span()));
                     }
-                    None => ok = false,
+                    None => fields.ok = false,
                 },
                 other => {
                     let hint = suggest(other, K::ALLOWED_KEYS, K::ALIASES);
@@ -606,21 +618,32 @@ impl<'a> Cx<'a> {
                             K::ALLOWED_KEYS.join(", ")
                         ),
                     );
-                    ok = false;
-                    unknown_key = true;
+                    fields.ok = false;
+                    fields.unknown_key = true;
                 }
             }
         }
+        fields
+    }
+
+    /// The entry the fields make when exactly one identifying key is set and every key was
+    /// well-formed; otherwise none, with the missing or doubled key reported.
+    fn identified<K: EntryKind>(
+        &mut self,
+        mut fields: EntryFields<K>,
+        span: Range<usize>,
+        at: Location,
+    ) -> Option<Parsed<K>> {
         // Map order is by key name; report the identifying key written last.
-        idents.sort_by_key(|(_, span, _)| span.start);
+        fields.idents.sort_by_key(|(_, span, _)| span.start);
         let alternatives = K::IDENT_KEYS
             .iter()
             .map(|k| format!("`{k}`"))
             .collect::<Vec<_>>()
             .join(" or ");
-        match idents.as_slice() {
+        match fields.idents.as_slice() {
             // `{ dns_name = … }` is one mistake: the unknown key already says what was meant.
-            [] if unknown_key => None,
+            [] if fields.unknown_key => None,
             [] => {
                 self.error(
                     span,
@@ -631,15 +654,15 @@ impl<'a> Cx<'a> {
                 );
                 None
             }
-            [(_, _, key)] => match (ok, key) {
+            [(_, _, key)] => match (fields.ok, key) {
                 (true, Some(key)) => Some(Parsed {
                     entry: Entry {
                         key: key.clone(),
-                        note,
-                        expires,
+                        note: fields.note,
+                        expires: fields.expires,
                         at,
                     },
-                    expires_at,
+                    expires_at: fields.expires_at,
                 }),
                 _ => None,
             },

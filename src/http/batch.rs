@@ -1,9 +1,10 @@
 //! The Graph `$batch` executor: ≤ 20 items per envelope, every item's own status checked, only
 //! failed retryable items sent again after the longest item `Retry-After`.
 //!
-//! Batches are always fully parallel (no `dependsOn`), as api-facts B.8 recommends. A 424 can
-//! then only come from the older throttled-batch behaviour; it means "not executed" and the
-//! item is retried like a 429.
+//! Batches are always fully parallel (no `dependsOn`): Graph's throttling guidance recommends
+//! it, since a throttled item then fails alone instead of failing the items that depend on it.
+//! A 424 (failed dependency) can then only come from the older throttled-batch behaviour; it
+//! means "not executed" and the item is retried like a 429.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -12,6 +13,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+use url::Url;
 
 use super::error::is_retryable_status;
 use super::retry::{Backoff, parse_retry_after};
@@ -130,119 +132,188 @@ impl Client {
         let mut round = 0u32;
         loop {
             round += 1;
-            let body = envelope_body(items, &pending);
-            let gates = gates(items, &pending);
-            let surface = items[pending[0]].surface;
-            let req = Request::post(surface, url.clone(), body);
-            self.recorder().batch_envelope();
-            let resp = self.execute(&req, &gates, false).await?;
-            let env: Envelope = resp.json()?;
-            // Items without their own request id (Graph sets none on most successful items)
-            // are traced by the envelope's.
-            let envelope_request_id = resp.request_id.clone();
-            let mut answered: HashMap<usize, ItemResponse> = HashMap::new();
-            for r in env.responses {
-                // Ids are the 1-based item index; anything else is not ours.
-                let idx = r.id.parse::<usize>().ok().and_then(|i| i.checked_sub(1));
-                match idx {
-                    Some(i) if pending.contains(&i) => {
-                        answered.insert(i, r);
-                    }
-                    _ => {
-                        return Err(Error::Decode {
-                            method: "POST".into(),
-                            path: url.path().into(),
-                            detail: format!("response for unknown batch item id {:?}", r.id),
-                        });
-                    }
-                }
-            }
-            let mut still: Vec<usize> = Vec::new();
-            let mut longest_retry_after: Option<Duration> = None;
-            for &i in &pending {
-                let item = &items[i];
-                let Some(r) = answered.remove(&i) else {
-                    // No answer for this item: it was not executed as far as we know.
-                    still.push(i);
-                    continue;
-                };
-                let request_id = r
-                    .header("request-id")
-                    .or_else(|| r.header("client-request-id"))
-                    .or_else(|| envelope_request_id.clone());
-                self.recorder().response(item.surface, Some(r.status));
-                debug!(method = %item.method, path = %path_only(&item.url), status = r.status,
-                       attempt = round, surface = %item.surface,
-                       request_id = request_id.as_deref().unwrap_or("-"), "batch item");
-                if is_retryable_status(r.status) {
-                    if matches!(r.status, 429 | 503 | 424) {
-                        self.recorder().throttled(item.surface);
-                    }
-                    let ra = r
-                        .header("retry-after")
-                        .and_then(|v| parse_retry_after(&v, SystemTime::now()));
-                    if let Some(ra) = ra {
-                        longest_retry_after = longest_retry_after.max(Some(ra));
-                    }
-                    still.push(i);
-                }
-                outcomes[i] = Some(BatchOutcome {
-                    status: r.status,
-                    body: r.body,
-                    request_id,
-                    attempts: round,
-                });
-            }
-            if still.is_empty() {
+            let answers = self.send_envelope(items, &pending, &url).await?;
+            let left = self.record_answers(items, &pending, answers, round, &mut outcomes);
+            if left.still.is_empty() {
                 break;
             }
-            let wait = match longest_retry_after {
+            let wait = match left.longest_retry_after {
                 Some(ra) => ra + rs.retry_after_margin,
                 None => backoff.next_delay(),
             };
-            if longest_retry_after.is_some() {
-                let until = Instant::now() + wait;
-                for &i in &still {
-                    self.inner_limits().hold_until(items[i].surface, until);
-                }
-            }
-            if round >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
-                warn!(
-                    items = still.len(),
-                    attempts = round,
-                    "batch items still failing, giving up on them"
-                );
-                for &i in &still {
-                    outcomes[i].get_or_insert(BatchOutcome {
-                        status: 500,
-                        body: None,
-                        request_id: None,
-                        attempts: round,
-                    });
-                }
+            if !self
+                .wait_for_next_round(items, &left, round, wait, started, &mut outcomes)
+                .await
+            {
                 break;
             }
-            info!(
-                items = still.len(),
-                of = items.len(),
-                attempt = round,
-                wait_ms = wait.as_millis() as u64,
-                retry_after = longest_retry_after.is_some(),
-                "retrying failed batch items"
-            );
-            if longest_retry_after.is_some() {
-                self.recorder()
-                    .retry_after_wait(items[still[0]].surface, wait);
-            }
-            self.recorder().retry();
-            tokio::time::sleep(wait).await;
-            pending = still;
+            pending = left.still;
         }
         Ok(outcomes
             .into_iter()
             .map(|o| o.expect("every item has an outcome"))
             .collect())
     }
+
+    /// Sends the `pending` items in one envelope; returns each answered item by its index and
+    /// the envelope's request id.
+    async fn send_envelope(
+        &self,
+        items: &[BatchItem],
+        pending: &[usize],
+        url: &Url,
+    ) -> Result<Answers, Error> {
+        let body = envelope_body(items, pending);
+        let gates = gates(items, pending);
+        let surface = items[pending[0]].surface;
+        let req = Request::post(surface, url.clone(), body);
+        self.recorder().batch_envelope();
+        let resp = self.execute(&req, &gates, false).await?;
+        let env: Envelope = resp.json()?;
+        let mut by_item: HashMap<usize, ItemResponse> = HashMap::new();
+        for r in env.responses {
+            // Ids are the 1-based item index; anything else is not ours.
+            let idx = r.id.parse::<usize>().ok().and_then(|i| i.checked_sub(1));
+            match idx {
+                Some(i) if pending.contains(&i) => {
+                    by_item.insert(i, r);
+                }
+                _ => {
+                    return Err(Error::Decode {
+                        method: "POST".into(),
+                        path: url.path().into(),
+                        detail: format!("response for unknown batch item id {:?}", r.id),
+                    });
+                }
+            }
+        }
+        Ok(Answers {
+            by_item,
+            // Items without their own request id (Graph sets none on most successful items)
+            // are traced by the envelope's.
+            envelope_request_id: resp.request_id,
+        })
+    }
+
+    /// Records every answered item's outcome; returns the items to send again (retryable
+    /// status, or no answer) and the longest `Retry-After` among them.
+    fn record_answers(
+        &self,
+        items: &[BatchItem],
+        pending: &[usize],
+        mut answers: Answers,
+        round: u32,
+        outcomes: &mut [Option<BatchOutcome>],
+    ) -> Left {
+        let mut left = Left {
+            still: Vec::new(),
+            longest_retry_after: None,
+        };
+        for &i in pending {
+            let item = &items[i];
+            let Some(r) = answers.by_item.remove(&i) else {
+                // No answer for this item: it was not executed as far as we know.
+                left.still.push(i);
+                continue;
+            };
+            let request_id = r
+                .header("request-id")
+                .or_else(|| r.header("client-request-id"))
+                .or_else(|| answers.envelope_request_id.clone());
+            self.recorder().response(item.surface, Some(r.status));
+            debug!(method = %item.method, path = %path_only(&item.url), status = r.status,
+                   attempt = round, surface = %item.surface,
+                   request_id = request_id.as_deref().unwrap_or("-"), "batch item");
+            if is_retryable_status(r.status) {
+                if matches!(r.status, 429 | 503 | 424) {
+                    self.recorder().throttled(item.surface);
+                }
+                let ra = r
+                    .header("retry-after")
+                    .and_then(|v| parse_retry_after(&v, SystemTime::now()));
+                if let Some(ra) = ra {
+                    left.longest_retry_after = left.longest_retry_after.max(Some(ra));
+                }
+                left.still.push(i);
+            }
+            outcomes[i] = Some(BatchOutcome {
+                status: r.status,
+                body: r.body,
+                request_id,
+                attempts: round,
+            });
+        }
+        left
+    }
+
+    /// Waits `wait` before the next round and returns true, or, when the attempts or the retry
+    /// time would run out, gives up on the items left (keeping their last answer, or a 500
+    /// when they never had one) and returns false. A `Retry-After` holds back the items'
+    /// surfaces, not only this envelope.
+    async fn wait_for_next_round(
+        &self,
+        items: &[BatchItem],
+        left: &Left,
+        round: u32,
+        wait: Duration,
+        started: Instant,
+        outcomes: &mut [Option<BatchOutcome>],
+    ) -> bool {
+        let rs = &self.settings().retry;
+        let still = &left.still;
+        let retry_after = left.longest_retry_after.is_some();
+        if retry_after {
+            let until = Instant::now() + wait;
+            for &i in still {
+                self.inner_limits().hold_until(items[i].surface, until);
+            }
+        }
+        if round >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
+            warn!(
+                items = still.len(),
+                attempts = round,
+                "batch items still failing, giving up on them"
+            );
+            for &i in still {
+                outcomes[i].get_or_insert(BatchOutcome {
+                    status: 500,
+                    body: None,
+                    request_id: None,
+                    attempts: round,
+                });
+            }
+            return false;
+        }
+        info!(
+            items = still.len(),
+            of = items.len(),
+            attempt = round,
+            wait_ms = wait.as_millis() as u64,
+            retry_after,
+            "retrying failed batch items"
+        );
+        if retry_after {
+            self.recorder()
+                .retry_after_wait(items[still[0]].surface, wait);
+        }
+        self.recorder().retry();
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
+/// The item answers of one envelope.
+struct Answers {
+    /// Item index → its answer.
+    by_item: HashMap<usize, ItemResponse>,
+    envelope_request_id: Option<String>,
+}
+
+/// What one round leaves to send again.
+struct Left {
+    /// Indexes of the items to send again.
+    still: Vec<usize>,
+    longest_retry_after: Option<Duration>,
 }
 
 fn envelope_body(items: &[BatchItem], pending: &[usize]) -> serde_json::Value {

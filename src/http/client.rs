@@ -2,7 +2,7 @@
 //! paging.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use reqwest::Method;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -292,11 +292,7 @@ impl Client {
         gates: &[(Surface, u32)],
         count: bool,
     ) -> Result<Response, Error> {
-        let inner = &*self.inner;
-        let rs = &inner.settings.retry;
-        let resource = req.surface.resource();
-        let method = req.method.as_str().to_string();
-        let path = req.url.path().to_string();
+        let rs = &self.inner.settings.retry;
         let started = Instant::now();
         let mut backoff = Backoff::new(rs);
         let mut attempt = 0u32;
@@ -304,156 +300,242 @@ impl Client {
         let mut force_refresh = false;
         loop {
             attempt += 1;
-            let mut permits = Vec::with_capacity(gates.len());
-            for (surface, cells) in gates {
-                permits.push(inner.limits.acquire(*surface, *cells).await);
-            }
-            let token = inner
-                .bearer
-                .bearer(resource, std::mem::take(&mut force_refresh))
-                .await
-                .map_err(|source| Error::Token { resource, source })?;
-            let sent = self.send_once(req, &token).await;
-            // The answer is in: window cells count from now (see `limit::Window`).
-            drop(permits);
-            let (failure, wait, retry_after) = match sent {
-                Ok((status, headers, body)) => {
-                    if count {
-                        inner.stats.response(req.surface, Some(status));
-                    }
-                    let mut request_id = request_id(&headers);
-                    let api = if (200..300).contains(&status) {
-                        ApiError::default()
-                    } else {
-                        ApiError::from_body(&body)
-                    };
-                    if request_id.is_none() {
-                        request_id = api.target.clone();
-                    }
-                    debug!(
-                        method = %method, path = %path, status, attempt,
-                        surface = %req.surface, request_id = request_id.as_deref().unwrap_or("-"),
-                        "http request"
-                    );
-                    if (200..300).contains(&status) {
-                        return Ok(Response {
-                            status,
-                            request_id,
-                            body,
-                            method,
-                            path,
-                        });
-                    }
-                    let err = Error::Status {
-                        method: method.clone(),
-                        path: path.clone(),
-                        surface: req.surface,
-                        status,
-                        api: Box::new(api),
-                        request_id,
-                    };
-                    if status == 401 && !refreshed {
-                        info!(method = %method, path = %path, surface = %req.surface,
-                              "token refused, refreshing it once");
-                        refreshed = true;
-                        force_refresh = true;
-                        continue;
-                    }
-                    if !is_retryable_status(status) {
-                        return Err(err);
-                    }
-                    let ra = if matches!(status, 429 | 503) {
-                        headers
-                            .get(RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| parse_retry_after(v, SystemTime::now()))
-                    } else {
-                        None
-                    };
-                    if !req.idempotent && status != 429 {
-                        // Not retried here, but a Retry-After still holds the surface back
-                        // for whatever the caller sends next (e.g. the re-read of a comment).
-                        if let Some(ra) = ra {
-                            let until = Instant::now() + ra + rs.retry_after_margin;
-                            for (surface, _) in gates {
-                                inner.limits.hold_until(*surface, until);
-                            }
-                        }
-                        return Err(Error::Ambiguous {
-                            method,
-                            path,
-                            surface: req.surface,
-                            detail: format!("status {status}"),
-                        });
-                    }
-                    if status == 429 || ra.is_some() {
-                        inner.stats.throttled(req.surface);
-                    }
-                    match ra {
-                        Some(ra) => (err, ra + rs.retry_after_margin, true),
-                        None => (err, backoff.next_delay(), false),
-                    }
-                }
-                Err(e) => {
-                    if count {
-                        inner.stats.response(req.surface, None);
-                    }
-                    let detail = describe_reqwest(&e);
-                    debug!(method = %method, path = %path, attempt, surface = %req.surface,
-                           error = %detail, "http request failed");
-                    // Retried when nothing reached the server (connect failure), otherwise
-                    // only when the request is idempotent.
-                    if !req.idempotent && !e.is_connect() {
-                        return Err(Error::Ambiguous {
-                            method,
-                            path,
-                            surface: req.surface,
-                            detail,
-                        });
-                    }
-                    let err = Error::Transport {
-                        method: method.clone(),
-                        path: path.clone(),
-                        surface: req.surface,
-                        detail,
-                        timeout: e.is_timeout(),
-                    };
-                    (err, backoff.next_delay(), false)
-                }
+            let sent = self
+                .attempt(req, gates, std::mem::take(&mut force_refresh))
+                .await?;
+            let outcome = match sent {
+                Ok(answer) => self.classify_answer(req, gates, answer, attempt, count),
+                Err(e) => self.classify_failure(req, &e, attempt, count),
             };
-            if retry_after {
-                // Global for the surface: nothing else goes there before it elapses.
-                let until = Instant::now() + wait;
+            let (failure, retry_after) = match outcome {
+                Outcome::Done(result) => return result,
+                Outcome::Unauthorized(err) if refreshed => return Err(err),
+                Outcome::Unauthorized(_) => {
+                    info!(method = %req.method, path = req.url.path(), surface = %req.surface,
+                          "token refused, refreshing it once");
+                    refreshed = true;
+                    force_refresh = true;
+                    continue;
+                }
+                Outcome::Retry {
+                    failure,
+                    retry_after,
+                } => (failure, retry_after),
+            };
+            let wait = match retry_after {
+                Some(ra) => ra + rs.retry_after_margin,
+                None => backoff.next_delay(),
+            };
+            let pause = Pause {
+                failure,
+                wait,
+                retry_after: retry_after.is_some(),
+                attempt,
+                started,
+            };
+            self.wait_or_give_up(req, gates, pause).await?;
+        }
+    }
+
+    /// One attempt: the limiter cells, a bearer token, the request on the wire. The outer error
+    /// is a token failure (not retried here); the inner one a transport failure.
+    async fn attempt(
+        &self,
+        req: &Request,
+        gates: &[(Surface, u32)],
+        force_refresh: bool,
+    ) -> Result<Result<Answer, reqwest::Error>, Error> {
+        let inner = &*self.inner;
+        let resource = req.surface.resource();
+        let mut permits = Vec::with_capacity(gates.len());
+        for (surface, cells) in gates {
+            permits.push(inner.limits.acquire(*surface, *cells).await);
+        }
+        let token = inner
+            .bearer
+            .bearer(resource, force_refresh)
+            .await
+            .map_err(|source| Error::Token { resource, source })?;
+        let sent = self.send_once(req, &token).await;
+        // The answer is in: window cells count from now (see `limit::Window`).
+        drop(permits);
+        Ok(sent)
+    }
+
+    /// What an HTTP answer means: success, a refused token, a failure to retry (with the
+    /// `Retry-After` it carried) or one to report.
+    fn classify_answer(
+        &self,
+        req: &Request,
+        gates: &[(Surface, u32)],
+        (status, headers, body): Answer,
+        attempt: u32,
+        count: bool,
+    ) -> Outcome {
+        let inner = &*self.inner;
+        let method = req.method.as_str().to_string();
+        let path = req.url.path().to_string();
+        if count {
+            inner.stats.response(req.surface, Some(status));
+        }
+        let mut request_id = request_id(&headers);
+        let api = if (200..300).contains(&status) {
+            ApiError::default()
+        } else {
+            ApiError::from_body(&body)
+        };
+        if request_id.is_none() {
+            request_id = api.target.clone();
+        }
+        debug!(
+            method = %method, path = %path, status, attempt,
+            surface = %req.surface, request_id = request_id.as_deref().unwrap_or("-"),
+            "http request"
+        );
+        if (200..300).contains(&status) {
+            return Outcome::Done(Ok(Response {
+                status,
+                request_id,
+                body,
+                method,
+                path,
+            }));
+        }
+        let err = Error::Status {
+            method: method.clone(),
+            path: path.clone(),
+            surface: req.surface,
+            status,
+            api: Box::new(api),
+            request_id,
+        };
+        if status == 401 {
+            return Outcome::Unauthorized(err);
+        }
+        if !is_retryable_status(status) {
+            return Outcome::Done(Err(err));
+        }
+        let ra = if matches!(status, 429 | 503) {
+            headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+        } else {
+            None
+        };
+        if !req.idempotent && status != 429 {
+            // Not retried here, but a Retry-After still holds the surface back for whatever
+            // the caller sends next (e.g. the re-read of a comment).
+            if let Some(ra) = ra {
+                let until = Instant::now() + ra + inner.settings.retry.retry_after_margin;
                 for (surface, _) in gates {
                     inner.limits.hold_until(*surface, until);
                 }
             }
-            if attempt >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
-                warn!(method = %method, path = %path, surface = %req.surface, attempt,
-                      error = %failure, "giving up");
-                return Err(Error::Exhausted {
-                    attempts: attempt,
-                    last: Box::new(failure),
-                });
-            }
-            if retry_after {
-                inner.stats.retry_after_wait(req.surface, wait);
-                warn!(method = %method, path = %path, surface = %req.surface, attempt,
-                      wait_ms = wait.as_millis() as u64, "throttled, waiting as Retry-After says");
-            } else {
-                info!(method = %method, path = %path, surface = %req.surface, attempt,
-                      wait_ms = wait.as_millis() as u64, error = %failure, "retrying");
-            }
-            inner.stats.retry();
-            tokio::time::sleep(wait).await;
+            return Outcome::Done(Err(Error::Ambiguous {
+                method,
+                path,
+                surface: req.surface,
+                detail: format!("status {status}"),
+            }));
         }
+        if status == 429 || ra.is_some() {
+            inner.stats.throttled(req.surface);
+        }
+        Outcome::Retry {
+            failure: err,
+            retry_after: ra,
+        }
+    }
+
+    /// What a request that got no answer means: retried when nothing reached the server
+    /// (connect failure), otherwise only when the request is idempotent.
+    fn classify_failure(
+        &self,
+        req: &Request,
+        e: &reqwest::Error,
+        attempt: u32,
+        count: bool,
+    ) -> Outcome {
+        if count {
+            self.inner.stats.response(req.surface, None);
+        }
+        let method = req.method.as_str().to_string();
+        let path = req.url.path().to_string();
+        let detail = describe_reqwest(e);
+        debug!(method = %method, path = %path, attempt, surface = %req.surface,
+               error = %detail, "http request failed");
+        if !req.idempotent && !e.is_connect() {
+            return Outcome::Done(Err(Error::Ambiguous {
+                method,
+                path,
+                surface: req.surface,
+                detail,
+            }));
+        }
+        Outcome::Retry {
+            failure: Error::Transport {
+                method,
+                path,
+                surface: req.surface,
+                detail,
+                timeout: e.is_timeout(),
+            },
+            retry_after: None,
+        }
+    }
+
+    /// Waits before the next attempt, or gives up when the attempts or the retry time would
+    /// run out. A `Retry-After` holds back the whole surface, not only this request.
+    async fn wait_or_give_up(
+        &self,
+        req: &Request,
+        gates: &[(Surface, u32)],
+        pause: Pause,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let rs = &inner.settings.retry;
+        let Pause {
+            failure,
+            wait,
+            retry_after,
+            attempt,
+            started,
+        } = pause;
+        let (method, path) = (req.method.as_str(), req.url.path());
+        if retry_after {
+            // Global for the surface: nothing else goes there before it elapses.
+            let until = Instant::now() + wait;
+            for (surface, _) in gates {
+                inner.limits.hold_until(*surface, until);
+            }
+        }
+        if attempt >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
+            warn!(method = %method, path = %path, surface = %req.surface, attempt,
+                  error = %failure, "giving up");
+            return Err(Error::Exhausted {
+                attempts: attempt,
+                last: Box::new(failure),
+            });
+        }
+        if retry_after {
+            inner.stats.retry_after_wait(req.surface, wait);
+            warn!(method = %method, path = %path, surface = %req.surface, attempt,
+                  wait_ms = wait.as_millis() as u64, "throttled, waiting as Retry-After says");
+        } else {
+            info!(method = %method, path = %path, surface = %req.surface, attempt,
+                  wait_ms = wait.as_millis() as u64, error = %failure, "retrying");
+        }
+        inner.stats.retry();
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     async fn send_once(
         &self,
         req: &Request,
         token: &SecretString,
-    ) -> Result<(u16, HeaderMap, bytes::Bytes), reqwest::Error> {
+    ) -> Result<Answer, reqwest::Error> {
         let mut b = self
             .inner
             .http
@@ -481,6 +563,33 @@ impl Client {
     pub(super) fn recorder(&self) -> &Recorder {
         &self.inner.stats
     }
+}
+
+/// An HTTP answer: status, headers and the body as collected.
+type Answer = (u16, HeaderMap, bytes::Bytes);
+
+/// What one attempt came to.
+enum Outcome {
+    /// Finished: the response, or an error that retrying cannot fix.
+    Done(Result<Response, Error>),
+    /// A 401: worth one retry with a freshly fetched token.
+    Unauthorized(Error),
+    /// Worth another attempt, after `Retry-After` when the server sent one, otherwise after
+    /// the backoff delay.
+    Retry {
+        failure: Error,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The failed attempt and how long to wait before the next one.
+struct Pause {
+    failure: Error,
+    wait: Duration,
+    /// The wait comes from the server's `Retry-After`, not from the backoff.
+    retry_after: bool,
+    attempt: u32,
+    started: Instant,
 }
 
 fn join(root: &Url, version: &str, path_and_query: &str) -> Result<Url, Error> {

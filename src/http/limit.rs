@@ -2,10 +2,10 @@
 //! `Retry-After` sets, which holds back every request to that surface until it passes.
 //!
 //! Graph directory quotas are windows per app and tenant ("3,000 writes per 2 min 30 s" and
-//! resource units "per 10 s", api-facts C.2), and every write also costs one resource unit, so
-//! directory reads and writes share one resource-unit [`Window`] and writes have their own
-//! besides; cells count from when the answer came back. The other surfaces use governor's
-//! token buckets.
+//! resource units "per 10 s" in Graph's published identity and access throttling limits), and
+//! every write also costs one resource unit, so directory reads and writes share one
+//! resource-unit [`Window`] and writes have their own besides; cells count from when the answer
+//! came back. The other surfaces use governor's token buckets.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -230,7 +230,8 @@ impl Limits {
         match surface {
             Surface::GraphRead => permit = self.graph_reads.acquire(cost).await,
             Surface::GraphWrite => {
-                // A write costs one resource unit besides its write (api-facts C.2).
+                // Graph's identity throttling charges a write one resource unit besides its
+                // write.
                 let write = self.graph_writes.acquire(cost).await;
                 permit = write.and(self.graph_reads.acquire(cost).await);
             }
@@ -270,8 +271,8 @@ impl Limits {
 }
 
 /// The `Retry-After` gate of a surface. Graph directory reads and writes share one: a 429's
-/// throttle scope may be `ReadWrite` (api-facts C.2), and the service counts every request of
-/// the app to the directory against it, so a wait on either holds both.
+/// throttle scope (its `x-ms-throttle-scope` header) may be `ReadWrite`, and the service counts
+/// every request of the app to the directory against it, so a wait on either holds both.
 fn gate(surface: Surface) -> usize {
     match surface {
         Surface::GraphRead | Surface::GraphWrite => Surface::GraphRead.index(),

@@ -72,7 +72,8 @@ impl std::fmt::Display for Surface {
     }
 }
 
-/// Graph identity read costs in resource units (api-facts C.2).
+/// Graph identity read costs in resource units, as Graph's identity and access throttling
+/// limits publish them.
 pub mod cost {
     /// `GET /groups/{id}/members`, one page.
     pub const MEMBERS_PAGE: u32 = 3;

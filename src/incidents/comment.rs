@@ -11,7 +11,8 @@ use crate::incidents::verdict::{Asset, AssetKind, AssetReason, Outcome, Verdict}
 use crate::model::{Incident, IncidentComment};
 
 /// The longest comment rendered, in UTF-16 code units (what Graph and the portal count); the
-/// count in characters is never larger. The service limit is not documented (api-facts D.6).
+/// count in characters is never larger. Graph documents no length limit for an incident
+/// comment, so this is a cautious bound of our own.
 pub const MAX_COMMENT_LEN: usize = 3_000;
 
 /// How every marker line starts.
