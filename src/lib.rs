@@ -24,6 +24,7 @@
 //! - `model`: domain types with validating constructors; pure.
 //! - `auth`: token sources: `settings` (credential), `cache`, `endpoint` (transport, refusals),
 //!   `assertion` (certificate), `roles` (self-check).
+//! - `retry_after`: `Retry-After` header values read into a bounded wait (pure), for `auth` and `http`.
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
@@ -58,7 +59,7 @@
 //! one below; no two modules use each other, directly or round a loop. `tests/tidy.rs` checks
 //! both from the `crate::…` and `super::…` paths in the code.
 //!
-//! 1. `text`, `model`
+//! 1. `text`, `model`, `retry_after`
 //! 2. `config`, `telemetry`, `sim`
 //! 3. `auth`
 //! 4. `http`
@@ -105,6 +106,7 @@ pub mod metrics;
 pub mod model;
 pub mod priority;
 pub mod reconcile;
+pub mod retry_after;
 pub mod scope;
 pub mod sim;
 pub mod state;

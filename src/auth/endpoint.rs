@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Resource, TokenError};
-use crate::http::parse_retry_after;
+use crate::retry_after::parse_retry_after;
 
 /// The project's `reqwest` client as `oauth2`'s HTTP client for one token request. It logs the
 /// exchange (never the body) and turns 429 and 5xx into transport errors, so only definite
