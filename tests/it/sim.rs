@@ -596,10 +596,17 @@ async fn quotas_throttle_with_retry_after_and_count_early_retries() {
     let ra: f64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(ra > 0.0 && ra <= 60.0, "{ra}");
     assert_eq!(t.sim.stats().early_retries_total(), 0);
+    assert!(
+        t.sim.stats().violations.is_empty(),
+        "a throttled call is none"
+    );
     assert_eq!(t.m(M::GET, "/api/machines?$top=1", None).await.0, 429);
     let stats = t.sim.stats();
     assert_eq!(stats.early_retries.get(Surface::Mde.as_str()), Some(&1));
     assert_eq!(stats.throttled_total(), 2);
+    // The early call is a quota violation, as the fault matrix and the client suites read them.
+    let kinds: Vec<&str> = stats.violations.iter().map(|v| v.kind.as_str()).collect();
+    assert_eq!(kinds, ["early_retry"], "{:?}", stats.violations);
     t.sim.advance(Duration::from_secs_f64(ra + 60.0));
     assert_eq!(t.m(M::GET, "/api/machines?$top=1", None).await.0, 200);
     assert_eq!(
@@ -607,6 +614,7 @@ async fn quotas_throttle_with_retry_after_and_count_early_retries() {
         1,
         "a call after Retry-After is not early"
     );
+    assert_eq!(t.sim.stats().violations.len(), 1);
     assert_eq!(
         t.g(M::GET, &format!("/groups/{}", t.group()), None).await.0,
         200,
