@@ -1,5 +1,6 @@
 //! Service quotas of the simulated tenant: sliding windows per API surface at the documented
-//! rates, the `Retry-After` a throttled call gets, and the early-retry count.
+//! rates, the `Retry-After` a throttled call gets, the early-retry count, and the quota
+//! violations a client committed.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -72,9 +73,21 @@ pub struct Cost {
     pub write: bool,
 }
 
+/// A call the real service would hold against the client: one admitted although it took a
+/// window past its budget, or one sent before a `Retry-After` given to the same client and
+/// surface elapsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaViolation {
+    /// `over_quota` or `early_retry`.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
 /// One sliding window: at most `limit` units within any `window_ms`.
 #[derive(Debug)]
 struct Window {
+    /// What the window counts, for a violation's detail.
+    name: &'static str,
     limit: u64,
     window_ms: i64,
     events: VecDeque<(i64, u64)>,
@@ -82,10 +95,11 @@ struct Window {
 }
 
 impl Window {
-    fn new(limit: u64, window_ms: i64, scale: f64) -> Self {
+    fn new(name: &'static str, limit: u64, window_ms: i64, scale: f64) -> Self {
         let limit = ((limit as f64) * scale).ceil().max(1.0) as u64;
         let window_ms = ((window_ms as f64) * scale).round().max(1.0) as i64;
         Self {
+            name,
             limit,
             window_ms,
             events: VecDeque::new(),
@@ -145,21 +159,24 @@ pub struct Quotas {
     /// The top-level HTTP request being served; `$batch` items share their envelope's.
     current_request: u64,
     throttle_count: u64,
+    /// Violations not yet taken into the tenant's statistics.
+    violations: Vec<QuotaViolation>,
 }
 
 impl Quotas {
     pub fn new(config: QuotaConfig) -> Self {
         let s = config.scale;
         Self {
-            graph_ru: Window::new(config.graph_ru_per_10s, 10_000, s),
-            graph_writes: Window::new(config.graph_writes_per_150s, 150_000, s),
-            security: Window::new(config.security_per_min, 60_000, s),
-            mde_min: Window::new(config.mde_per_min, 60_000, s),
-            mde_hour: Window::new(config.mde_per_hour, 3_600_000, s),
+            graph_ru: Window::new("graph resource units", config.graph_ru_per_10s, 10_000, s),
+            graph_writes: Window::new("graph writes", config.graph_writes_per_150s, 150_000, s),
+            security: Window::new("graph security calls", config.security_per_min, 60_000, s),
+            mde_min: Window::new("mde calls per minute", config.mde_per_min, 60_000, s),
+            mde_hour: Window::new("mde calls per hour", config.mde_per_hour, 3_600_000, s),
             config,
             not_before: HashMap::new(),
             current_request: 0,
             throttle_count: 0,
+            violations: Vec::new(),
         }
     }
 
@@ -167,7 +184,10 @@ impl Quotas {
         &self.config
     }
 
-    /// Admits the call and charges it, or returns how long the caller must wait (ms).
+    /// Admits the call and charges it, or returns how long the caller must wait (ms). A call
+    /// costing more than a whole window is admitted into an empty window (it could never pass
+    /// otherwise) and recorded as a violation, as is any admission that leaves a window over
+    /// its budget.
     pub fn admit(&mut self, surface: Surface, cost: Cost, now: i64) -> Result<(), i64> {
         if !self.config.enabled {
             return Ok(());
@@ -192,9 +212,24 @@ impl Quotas {
         if let Some(wait) = wait {
             return Err(wait);
         }
+        let mut over = Vec::new();
         for (w, c) in windows {
             w.add(now, c);
+            if w.used > w.limit {
+                over.push(QuotaViolation {
+                    kind: "over_quota",
+                    detail: format!(
+                        "{} call admitted at {} of {} {} per {} ms",
+                        surface.as_str(),
+                        w.used,
+                        w.limit,
+                        w.name,
+                        w.window_ms
+                    ),
+                });
+            }
         }
+        self.violations.append(&mut over);
         Ok(())
     }
 
@@ -233,11 +268,28 @@ impl Quotas {
     }
 
     /// True when this call comes before a `Retry-After` given to the same client and surface
-    /// has elapsed.
-    pub fn is_early(&self, client: &str, surface: Surface, now: i64) -> bool {
-        self.not_before
-            .get(&(client.to_string(), surface))
-            .is_some_and(|&(t, told)| now < t && told < self.current_request)
+    /// has elapsed; such a call is also recorded as a violation.
+    pub fn is_early(&mut self, client: &str, surface: Surface, now: i64) -> bool {
+        let Some(&(t, told)) = self.not_before.get(&(client.to_string(), surface)) else {
+            return false;
+        };
+        let early = now < t && told < self.current_request;
+        if early {
+            self.violations.push(QuotaViolation {
+                kind: "early_retry",
+                detail: format!(
+                    "{} call by {client} {} ms before its Retry-After elapsed",
+                    surface.as_str(),
+                    t - now
+                ),
+            });
+        }
+        early
+    }
+
+    /// The violations recorded since the last call, oldest first.
+    pub fn take_violations(&mut self) -> Vec<QuotaViolation> {
+        std::mem::take(&mut self.violations)
     }
 }
 
@@ -310,5 +362,51 @@ mod tests {
         assert_eq!(second, "1.500");
         q.begin_request();
         assert!(q.is_early("app", Surface::Mde, 11_499));
+    }
+
+    #[test]
+    fn an_early_call_is_a_violation_and_a_timely_one_is_not() {
+        let mut q = Quotas::new(QuotaConfig::default());
+        q.begin_request();
+        q.retry_after("app", Surface::Mde, 1_500, 0);
+        // The throttled request itself and its `$batch` siblings are not early.
+        assert!(!q.is_early("app", Surface::Mde, 5));
+        q.begin_request();
+        assert!(!q.is_early("app", Surface::Mde, 2_000));
+        assert!(!q.is_early("app", Surface::GraphSecurity, 10));
+        assert_eq!(q.take_violations(), Vec::new());
+        assert!(q.is_early("app", Surface::Mde, 1_200));
+        let v = q.take_violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].kind, "early_retry");
+        assert!(v[0].detail.contains("800 ms"), "{v:?}");
+        assert_eq!(q.take_violations(), Vec::new(), "taken once");
+    }
+
+    #[test]
+    fn a_call_admitted_beyond_a_window_is_a_violation() {
+        let mut q = Quotas::new(QuotaConfig {
+            graph_ru_per_10s: 4,
+            ..QuotaConfig::default()
+        });
+        let delta = Cost {
+            ru: 5,
+            write: false,
+        };
+        let one = Cost {
+            ru: 1,
+            write: false,
+        };
+        // Within the budget: no violation.
+        assert_eq!(q.admit(Surface::GraphDirectory, one, 0), Ok(()));
+        assert_eq!(q.take_violations(), Vec::new());
+        assert!(q.admit(Surface::GraphDirectory, delta, 1).is_err());
+        assert_eq!(q.take_violations(), Vec::new(), "a refused call is none");
+        // A call costing more than the whole window passes an empty one, over its budget.
+        assert_eq!(q.admit(Surface::GraphDirectory, delta, 10_000), Ok(()));
+        let v = q.take_violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].kind, "over_quota");
+        assert!(v[0].detail.contains("5 of 4 graph resource units"), "{v:?}");
     }
 }

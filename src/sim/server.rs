@@ -353,6 +353,9 @@ fn call(
             _ => unreachable!("one service route is always parsed"),
         }
     };
+    for v in t.quotas.take_violations() {
+        t.record_violation(v.kind, v.detail);
+    }
     *t.stats.statuses.entry(reply.status).or_default() += 1;
     reply
 }

@@ -1,6 +1,7 @@
 //! The alert webhook over loopback (wiremock): it is sent by the process's shared
 //! `reqwest::Client`, so that client's settings (user agent, TLS, proxy) apply to it, while each
-//! attempt keeps the webhook's own short timeout instead of the client's longer API timeout.
+//! attempt keeps the webhook's own short timeout instead of the client's longer API timeout,
+//! and a `Retry-After` is waited out before the next attempt.
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -69,4 +70,37 @@ async fn each_attempt_keeps_the_webhook_timeout_not_the_client_one() {
     assert!(source.is_timeout(), "{err}: {source:?}");
     assert!(!format!("{err} {err:?}").contains("/hook"), "{err:?}");
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn webhook_waits_out_a_retry_after_before_its_next_attempt() {
+    let server = MockServer::start().await;
+    // The receiver asks for one second; when each attempt arrived is read on the server side.
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(move |_: &wiremock::Request| {
+            let mut a = seen.lock().unwrap();
+            a.push(std::time::Instant::now());
+            if a.len() == 1 {
+                ResponseTemplate::new(503).insert_header("Retry-After", "1")
+            } else {
+                ResponseTemplate::new(200)
+            }
+        })
+        .mount(&server)
+        .await;
+    let webhook = Webhook::new(settings(&server), super::support::shared_reqwest()).unwrap();
+
+    let attempts = webhook.send(&serde_json::json!({})).await.unwrap();
+
+    assert_eq!(attempts, 2);
+    let a = arrivals.lock().unwrap();
+    assert_eq!(a.len(), 2);
+    let gap = a[1] - a[0];
+    assert!(
+        gap >= Duration::from_secs(1),
+        "the second attempt came {gap:?} after a Retry-After of 1 s"
+    );
 }

@@ -313,13 +313,8 @@ async fn a_lasting_outage_is_transient_after_a_few_tries() {
 
 #[tokio::test]
 async fn a_connection_failure_is_transient() {
-    // Bind and drop: nothing listens on the port afterwards.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = url::Url::parse(&format!("http://127.0.0.1:{port}{TOKEN_PATH}")).unwrap();
+    let (_refusing, addr) = crate::support::refusing_addr();
+    let url = url::Url::parse(&format!("http://{addr}{TOKEN_PATH}")).unwrap();
     let mut s = TokenSettings::new(url, CLIENT_ID, secret(), GRAPH_SCOPE, MDE_SCOPE);
     s.max_retries = 1;
     s.request_timeout = None;

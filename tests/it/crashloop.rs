@@ -1,13 +1,15 @@
 //! The crash loop: a `dexscope sim` process (its state outlives every daemon) seeded with a
 //! desired state needing hundreds of user and device changes, a stream of new incidents, and
-//! the real `dexscope run` binary SIGKILLed at a random point, N times (seeded RNG; the seed is
-//! printed). Then one run is left to finish and the tenant, the sim's write log and the audit
-//! log are checked: exact convergence, a verdict comment on every incident and no marker
-//! posted twice, an audit row for every change
-//! the tenant saw, and no desired member or device ever removed.
+//! the real `dexscope run` binary SIGKILLed at a random point, N times. A point is a number of
+//! requests the simulator has served since the start, not a time, so the kills land inside
+//! the work at any machine speed. Then one run is left to finish and the tenant, the sim's
+//! write log and the audit log are checked: exact convergence, a verdict comment on every
+//! incident and no marker posted twice, an audit row for every change the tenant saw, and no
+//! desired member or device ever removed.
 //!
 //! N = 25 by default; `DEXSCOPE_CRASH_CYCLES=100 cargo test --test it crashloop -- --nocapture`
-//! is the extended mode. `DEXSCOPE_CRASH_SEED` replays a run.
+//! is the extended mode. The seed is fixed, so every run kills at the same points;
+//! `DEXSCOPE_TEST_SEED` (or `DEXSCOPE_CRASH_SEED`) chooses another, and a failure names it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
@@ -59,13 +61,36 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The seed of every random choice: fixed, unless the environment names another.
+const DEFAULT_SEED: u64 = 20_251_207;
+
+fn seed() -> u64 {
+    ["DEXSCOPE_TEST_SEED", "DEXSCOPE_CRASH_SEED"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("the seed {v:?} is not a number"))
+        })
+        .unwrap_or(DEFAULT_SEED)
 }
+
+/// Prints the seed when the test fails, whichever assertion failed.
+struct SeedOnFailure(u64);
+
+impl Drop for SeedOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "crash loop failed with seed {0}; replay with DEXSCOPE_TEST_SEED={0}",
+                self.0
+            );
+        }
+    }
+}
+
+/// Requests a run may serve before it is killed: enough for several passes, writes among them.
+const MAX_KILL_AFTER_REQUESTS: u64 = 40;
 
 struct Desired {
     users: HashSet<String>,
@@ -122,6 +147,13 @@ fn write_files(dir: &Path, base: &str, t: &dexscope::sim::Tenant, d: &Desired) -
     )
     .unwrap();
     config
+}
+
+/// API requests the simulator has served so far (its inspection requests not counted).
+async fn served(http: &reqwest::Client, base: &str) -> u64 {
+    get(http, format!("{base}/_sim/stats")).await["http_requests"]
+        .as_u64()
+        .expect("the statistics count requests")
 }
 
 async fn get(http: &reqwest::Client, url: String) -> Value {
@@ -201,16 +233,9 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
-    let seed: u64 = std::env::var("DEXSCOPE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("crash loop: {cycles} cycles, DEXSCOPE_CRASH_SEED={seed}");
+    let seed = seed();
+    let _report = SeedOnFailure(seed);
+    println!("crash loop: {cycles} cycles, DEXSCOPE_TEST_SEED={seed}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let started = Instant::now();
 
@@ -226,16 +251,10 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
     let secret = tenant.ids.client_secret.expose_secret().to_string();
     let group = tenant.ids.user_group_id.to_string();
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    // Port 0: the simulator binds a free port itself and names it in its config snippet.
     let mut sim_proc = Proc(
         Command::new(env!("CARGO_BIN_EXE_dexscope"))
-            .args([
-                "sim",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--scenario",
-            ])
+            .args(["sim", "--listen", "127.0.0.1:0", "--scenario"])
             .arg(&scenario_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -243,16 +262,24 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
             .unwrap(),
     );
     let stdout = sim_proc.0.stdout.take().unwrap();
+    let (base_tx, base_rx) = std::sync::mpsc::channel();
     let ready = std::thread::spawn(move || {
         let mut lines = std::io::BufReader::new(stdout).lines();
-        let ok = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("/_sim/stats"));
+        let base = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            let url = l
+                .strip_prefix("# inspection: ")?
+                .strip_suffix("/_sim/stats")?;
+            Some(url.to_string())
+        });
+        let _ = base_tx.send(base);
         // Keep draining so the simulator never blocks on a full pipe.
         for _ in lines {}
-        ok
     });
+    let base = base_rx
+        .recv_timeout(Duration::from_secs(60))
+        .ok()
+        .flatten()
+        .expect("the simulator names its address within 60 s");
     let config = write_files(dir.path(), &base, &tenant, &desired);
     drop(tenant);
     if let Err(diags) = dexscope::desired::load(
@@ -263,11 +290,6 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
         panic!("the desired state is valid: {diags}: {:?}", diags.0);
     }
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/_sim/stats")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the simulator did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let before = view(&http, &base, &group).await;
     let removals = before.members.difference(&desired.users).count();
     let adds = desired.users.difference(&before.members).count();
@@ -306,17 +328,29 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
                 .unwrap();
             incidents.push(r["id"].as_str().unwrap().to_string());
         }
-        let kill_after = Duration::from_millis(rng.random_range(50..2_500));
-        kill_points.push(kill_after.as_millis() as u64);
+        let kill_after = rng.random_range(1..=MAX_KILL_AFTER_REQUESTS);
+        kill_points.push(kill_after);
+        let served_before = served(&http, &base).await;
         let mut run = spawn_run(&config, &secret, &log_path);
-        tokio::time::sleep(kill_after).await;
+        // Bounded only so that a daemon making no progress fails the test instead of hanging it.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while served(&http, &base).await < served_before + kill_after {
+            if let Some(status) = run.0.try_wait().unwrap() {
+                panic!(
+                    "the daemon exited by itself ({status}); log:\n{}",
+                    log_tail(&log_path)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon served fewer than {kill_after} requests in 120 s; log:\n{}",
+                log_tail(&log_path)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         // SIGKILL: no shutdown path runs.
         run.0.kill().unwrap();
         run.0.wait().unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(60 + 5 * cycles as u64),
-            "the crash loop overran its time budget"
-        );
     }
     let mid = view(&http, &base, &group).await;
     println!(
@@ -445,7 +479,7 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
     let mut kp = kill_points.clone();
     kp.sort_unstable();
     println!(
-        "crash loop done in {:.1?}: {cycles} kills (median at {} ms), {} writes seen by the \
+        "crash loop done in {:.1?}: {cycles} kills (median after {} requests), {} writes seen by the \
          tenant {by_op:?}, {} audit rows ({settled} settled as not applied), {} incidents \
          with {comments} verdict comments, 0 duplicates, 0 desired members removed",
         started.elapsed(),
@@ -455,5 +489,5 @@ async fn daemon_killed_at_random_points_converges_exactly_without_duplicates_or_
         incidents.len()
     );
     drop(sim_proc);
-    let _ = ready.join();
+    ready.join().unwrap();
 }

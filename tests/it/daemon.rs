@@ -40,6 +40,54 @@ fn pings(seen: &Mutex<Vec<String>>) -> usize {
         .count()
 }
 
+/// The `{name} pass: …` summary events among the log lines (one per finished pass).
+fn pass_events(log: &Mutex<Vec<String>>, name: &str) -> Vec<serde_json::Value> {
+    let prefix = format!("{name} pass: ");
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// A user of the simulated tenant outside the scoped group: (UPN, object id).
+fn outsiders(sim: &sim::SimHandle, n: usize) -> Vec<(String, String)> {
+    let ids = sim.group_members(&sim.user_group_id());
+    let state = sim.state();
+    let tenant = state.lock().unwrap();
+    tenant
+        .directory
+        .users
+        .iter()
+        .flatten()
+        .map(|u| (u.upn.to_string(), u.id.to_string()))
+        .filter(|(_, id)| !ids.contains(id))
+        .take(n)
+        .collect()
+}
+
+/// Waits until `id` is a direct member of the scoped group (bounded).
+async fn wait_member(sim: &sim::SimHandle, id: &str, limit: Duration, log: &Mutex<Vec<String>>) {
+    let deadline = Instant::now() + limit;
+    while !sim
+        .group_members(&sim.user_group_id())
+        .iter()
+        .any(|m| m == id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{id} not added within {limit:?}; log:\n{}",
+            log.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of one sample line in the metrics text.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -193,6 +241,33 @@ async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sig
     )
     .await;
     assert_eq!(sample(&text, &ok("reconcile")), Some(2.0), "{text}");
+    // A pass the invalid change started would run before any later one (the loop runs its
+    // passes one at a time). So a later valid change adding a user is the event to count
+    // after: once its pass has added the user, exactly three passes have finished.
+    let (outsider_upn, outsider_id) = outsiders(&sim, 1).remove(0);
+    let changing_passes = || {
+        pass_events(&log, "reconcile")
+            .iter()
+            .filter(|v| v["changes"].as_u64().is_some_and(|n| n > 0))
+            .count()
+    };
+    let changed_before = changing_passes();
+    std::fs::write(
+        &desired,
+        format!("users = [\"ann@contoso.com\", \"bob@contoso.com\", {outsider_upn:?}]\n"),
+    )
+    .unwrap();
+    wait_member(&sim, &outsider_id, Duration::from_secs(20), &log).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while changing_passes() == changed_before {
+        assert!(Instant::now() < deadline, "the adding pass was not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pass_events(&log, "reconcile").len(),
+        3,
+        "the invalid change started a pass"
+    );
 
     // SIGTERM: STOPPING=1 and exit 0 within 10 s.
     let status = Command::new("kill")
@@ -241,16 +316,16 @@ async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sig
     }
     assert!(passes.iter().all(|p| p.ok), "{passes:?}");
     let alerts = state.alerts().unwrap();
+    // Fired by the invalid change (the later valid one may have resolved it since).
     assert!(
-        alerts.iter().any(
-            |a| a.kind == dexscope::alerts::AlertKind::InvalidDesiredState
-                && a.state == dexscope::alerts::AlertState::Firing
-        ),
+        alerts
+            .iter()
+            .any(|a| a.kind == dexscope::alerts::AlertKind::InvalidDesiredState),
         "{alerts:?}"
     );
 
     // Requests, counted by the tenant: one token per resource, and the members read by each of
-    // the two reconcile passes (before, and again to verify when something was planned).
+    // the three reconcile passes (before, and again to verify when something was planned).
     let stats = sim.stats();
     assert_eq!(stats.tokens_issued, 2, "{stats:?}");
     let member_reads: u64 = stats
@@ -259,7 +334,7 @@ async fn run_notifies_systemd_follows_the_desired_state_and_stops_cleanly_on_sig
         .filter(|(route, _)| route.starts_with("GET ") && route.ends_with("/members"))
         .map(|(_, n)| n)
         .sum();
-    assert!((2..=6).contains(&member_reads), "{:?}", stats.http_by_route);
+    assert!((3..=9).contains(&member_reads), "{:?}", stats.http_by_route);
     drain.abort();
     sim.shutdown().await;
 }
@@ -422,9 +497,9 @@ async fn sighup_reloads_the_config_and_desired_state_and_keeps_the_running_confi
             .flatten()
             .map(|u| (u.upn.to_string(), u.id.to_string()))
             .partition(|(_, id)| ids.contains(id));
-        (inside, outside.into_iter().take(2).collect::<Vec<_>>())
+        (inside, outside.into_iter().take(3).collect::<Vec<_>>())
     };
-    let (first, second) = (&outsiders[0], &outsiders[1]);
+    let (first, second, third) = (&outsiders[0], &outsiders[1], &outsiders[2]);
     let mut wanted: Vec<String> = members.iter().map(|(upn, _)| upn.clone()).collect();
     wanted.push(first.0.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -548,19 +623,38 @@ async fn sighup_reloads_the_config_and_desired_state_and_keeps_the_running_confi
         1,
         "{notes:?}"
     );
-    // The refusal is decided as the signal arrives: no new generation, no new request.
-    let text = wait_metric(
-        &base,
-        &passes("reconcile"),
-        2.0,
-        Duration::from_secs(1),
-        &daemon.log,
-    )
-    .await;
-    assert_eq!(sample(&text, &passes("priority")), Some(2.0), "{text}");
-    let after = sim.stats();
-    assert_eq!(after.tokens_issued, 4);
-    assert_eq!(after.http_requests, before.http_requests, "{after:?}");
+    // The refusal is decided as the signal arrives: no new generation, no pass, no token. A
+    // desired-state change taken up afterwards is the later event to count after: the loop
+    // runs its passes one at a time, so a pass the refusal started would have finished before
+    // the one that adds the user; and a generation the refusal started would have taken its
+    // tokens before any pass of its own.
+    assert_eq!(before.tokens_issued, 4);
+    let changing_passes = || {
+        pass_events(&daemon.log, "reconcile")
+            .iter()
+            .filter(|v| v["changes"].as_u64().is_some_and(|n| n > 0))
+            .count()
+    };
+    let changed_before = changing_passes();
+    wanted.push(third.0.clone());
+    std::fs::write(dir.path().join("desired-b.toml"), users_file(&wanted)).unwrap();
+    wait_member(&sim, &third.1, Duration::from_secs(20), &daemon.log).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while changing_passes() == changed_before {
+        assert!(Instant::now() < deadline, "the adding pass was not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let passes_now = |name| pass_events(&daemon.log, name).len();
+    assert_eq!(passes_now("reconcile"), 3, "the refusal started a pass");
+    assert_eq!(passes_now("priority"), 2, "the refusal started a pass");
+    assert_eq!(passes_now("incidents"), 2, "the refusal started a pass");
+    assert_eq!(sim.stats().tokens_issued, 4, "the refusal took tokens");
+    let notes = daemon.notes();
+    assert_eq!(
+        notes.iter().filter(|n| *n == "RELOADING=1").count(),
+        1,
+        "{notes:?}"
+    );
 
     let log = daemon.log.clone();
     let code = daemon.stop();

@@ -261,6 +261,9 @@ async fn export_refuses_to_overwrite_without_force_and_writes_stdout_without_out
         "refused before any request"
     );
 
+    // The exports carry today's UTC date: read the clock around them, so a run across
+    // midnight accepts either day.
+    let first_day = chrono::Utc::now().date_naive().to_string();
     let stdout = env.run(&["export"]).await;
     assert_eq!(code(&stdout), 0, "{}", show(&stdout));
     assert_eq!(read(&target), "users = [\"keep@contoso.com\"]\n");
@@ -269,10 +272,20 @@ async fn export_refuses_to_overwrite_without_force_and_writes_stdout_without_out
         .run(&["export", "--output", "desired.toml", "--force"])
         .await;
     assert_eq!(code(&out), 0, "{}", show(&out));
+    let last_day = chrono::Utc::now().date_naive().to_string();
     let written = read(&target);
     assert!(written.contains("alice@contoso.com"), "{written}");
-    // stdout and the file carry the same text (same tenant, same day).
-    assert_eq!(text(&stdout.stdout), written);
+    // stdout and the file carry the same text (same tenant), each dated on a day the clock
+    // showed while the exports ran.
+    let undated = |t: &str| {
+        assert!(
+            t.contains(&format!("exported {first_day}"))
+                || t.contains(&format!("exported {last_day}")),
+            "dated neither {first_day} nor {last_day}:\n{t}"
+        );
+        t.replace(&last_day, "DAY").replace(&first_day, "DAY")
+    };
+    assert_eq!(undated(&text(&stdout.stdout)), undated(&written));
     let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

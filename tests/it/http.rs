@@ -171,11 +171,18 @@ async fn retry_after_holds_back_other_requests_to_the_same_surface() {
 
     let c2 = client.clone();
     let first = tokio::spawn(async move { c2.send(get(&c2, "/a")).await });
-    // Let the 429 arrive before the second request starts.
-    while arrivals.lock().unwrap().is_empty() {
+    // The second request starts once the client has taken in the 429: it records the wait
+    // after it set the hold, so from then on the hold is in force, however slow the machine.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .stats()
+        .surface(Surface::GraphRead)
+        .retry_after_wait_ms
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the 429 was not taken in");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     client.send(get(&client, "/b")).await.unwrap();
     first.await.unwrap().unwrap();
 

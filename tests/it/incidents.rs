@@ -509,18 +509,22 @@ async fn a_comment_stored_before_the_post_timed_out_is_not_posted_again() {
     sim.shutdown().await;
 }
 
-/// The real binary, `dexscope poll --once`, killed (SIGKILL) at random points 20 times while
-/// incidents keep arriving, then run to completion: no duplicate comment, no missed incident.
+/// The real binary, `dexscope poll --once`, killed (SIGKILL) 20 times while incidents keep
+/// arriving, then run to completion: no duplicate comment, no missed incident.
+///
+/// Each kill lands at a point chosen by request count, not by time: after the run's first
+/// request (while it reads), or while the simulator holds its first or second comment POST
+/// (stored, then left unanswered for a second), so most kills fall between two comments of one
+/// pass at any machine speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_poller_at_random_points_never_duplicates_or_misses() {
-    // Slow responses now and then stretch a pass so the kills land inside it.
-    let faults = FaultConfig {
-        slow_rate: 0.5,
-        slow_ms: 10,
+    let stalling = FaultConfig {
+        comment_timeout_rate: 1.0,
+        stall_ms: 1_000,
         surfaces: vec![sim::Surface::GraphSecurity],
         ..FaultConfig::default()
     };
-    let sim = start_sim(40, faults).await;
+    let sim = start_sim(40, stalling).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), true, "30s");
     let secret = sim.client_secret().expose_secret().to_string();
@@ -539,43 +543,50 @@ async fn killing_the_poller_at_random_points_never_duplicates_or_misses() {
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
     let mut known = Vec::new();
-    let (mut killed, mut finished, mut posted_by_killed) = (0, 0, Vec::new());
-    // Bounded: at most 60 runs to get 20 kills.
-    for round in 0..60 {
-        if killed == 20 {
-            break;
-        }
+    let mut posted_by_killed = Vec::new();
+    for round in 0..20 {
         // A stream: new incidents of every known kind before each run.
         known.extend(known_incidents(&sim, &picks(&sim)));
         let pending = comments_by_incident(&sim)
             .values()
             .filter(|(redirected, outcomes)| !redirected && outcomes.is_empty())
             .count() as u64;
-        let before = sim.stats().calls(POST_ROUTE);
-        let mut child = run();
-        let after = Duration::from_millis(rng.random_range(0..250));
-        let outcome = match tokio::time::timeout(after, child.wait()).await {
-            Ok(status) => {
-                assert!(status.unwrap().success());
-                finished += 1;
-                "finished"
-            }
-            Err(_) => {
-                child.kill().await.unwrap();
-                killed += 1;
-                "killed"
+        // 0: after the first request; n: while the n-th comment POST is held.
+        let posts: u64 = rng.random_range(0..=2);
+        let (requests_before, posts_before) = {
+            let s = sim.stats();
+            (s.http_requests, s.calls(POST_ROUTE))
+        };
+        let reached = || {
+            let s = sim.stats();
+            if posts == 0 {
+                s.http_requests > requests_before
+            } else {
+                s.calls(POST_ROUTE) >= posts_before + posts
             }
         };
-        let posted = sim.stats().calls(POST_ROUTE) - before;
-        if outcome == "killed" {
-            posted_by_killed.push((posted, pending));
+        let mut child = run();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reached() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("run {round} ended ({status}) before its kill point ({posts} posts)");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {round} did not reach its kill point ({posts} posts) within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        child.kill().await.unwrap();
+        let posted = sim.stats().calls(POST_ROUTE) - posts_before;
+        posted_by_killed.push((posted, pending));
         eprintln!(
-            "run {round}: {outcome} within {after:?}, {posted} of {pending} pending comments posted"
+            "run {round}: killed at {posts} posts, {posted} of {pending} pending comments posted"
         );
     }
-    assert_eq!(killed, 20, "20 runs killed");
-    // Two clean runs: the first finishes whatever the kills left, the second finds nothing.
+    // Two clean runs, answered at once: the first finishes whatever the kills left, the second
+    // finds nothing.
+    sim.set_faults(FaultConfig::default());
     for _ in 0..2 {
         let status = tokio::time::timeout(Duration::from_secs(60), run().wait())
             .await
@@ -583,9 +594,7 @@ async fn killing_the_poller_at_random_points_never_duplicates_or_misses() {
             .unwrap();
         assert!(status.success());
     }
-    eprintln!(
-        "killed {killed}, finished {finished}; (posted, pending) per killed run: {posted_by_killed:?}"
-    );
+    eprintln!("(posted, pending) per killed run: {posted_by_killed:?}");
     // Some kills landed between two comments of one pass.
     assert!(
         posted_by_killed

@@ -403,10 +403,7 @@ async fn webhook_retries_honour_retry_after_and_failures_are_not_fatal() {
     );
 
     // An unreachable receiver: bounded attempts, the error names no URL, the alert still fires.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_refusing, closed) = super::support::refusing_addr();
     let dead = Webhook::new(
         WebhookSettings {
             base_delay: Duration::from_millis(5),

@@ -10,6 +10,17 @@ pub fn shared_reqwest() -> reqwest::Client {
         .unwrap()
 }
 
+/// A loopback address that refuses connections for as long as the returned socket lives.
+///
+/// The socket is bound and never listens: a connection gets a reset, and no other process can
+/// take the port meanwhile, as it could between binding a listener and dropping it.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// The start of a config pointed at the simulated tenant: its tenant and client ids, the three
 /// endpoints on its loopback URL, and `[scope] user_group_id`. Callers append the rest of
 /// `[scope]` and any further sections.
