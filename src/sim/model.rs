@@ -700,7 +700,8 @@ pub struct Stats {
     pub throttled: BTreeMap<String, u64>,
     /// Calls that came before a `Retry-After` given to the same client and surface elapsed.
     pub early_retries: BTreeMap<String, u64>,
-    /// Injected faults by kind (`status_503`, `drop`, `slow`, `comment_timeout`).
+    /// Injected faults by kind (`status_503`, `drop`, `slow`, `comment_timeout`,
+    /// `token_expiry`).
     pub faults: BTreeMap<String, u64>,
     /// Responses per status code (batch items included).
     pub statuses: BTreeMap<u16, u64>,
@@ -730,6 +731,8 @@ pub struct IssuedToken {
     pub client: String,
     pub roles: Vec<String>,
     pub expires_ms: i64,
+    /// Authenticated requests served with it.
+    pub uses: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

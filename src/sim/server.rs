@@ -227,7 +227,7 @@ fn serve_api(shared: &Shared, service: Service, req: &ApiReq) -> (Option<Reply>,
         Service::Graph => Surface::GraphDirectory,
     };
     let authz = req.header("authorization").map(str::to_string);
-    let caller = match token::authorize(&t, authz.as_deref(), surface) {
+    let caller = match token::authorize(&mut t, authz.as_deref(), surface) {
         Ok(c) => c,
         Err(why) => {
             t.stats.unauthorized += 1;

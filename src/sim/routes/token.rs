@@ -172,6 +172,7 @@ fn mint(t: &mut Tenant, aud: &str, surface: Surface, client: &str) -> Reply {
             client: client.to_string(),
             roles,
             expires_ms: now + lifetime * 1000,
+            uses: 0,
         },
     );
     t.stats.tokens_issued += 1;
@@ -254,9 +255,10 @@ impl Caller {
     }
 }
 
-/// Checks the `Authorization` header for `surface` and returns the caller.
+/// Checks the `Authorization` header for `surface` and returns the caller; a token accepted
+/// here has served one more request (see `FaultConfig::token_uses`).
 pub fn authorize(
-    t: &Tenant,
+    t: &mut Tenant,
     authorization: Option<&str>,
     surface: Surface,
 ) -> Result<Caller, &'static str> {
@@ -268,9 +270,10 @@ pub fn authorize(
         .ok_or("Access token is empty.")?;
     let claims = decode_claims(token.trim()).ok_or("IDX14100: JWT is not well formed.")?;
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
+    let now = t.now_ms();
     let issued = t
         .tokens
-        .get(jti)
+        .get_mut(jti)
         .ok_or("Invalid signature or unknown token.")?;
     let wanted = match surface {
         Surface::Mde => Surface::Mde,
@@ -279,9 +282,15 @@ pub fn authorize(
     if issued.audience != wanted {
         return Err("Invalid audience.");
     }
-    if issued.expires_ms <= t.now_ms() {
-        return Err("Lifetime validation failed, the token is expired.");
+    const EXPIRED: &str = "Lifetime validation failed, the token is expired.";
+    if issued.expires_ms <= now {
+        return Err(EXPIRED);
     }
+    if t.faults.token_spent(surface, issued.uses) {
+        *t.stats.faults.entry("token_expiry".into()).or_default() += 1;
+        return Err(EXPIRED);
+    }
+    issued.uses += 1;
     Ok(Caller {
         client: issued.client.clone(),
         roles: issued.roles.clone(),
