@@ -7,7 +7,7 @@ use std::ops::Bound;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{context, next_link, parse_guid, parse_in_filter};
+use super::shared::{context, next_link, parse_guid, parse_in_filter};
 use crate::sim::model::{DeltaRefusal, ObjKind, Tenant};
 use crate::sim::routes::{self, ApiReq, Reply, graph_error};
 

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{context, find_group, next_link, not_found, object_json, parse_guid};
+use super::shared::{context, find_group, next_link, not_found, object_json, parse_guid};
 use crate::sim::model::{ObjKind, Tenant};
 use crate::sim::routes::{self, ApiReq, Reply, graph_error, select};
 

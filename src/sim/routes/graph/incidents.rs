@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{context, next_link};
+use super::shared::{context, next_link};
 use crate::sim::model::{Account, Alert, Comment, EvidenceKind, Incident, Tenant};
 use crate::sim::routes::{self, ApiReq, Reply, Tok, graph_error, lex};
 

@@ -1,20 +1,19 @@
 //! The Graph v1.0 subset: groups and members (`$ref`, `members@odata.bind`, delta), users,
 //! devices, `$batch`, and security incidents with comments — with Graph's limits and errors.
-//! This file holds the route table and the helpers every Graph route shares; the routes live
-//! in one file per resource.
+//! This file holds the route table; the routes live in one file per resource, the helpers
+//! they share in `shared.rs`.
 
 mod batch;
 mod delta;
 mod groups;
 mod incidents;
+mod shared;
 mod users;
 
 use axum::http::Method;
-use serde_json::{Value, json};
-use uuid::Uuid;
 
-use super::{ApiReq, Reply, Tok, graph_error, lex};
-use crate::sim::model::{ObjKind, Tenant};
+use super::{ApiReq, Reply, graph_error};
+use crate::sim::model::Tenant;
 use crate::sim::quota::{Cost, Surface};
 
 pub use batch::batch;
@@ -223,139 +222,6 @@ pub fn handle(t: &mut Tenant, route: &Route, req: &ApiReq) -> Reply {
     }
 }
 
-fn not_found(what: &str) -> Reply {
-    graph_error(
-        404,
-        "Request_ResourceNotFound",
-        &format!(
-            "Resource '{what}' does not exist or one of its queried reference-property objects are not present."
-        ),
-    )
-}
-
-fn parse_guid(s: &str) -> Option<Uuid> {
-    crate::model::is_guid(s)
-        .then(|| Uuid::parse_str(s).ok())
-        .flatten()
-}
-
-fn find_group(t: &Tenant, id: &str) -> Result<Uuid, Reply> {
-    parse_guid(id)
-        .filter(|g| t.directory.group(g).is_some())
-        .ok_or_else(|| not_found(id))
-}
-
-/// `{base}/v1.0{path}?{query without $skiptoken}&$skiptoken={token}`.
-fn next_link(req: &ApiReq, key: &str, token: &str) -> String {
-    let mut q: Vec<String> = req
-        .query
-        .iter()
-        .filter(|(k, _)| {
-            let k = k.trim_start_matches('$').to_ascii_lowercase();
-            k != "skiptoken" && k != "deltatoken"
-        })
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                super::encode(k).replace("%24", "$"),
-                super::encode(v)
-            )
-        })
-        .collect();
-    q.push(format!("{key}={}", super::encode(token)));
-    let path = if req.path.starts_with('/') {
-        req.path.clone()
-    } else {
-        format!("/{}", req.path)
-    };
-    format!("{}/v1.0{}?{}", req.base, path, q.join("&"))
-}
-
-fn context(req: &ApiReq, what: &str) -> String {
-    format!("{}/v1.0/$metadata#{what}", req.base)
-}
-
-fn object_json(t: &Tenant, id: &Uuid, kind: ObjKind) -> Value {
-    match kind {
-        ObjKind::User => match t.directory.user(id) {
-            Some(u) => json!({"@odata.type": kind.odata_type(), "id": u.id.to_string(),
-                "displayName": &*u.display_name, "userPrincipalName": &*u.upn,
-                "mail": &*u.upn, "accountEnabled": true}),
-            None => json!({"@odata.type": kind.odata_type(), "id": id.to_string()}),
-        },
-        ObjKind::Group => {
-            let name = t.directory.group(id).map(|g| g.display_name.clone());
-            json!({"@odata.type": kind.odata_type(), "id": id.to_string(),
-                "displayName": name, "securityEnabled": true, "mailEnabled": false})
-        }
-        ObjKind::Device => {
-            let d = t
-                .directory
-                .device_by_id
-                .get(id)
-                .map(|&i| &t.directory.devices[i as usize]);
-            json!({"@odata.type": kind.odata_type(), "id": id.to_string(),
-                "deviceId": d.map(|d| d.device_id.to_string()),
-                "displayName": d.map(|d| d.display_name.clone()),
-                "operatingSystem": "Windows"})
-        }
-    }
-}
-
-/// `prop eq 'v'`, `prop in ('a','b')`, optionally several joined by `or`.
-fn parse_in_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
-    let toks = lex(filter)?;
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < toks.len() {
-        let Tok::Word(prop) = &toks[i] else {
-            return Err("property name expected".into());
-        };
-        let op = match toks.get(i + 1) {
-            Some(Tok::Word(w)) => w.to_ascii_lowercase(),
-            _ => return Err("operator expected".into()),
-        };
-        i += 2;
-        match op.as_str() {
-            "eq" => match toks.get(i) {
-                Some(Tok::Str(v)) => {
-                    out.push((prop.clone(), v.clone()));
-                    i += 1;
-                }
-                _ => return Err("string literal expected".into()),
-            },
-            "in" => {
-                if toks.get(i) != Some(&Tok::LParen) {
-                    return Err("'(' expected".into());
-                }
-                i += 1;
-                loop {
-                    match toks.get(i) {
-                        Some(Tok::Str(v)) => out.push((prop.clone(), v.clone())),
-                        _ => return Err("string literal expected".into()),
-                    }
-                    i += 1;
-                    match toks.get(i) {
-                        Some(Tok::Comma) => i += 1,
-                        Some(Tok::RParen) => {
-                            i += 1;
-                            break;
-                        }
-                        _ => return Err("')' expected".into()),
-                    }
-                }
-            }
-            _ => return Err(format!("operator '{op}' is not supported")),
-        }
-        match toks.get(i) {
-            None => break,
-            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("or") => i += 1,
-            _ => return Err("'or' expected".into()),
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,14 +264,5 @@ mod tests {
             let r = Route::parse(&Method::from_bytes(m.as_bytes()).unwrap(), &segs);
             assert_eq!(r.label(), *label, "{m} {path}");
         }
-    }
-
-    #[test]
-    fn in_filters_parse_and_count_values() {
-        let c = parse_in_filter("userPrincipalName in ('a@x.com','o''neil@x.com') or id eq 'z'")
-            .unwrap();
-        assert_eq!(c.len(), 3);
-        assert_eq!(c[1].1, "o'neil@x.com");
-        assert!(parse_in_filter("userPrincipalName startswith 'a'").is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{context, next_link, not_found, object_json, parse_guid, parse_in_filter};
+use super::shared::{context, next_link, not_found, object_json, parse_guid, parse_in_filter};
 use crate::sim::model::{ObjKind, Tenant};
 use crate::sim::routes::{self, ApiReq, Reply, graph_error, select};
 
