@@ -6,7 +6,10 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{UNASSIGNED_GROUP, UNASSIGNED_GROUP_ID};
+/// `rbacGroupName` of devices that match no group.
+pub const UNASSIGNED_GROUP: &str = "UnassignedGroup";
+/// `rbacGroupId` reported for unassigned devices.
+pub const UNASSIGNED_GROUP_ID: i64 = 75;
 
 /// The OS platforms the simulator seeds, with their MDE `osPlatform` strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -326,7 +329,7 @@ impl Mde {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::model::{DEVICE_GROUP_NAME, UNASSIGNED_GROUP_ID};
+    use crate::sim::model::DEVICE_GROUP_NAME;
 
     fn machine(mde: &mut Mde, n: u8, dns: &str, os: Os, tags: &[&str]) -> u32 {
         let tags = tags.iter().map(|t| mde.intern_tag(t)).collect();

@@ -21,7 +21,10 @@ use uuid::Uuid;
 pub use directory::{DeltaRefusal, Directory, EntraDevice, Group, ObjKind, User};
 pub use figures::{IssuedToken, Stats, Violation, WRITE_LOG_CAP, WriteRecord};
 pub use incidents::{Account, Alert, Comment, Evidence, EvidenceKind, Incident, Incidents};
-pub use mde::{DeviceGroup, GroupRule, Machine, Mde, Os, parse_machine_id};
+pub use mde::{
+    DeviceGroup, GroupRule, Machine, Mde, Os, UNASSIGNED_GROUP, UNASSIGNED_GROUP_ID,
+    parse_machine_id,
+};
 
 use super::faults::{FaultConfig, Faults};
 use super::quota::{QuotaConfig, Quotas};
@@ -32,10 +35,6 @@ pub const USER_GROUP_NAME: &str = "Defender_Experts_Scoped_Coverage_Users";
 pub const DEVICE_GROUP_NAME: &str = "Defender_Experts_Scoped_Coverage_Devices";
 /// The tag the scoped device group's rule matches by default.
 pub const DEVICE_TAG: &str = "DEX-Scoped";
-/// `rbacGroupName` of devices that match no group.
-pub const UNASSIGNED_GROUP: &str = "UnassignedGroup";
-/// `rbacGroupId` reported for unassigned devices.
-pub const UNASSIGNED_GROUP_ID: i64 = 75;
 
 /// Identity of the tenant and the one application it knows.
 #[derive(Debug, Clone)]
