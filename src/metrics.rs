@@ -8,7 +8,7 @@
 //! was obtained and every loop has a recent successful pass (by the staleness rule of
 //! [`records::is_stale`]), else 503 with the reason.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +40,20 @@ pub const VERDICT_KINDS: [&str; 3] = ["in_scope", "out_of_scope", "skipped"];
 
 type Labels = Vec<(&'static str, String)>;
 
+/// How long a counted verdict is remembered after its incident was last listed. An incident
+/// is listed again only while its last update is inside the poll overlap (minutes), so a day
+/// covers every re-listing while keeping the memory to a day's incidents.
+const VERDICT_MEMORY: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// One verdict a pass reached: its kind (one of [`VERDICT_KINDS`]) and what identifies it,
+/// the incident and the verdict's digest (the marker of its comment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictReached {
+    pub kind: &'static str,
+    pub incident: String,
+    pub digest: String,
+}
+
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -61,6 +75,9 @@ pub struct Metrics {
     changes: Family<Labels, Counter>,
     drift: Family<Labels, Gauge>,
     verdicts: Family<Labels, Counter>,
+    /// The verdicts already counted, by (incident, digest), with when each was last listed: a
+    /// verdict is counted once however often its incident is listed again.
+    counted: Mutex<HashMap<(String, String), DateTime<Utc>>>,
     alerts: Family<Labels, Gauge>,
     last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     http_requests: Family<Labels, Counter>,
@@ -129,8 +146,8 @@ pub struct PassFigures {
     pub changes_applied: u64,
     /// Drift seen by the pass (objects out of line with the desired state), when it looks.
     pub drift: Option<u64>,
-    /// Verdicts by kind (one of [`VERDICT_KINDS`]).
-    pub verdicts: Vec<(&'static str, u64)>,
+    /// Verdicts reached by the pass, the ones counted before included.
+    pub verdicts: Vec<VerdictReached>,
 }
 
 impl Metrics {
@@ -212,6 +229,7 @@ impl Metrics {
             changes,
             drift,
             verdicts,
+            counted: Mutex::new(HashMap::new()),
             alerts,
             last_success,
             http_requests,
@@ -284,17 +302,27 @@ impl Metrics {
                 .get_or_create(&by_loop)
                 .set(i64::try_from(drift).unwrap_or(i64::MAX));
         }
-        for (kind, n) in &p.verdicts {
-            self.verdicts
-                .get_or_create(&vec![("verdict", kind.to_string())])
-                .inc_by(*n);
-        }
+        self.count_verdicts(&p.verdicts, p.finished);
         if p.ok {
             self.last_success
                 .get_or_create(&by_loop)
                 .set(p.finished.timestamp_millis() as f64 / 1000.0);
             if let Some(l) = lock(&self.health).loops.get_mut(loop_name) {
                 l.last_success = Some(p.finished);
+            }
+        }
+    }
+
+    /// Counts each verdict the first time it is reached; forgets those not listed for a day.
+    fn count_verdicts(&self, reached: &[VerdictReached], at: DateTime<Utc>) {
+        let mut counted = lock(&self.counted);
+        counted.retain(|_, last| at - *last < VERDICT_MEMORY);
+        for v in reached {
+            let key = (v.incident.clone(), v.digest.clone());
+            if counted.insert(key, at).is_none() {
+                self.verdicts
+                    .get_or_create(&vec![("verdict", v.kind.to_string())])
+                    .inc();
             }
         }
     }
@@ -522,6 +550,44 @@ mod tests {
         }
     }
 
+    fn reached(kind: &'static str, incident: &str) -> VerdictReached {
+        VerdictReached {
+            kind,
+            incident: incident.into(),
+            digest: format!("d{incident}"),
+        }
+    }
+
+    #[test]
+    fn each_verdict_is_counted_once_however_often_it_is_listed_again() {
+        let m = Metrics::new();
+        m.set_loops(&[("incidents", Duration::from_secs(60))]);
+        let pass = |secs: i64, verdicts: Vec<VerdictReached>| PassFigures {
+            ok: true,
+            finished: at(secs),
+            verdicts,
+            ..PassFigures::default()
+        };
+        // Incident 1 is listed in every pass of the overlap; 2 arrives later; 1 gets a new
+        // verdict (another digest) after an update.
+        m.record_pass("incidents", &pass(0, vec![reached("in_scope", "1")]));
+        for secs in [60, 120, 180] {
+            let again = vec![reached("in_scope", "1"), reached("out_of_scope", "2")];
+            m.record_pass("incidents", &pass(secs, again));
+        }
+        let mut updated = reached("out_of_scope", "1");
+        updated.digest = "other".into();
+        m.record_pass("incidents", &pass(240, vec![updated]));
+        let text = m.encode();
+        for needle in [
+            "dexscope_verdicts_total{verdict=\"in_scope\"} 1\n",
+            "dexscope_verdicts_total{verdict=\"out_of_scope\"} 2\n",
+            "dexscope_verdicts_total{verdict=\"skipped\"} 0\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
     #[test]
     fn pass_buckets_split_milliseconds_and_minutes() {
         let m = Metrics::new();
@@ -562,7 +628,7 @@ mod tests {
                 finished: at(0),
                 changes_applied: 3,
                 drift: Some(2),
-                verdicts: vec![("in_scope", 1)],
+                verdicts: vec![reached("in_scope", "1")],
             },
         );
         let text = m.encode();

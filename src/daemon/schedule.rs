@@ -33,8 +33,8 @@ pub struct PassSummary {
     pub changes_applied: u64,
     /// Objects out of line with the desired state, when the pass looks.
     pub drift: Option<u64>,
-    /// Verdicts reached, by kind (see [`metrics::VERDICT_KINDS`]).
-    pub verdicts: Vec<(&'static str, u64)>,
+    /// Verdicts reached, the ones reached before included (the metrics count each once).
+    pub verdicts: Vec<crate::metrics::VerdictReached>,
     /// Alerts the pass observed (good or bad); the daemon folds them into the alert state.
     pub observations: Vec<Observation>,
     /// Recorded with the pass in the state database (read by `status` and `check`).

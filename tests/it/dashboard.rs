@@ -196,7 +196,11 @@ async fn scrape() -> String {
                 duration: Duration::from_millis(120),
                 finished: Utc::now(),
                 drift: Some(1),
-                verdicts: vec![("in_scope", 1)],
+                verdicts: vec![metrics::VerdictReached {
+                    kind: "in_scope",
+                    incident: name.into(),
+                    digest: "d".into(),
+                }],
                 ..PassFigures::default()
             },
         );
