@@ -1,7 +1,8 @@
 //! The metrics registry and the `/metrics`, `/healthz`, `/readyz` endpoint (axum, loopback by
 //! default).
 //!
-//! `/metrics` is OpenMetrics text (`prometheus-client`). Pass figures are pushed by the daemon
+//! `/metrics` is OpenMetrics text (`prometheus-client`) when the scraper's `Accept` asks for it,
+//! else the classic text format converted from it ([`exposition`]). Pass figures are pushed by the daemon
 //! after each pass; HTTP figures are read from [`http::Client::stats`] at scrape time, so they
 //! are never stale; so are the alert figures, read from the alert path's own. `/readyz` answers
 //! from a pure function of what the daemon reported ([`Health::readiness`]): 200 once a token
@@ -31,8 +32,13 @@ use crate::alerts::{AlertKind, AlertMetrics};
 use crate::http::{self, Surface};
 use crate::state::records;
 
-/// The OpenMetrics content type served on `/metrics`.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub mod exposition;
+
+/// The OpenMetrics content type served on `/metrics` to scrapers that ask for it.
+pub const CONTENT_TYPE: &str = exposition::OPENMETRICS;
+
+/// The text exposition content type served on `/metrics` otherwise.
+pub const TEXT_CONTENT_TYPE: &str = exposition::TEXT;
 
 /// The verdict kinds counted by `dexscope_verdicts_total` (a closed set, so no per-user label
 /// can ever slip in).
@@ -480,8 +486,17 @@ pub async fn serve(
         .await
 }
 
-async fn metrics_page(AxumState(metrics): AxumState<Arc<Metrics>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
+async fn metrics_page(
+    AxumState(metrics): AxumState<Arc<Metrics>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if exposition::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
+    } else {
+        let text = exposition::to_text(&metrics.encode());
+        ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], text)
+    }
 }
 
 async fn readyz(AxumState(metrics): AxumState<Arc<Metrics>>) -> impl IntoResponse {
