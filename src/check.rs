@@ -20,6 +20,7 @@ use crate::desired::{self, Mode};
 use crate::priority::check::{Finding, FindingKind};
 use crate::priority::{self, Counts, PriorityInput};
 use crate::reconcile::plan::{GroupKind, Unresolved, UnresolvedKind};
+use crate::reconcile::resolve::resolve_users;
 use crate::state::records::{self, GroupFigures};
 use crate::state::{GuardRefusal, LoopPass, State};
 use crate::tenant::Tenant;
@@ -69,7 +70,7 @@ pub struct Inputs {
     pub findings: Vec<Finding>,
     /// The desired state's refusal (one line), when invalid.
     pub desired_invalid: Option<String>,
-    /// Desired devices that did not resolve (looked up live).
+    /// Desired devices and users that did not resolve (looked up live).
     pub unresolved: Vec<Unresolved>,
     /// The user group after the last reconcile pass, when there was one.
     pub users: Option<GroupFigures>,
@@ -500,7 +501,8 @@ async fn gather(
                     .await
                     .map_err(|e| format!("cannot list machines: {e}"))?
             };
-            let (devices, unresolved) = priority::resolve_devices(&loaded.state, &machines);
+            let (devices, mut unresolved) = priority::resolve_devices(&loaded.state, &machines);
+            unresolved.extend(unresolved_users(tenant, state, &loaded.state).await?);
             (Some(devices), unresolved, None)
         }
         Err(d) => (None, Vec::new(), Some(d.to_string())),
@@ -536,6 +538,28 @@ async fn gather(
         passes,
         schedule: Some(config.schedule.clone()),
     })
+}
+
+/// The desired users that do not resolve, looked up live. Members of the user group as the
+/// daemon last read them (its member snapshot) resolve without a request, so at scale only
+/// the users outside the group are looked up.
+async fn unresolved_users(
+    tenant: &Tenant,
+    state: &State,
+    desired: &desired::DesiredState,
+) -> Result<Vec<Unresolved>, String> {
+    if desired.users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let members = state
+        .member_snapshot()
+        .map_err(|e| e.to_string())?
+        .map(|(_, members)| members)
+        .unwrap_or_default();
+    let (_, unresolved) = resolve_users(&tenant.graph, desired, &members)
+        .await
+        .map_err(|e| format!("cannot resolve the desired users: {e}"))?;
+    Ok(unresolved)
 }
 
 #[cfg(test)]

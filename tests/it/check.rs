@@ -261,3 +261,43 @@ async fn ends_within_its_timeout_when_the_tenant_is_slow_or_throttles() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn warning_while_a_desired_user_is_unknown_after_a_pass() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let desired = std::fs::read_to_string(dir.path().join("desired.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("desired.toml"),
+        format!("users = [\"nobody@contoso.com\"]\n{desired}"),
+    )
+    .unwrap();
+    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(&config)
+        .args(["apply", "--allow-mass-removal"])
+        .env("DEXSCOPE_CLIENT_SECRET", secret(&sim))
+        .env_remove("DEXSCOPE_CONFIG")
+        .env_remove("RUST_LOG")
+        .output();
+    let apply = tokio::time::timeout(Duration::from_secs(60), apply)
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&apply.stdout).into_owned()
+        + &String::from_utf8_lossy(&apply.stderr);
+    assert!(said.contains("nobody@contoso.com: unknown user"), "{said}");
+
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with("DEXSCOPE WARNING - 1 unresolved desired entries (nobody@contoso.com)"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" unresolved=1;0 unresolved_users=1;0 "),
+        "{line}"
+    );
+    assert_eq!(code, 1);
+    sim.shutdown().await;
+}
