@@ -40,6 +40,10 @@ pub const CONTENT_TYPE: &str = exposition::OPENMETRICS;
 /// The text exposition content type served on `/metrics` otherwise.
 pub const TEXT_CONTENT_TYPE: &str = exposition::TEXT;
 
+/// The one loop that changes the tenant and measures drift: `changes_applied` and
+/// `drift_objects` are exported for it alone (for the others they could never move).
+pub const CHANGING_LOOP: &str = "reconcile";
+
 /// The verdict kinds counted by `dexscope_verdicts_total` (a closed set, so no per-user label
 /// can ever slip in).
 pub const VERDICT_KINDS: [&str; 3] = ["in_scope", "out_of_scope", "skipped"];
@@ -80,6 +84,7 @@ pub struct Metrics {
     pass_duration: Family<Labels, Histogram>,
     changes: Family<Labels, Counter>,
     drift: Family<Labels, Gauge>,
+    coverage: Family<Labels, Gauge>,
     verdicts: Family<Labels, Counter>,
     /// The verdicts already counted, by (incident, digest), with when each was last listed: a
     /// verdict is counted once however often its incident is listed again.
@@ -152,6 +157,9 @@ pub struct PassFigures {
     pub changes_applied: u64,
     /// Drift seen by the pass (objects out of line with the desired state), when it looks.
     pub drift: Option<u64>,
+    /// Per scoped group (`users`, `devices`): desired entries resolved and the group's size
+    /// after the pass, when the pass looks.
+    pub coverage: Vec<(&'static str, u64, u64)>,
     /// Verdicts reached by the pass, the ones counted before included.
     pub verdicts: Vec<VerdictReached>,
 }
@@ -184,6 +192,13 @@ impl Metrics {
             "drift_objects",
             "Objects out of line with the desired state at the last pass, by loop",
             drift.clone(),
+        );
+        let coverage = Family::<Labels, Gauge>::default();
+        registry.register(
+            "coverage_objects",
+            "Scoped group sizes at the last reconcile pass, by group (users, devices) and side \
+             (desired: entries resolved; effective: in the group)",
+            coverage.clone(),
         );
         let verdicts = Family::<Labels, Counter>::default();
         registry.register(
@@ -234,6 +249,7 @@ impl Metrics {
             pass_duration,
             changes,
             drift,
+            coverage,
             verdicts,
             counted: Mutex::new(HashMap::new()),
             alerts,
@@ -245,19 +261,21 @@ impl Metrics {
             alert_source: Mutex::new(None),
             health: Mutex::new(Health::default()),
         };
-        // Every closed label value is present from the start, so a dashboard sees zeros rather
-        // than missing series.
+        metrics.with_closed_labels()
+    }
+
+    /// Every closed label value present from the start, so a dashboard sees zeros rather than
+    /// missing series.
+    fn with_closed_labels(self) -> Self {
         for kind in VERDICT_KINDS {
-            let _ = metrics
-                .verdicts
-                .get_or_create(&vec![("verdict", kind.into())]);
+            let _ = self.verdicts.get_or_create(&vec![("verdict", kind.into())]);
         }
         for kind in AlertKind::ALL {
-            let _ = metrics
+            let _ = self
                 .alerts
                 .get_or_create(&vec![("alert", kind.as_str().into())]);
         }
-        metrics
+        self
     }
 
     /// Declares the running loops and their intervals (again after a reload); a loop's last
@@ -280,8 +298,15 @@ impl Metrics {
             // Present from the start (families without a series are not exported at all).
             let by_loop = vec![("loop", name.to_string())];
             let _ = self.pass_duration.get_or_create(&by_loop);
-            let _ = self.changes.get_or_create(&by_loop);
-            let _ = self.drift.get_or_create(&by_loop);
+            if *name == CHANGING_LOOP {
+                let _ = self.changes.get_or_create(&by_loop);
+                let _ = self.drift.get_or_create(&by_loop);
+                for group in ["users", "devices"] {
+                    for side in ["desired", "effective"] {
+                        let _ = self.coverage.get_or_create(&coverage_labels(group, side));
+                    }
+                }
+            }
         }
     }
 
@@ -300,13 +325,22 @@ impl Metrics {
         self.pass_duration
             .get_or_create(&by_loop)
             .observe(p.duration.as_secs_f64());
-        self.changes
-            .get_or_create(&by_loop)
-            .inc_by(p.changes_applied);
-        if let Some(drift) = p.drift {
-            self.drift
+        if loop_name == CHANGING_LOOP {
+            self.changes
                 .get_or_create(&by_loop)
-                .set(i64::try_from(drift).unwrap_or(i64::MAX));
+                .inc_by(p.changes_applied);
+            if let Some(drift) = p.drift {
+                self.drift.get_or_create(&by_loop).set(gauge(drift));
+            }
+        }
+        for (group, desired, effective) in &p.coverage {
+            let set = |side, n| {
+                self.coverage
+                    .get_or_create(&coverage_labels(group, side))
+                    .set(gauge(n))
+            };
+            set("desired", *desired);
+            set("effective", *effective);
         }
         self.count_verdicts(&p.verdicts, p.finished);
         if p.ok {
@@ -423,6 +457,14 @@ fn pass_histogram() -> Histogram {
     // priority pass at 100k users and 50k machines takes minutes; the lowest buckets split
     // the first and the highest still see the second.
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+fn coverage_labels(group: &str, side: &str) -> Labels {
+    vec![("group", group.into()), ("side", side.into())]
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn loop_result(loop_name: &str, result: &str) -> Labels {
@@ -634,7 +676,8 @@ mod tests {
     #[test]
     fn counters_follow_passes_and_text_is_openmetrics() {
         let m = Metrics::new();
-        m.set_loops(&[("reconcile", Duration::from_secs(60))]);
+        let every = Duration::from_secs(60);
+        m.set_loops(&[("reconcile", every), ("priority", every)]);
         m.record_pass(
             "reconcile",
             &PassFigures {
@@ -643,15 +686,32 @@ mod tests {
                 finished: at(0),
                 changes_applied: 3,
                 drift: Some(2),
+                coverage: vec![("users", 40, 38)],
                 verdicts: vec![reached("in_scope", "1")],
             },
         );
+        let priority = PassFigures {
+            ok: true,
+            finished: at(0),
+            ..PassFigures::default()
+        };
+        m.record_pass("priority", &priority);
         let text = m.encode();
+        // Only the reconcile loop changes the tenant and measures drift.
+        for absent in [
+            "changes_applied_total{loop=\"priority\"}",
+            "drift_objects{loop=\"priority\"}",
+        ] {
+            assert!(!text.contains(absent), "{absent} exported:\n{text}");
+        }
         for needle in [
             "dexscope_passes_total{loop=\"reconcile\",result=\"ok\"} 1\n",
             "dexscope_passes_total{loop=\"reconcile\",result=\"error\"} 0\n",
             "dexscope_changes_applied_total{loop=\"reconcile\"} 3\n",
             "dexscope_drift_objects{loop=\"reconcile\"} 2\n",
+            "dexscope_coverage_objects{group=\"users\",side=\"desired\"} 40\n",
+            "dexscope_coverage_objects{group=\"users\",side=\"effective\"} 38\n",
+            "dexscope_coverage_objects{group=\"devices\",side=\"desired\"} 0\n",
             "dexscope_verdicts_total{verdict=\"in_scope\"} 1\n",
             "dexscope_last_success_timestamp_seconds{loop=\"reconcile\"} 1800000000.0\n",
             "dexscope_pass_duration_seconds_count{loop=\"reconcile\"} 1\n",
