@@ -8,6 +8,7 @@
 //! status from those values is the pure [`evaluate`].
 
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -18,8 +19,9 @@ use crate::config::{Config, Schedule};
 use crate::desired::{self, Mode};
 use crate::priority::check::{Finding, FindingKind};
 use crate::priority::{self, Counts, PriorityInput};
-use crate::scope::Unresolved;
-use crate::state::records;
+use crate::reconcile::resolve::resolve_users;
+use crate::scope::{GroupKind, Unresolved, UnresolvedKind};
+use crate::state::records::{self, GroupFigures};
 use crate::state::{GuardRefusal, LoopPass, State};
 use crate::tenant::Tenant;
 
@@ -68,7 +70,10 @@ pub struct Inputs {
     pub findings: Vec<Finding>,
     /// The desired state's refusal (one line), when invalid.
     pub desired_invalid: Option<String>,
+    /// Desired devices and users that did not resolve (looked up live).
     pub unresolved: Vec<Unresolved>,
+    /// The user group after the last reconcile pass, when there was one.
+    pub users: Option<GroupFigures>,
     pub guard_refusals: Vec<GuardRefusal>,
     pub alerts_firing: usize,
     pub passes: Vec<LoopPass>,
@@ -82,13 +87,62 @@ pub struct Problem {
     pub text: String,
 }
 
+/// One perfdata figure, with the thresholds of the status it drives: the Nagios plugin
+/// guidelines' `label=value;warn;crit`, a threshold `N` meaning "alert above N".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Perf {
+    pub label: &'static str,
+    pub value: u64,
+    pub warn: Option<u64>,
+    pub crit: Option<u64>,
+}
+
+impl Perf {
+    fn plain(label: &'static str, value: usize) -> Self {
+        Perf {
+            label,
+            value: u64::try_from(value).unwrap_or(u64::MAX),
+            warn: None,
+            crit: None,
+        }
+    }
+
+    /// A figure whose any value above 0 is a WARNING.
+    fn warn(label: &'static str, value: usize) -> Self {
+        Perf {
+            warn: Some(0),
+            ..Perf::plain(label, value)
+        }
+    }
+
+    /// A figure whose any value above 0 is CRITICAL.
+    fn crit(label: &'static str, value: usize) -> Self {
+        Perf {
+            crit: Some(0),
+            ..Perf::plain(label, value)
+        }
+    }
+}
+
+impl std::fmt::Display for Perf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.label, self.value)?;
+        if self.warn.is_none() && self.crit.is_none() {
+            return Ok(());
+        }
+        let t = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let crit = self.crit.map(|_| format!(";{}", t(self.crit)));
+        write!(f, ";{}{}", t(self.warn), crit.unwrap_or_default())
+    }
+}
+
 /// The probe's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
     pub status: Status,
     /// Worst first.
     pub problems: Vec<Problem>,
-    pub perfdata: Vec<(&'static str, usize)>,
+    pub perfdata: Vec<Perf>,
     /// The whole status line (text output).
     pub line: String,
 }
@@ -96,21 +150,19 @@ pub struct Outcome {
 impl Outcome {
     /// The probe could not look: one UNKNOWN problem, no perfdata.
     pub fn unknown(text: impl Into<String>) -> Self {
-        Outcome::from_problems(
-            vec![Problem {
-                status: Status::Unknown,
-                text: text.into(),
-            }],
-            Vec::new(),
-            String::new(),
-        )
+        Outcome::only(Status::Unknown, text)
     }
 
-    fn from_problems(
-        mut problems: Vec<Problem>,
-        perfdata: Vec<(&'static str, usize)>,
-        ok_text: String,
-    ) -> Self {
+    /// One problem of `status`, no perfdata.
+    fn only(status: Status, text: impl Into<String>) -> Self {
+        let problem = Problem {
+            status,
+            text: text.into(),
+        };
+        Outcome::from_problems(vec![problem], Vec::new(), String::new())
+    }
+
+    fn from_problems(mut problems: Vec<Problem>, perfdata: Vec<Perf>, ok_text: String) -> Self {
         // Stable sort: worst first, and within a status in the order found.
         problems.sort_by_key(|p| std::cmp::Reverse(p.status));
         let status = problems.first().map_or(Status::Ok, |p| p.status);
@@ -125,7 +177,7 @@ impl Outcome {
         };
         let mut line = format!("DEXSCOPE {} - {}", status.label(), one_line(&body));
         if !perfdata.is_empty() {
-            let perf: Vec<String> = perfdata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let perf: Vec<String> = perfdata.iter().map(Perf::to_string).collect();
             line.push_str(" | ");
             line.push_str(&perf.join(" "));
         }
@@ -141,7 +193,7 @@ impl Outcome {
         let perf: serde_json::Map<String, serde_json::Value> = self
             .perfdata
             .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
+            .map(|p| (p.label.to_string(), json!(p.value)))
             .collect();
         json!({
             "status": self.status,
@@ -205,22 +257,45 @@ pub fn evaluate(inputs: &Inputs, now: DateTime<Utc>) -> Outcome {
             add(Status::Warning, text);
         }
     }
-    let counts = Counts::of(&inputs.findings);
-    let perfdata = vec![
-        ("tagged", inputs.tagged),
-        ("in_group", counts.in_group),
-        ("outranked", counts.outranked),
-        ("unmatched", counts.unmatched),
-        ("pending", counts.pending),
-        ("missing_tag", counts.missing_tag),
-        ("unresolved", inputs.unresolved.len()),
-        ("alerts_firing", inputs.alerts_firing),
-    ];
+    let perfdata = perfdata(inputs);
     let ok = format!(
         "{} tagged devices in {}",
         inputs.tagged, inputs.device_group_name
     );
     Outcome::from_problems(problems, perfdata, ok)
+}
+
+/// The figures, with the thresholds of the status each one drives in [`evaluate`].
+fn perfdata(inputs: &Inputs) -> Vec<Perf> {
+    let counts = Counts::of(&inputs.findings);
+    let refused = |kind: GroupKind| {
+        let r = inputs.guard_refusals.iter().find(|r| r.group == kind);
+        r.map_or(0, |r| usize::try_from(r.removals).unwrap_or(usize::MAX))
+    };
+    let unresolved_users = inputs
+        .unresolved
+        .iter()
+        .filter(|u| u.problem == UnresolvedKind::UnknownUser)
+        .count();
+    let mut perf = vec![
+        Perf::plain("tagged", inputs.tagged),
+        Perf::plain("in_group", counts.in_group),
+        Perf::crit("outranked", counts.outranked),
+        Perf::crit("unmatched", counts.unmatched),
+        Perf::warn("pending", counts.pending),
+        Perf::warn("missing_tag", counts.missing_tag),
+        Perf::warn("unresolved", inputs.unresolved.len()),
+        Perf::warn("unresolved_users", unresolved_users),
+        Perf::crit("device_removals_refused", refused(GroupKind::Devices)),
+        Perf::crit("user_removals_refused", refused(GroupKind::Users)),
+    ];
+    if let Some(users) = inputs.users {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        perf.push(Perf::plain("users_desired", n(users.desired)));
+        perf.push(Perf::plain("users_in_group", n(users.effective)));
+    }
+    perf.push(Perf::plain("alerts_firing", inputs.alerts_firing));
+    perf
 }
 
 fn finding_problem(f: &Finding) -> Option<(Status, String)> {
@@ -326,9 +401,23 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-/// Runs the probe with the config at `config_path` (environment passed explicitly). Never
-/// fails: whatever stops it from looking is an UNKNOWN outcome naming what to fix.
-pub async fn run<I, K, V>(config_path: &Path, env: I, now: DateTime<Utc>) -> Outcome
+/// How long the whole probe may take unless `--timeout` says otherwise: 10 s, the default
+/// of check_nrpe and of the standard plugins.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the probe with the config at `config_path` (environment passed explicitly), ending
+/// within `timeout`. Never fails: whatever stops it from looking is an UNKNOWN outcome naming
+/// what to fix (a rejected credential is CRITICAL).
+///
+/// The Nagios plugin guidelines ask a plugin to end by its timeout, with UNKNOWN, whatever the
+/// service does; the HTTP layer's retries (`Retry-After`, back-off) serve the daemon, which
+/// can wait, so the whole probe is bounded here rather than each request.
+pub async fn run<I, K, V>(
+    config_path: &Path,
+    env: I,
+    now: DateTime<Utc>,
+    timeout: Duration,
+) -> Outcome
 where
     I: IntoIterator<Item = (K, V)>,
     K: Into<String>,
@@ -338,17 +427,24 @@ where
         Ok(c) => c,
         Err(e) => return Outcome::unknown(format!("bad config: {e}")),
     };
-    run_with(&config, now).await
+    match tokio::time::timeout(timeout, run_with(&config, now)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::unknown(format!(
+            "no result within the {} timeout (the tenant answers slowly or throttles); \
+             raise --timeout if this is expected",
+            crate::text::duration(timeout)
+        )),
+    }
 }
 
-/// [`run`] with a loaded config.
+/// [`run`] with a loaded config, unbounded in time.
 pub async fn run_with(config: &Config, now: DateTime<Utc>) -> Outcome {
     let tenant = match Tenant::from_config(config) {
         Ok(t) => t,
         Err(e) => return Outcome::unknown(e.to_string()),
     };
-    if let Some(unknown) = credential_problem(&tenant).await {
-        return unknown;
+    if let Some(problem) = credential_problem(&tenant).await {
+        return problem;
     }
     let state = match State::open(&config.state.path) {
         Ok(s) => s,
@@ -360,11 +456,18 @@ pub async fn run_with(config: &Config, now: DateTime<Utc>) -> Outcome {
     }
 }
 
-/// UNKNOWN when a token cannot be had or lacks a required application permission.
+/// CRITICAL when the identity platform rejects the credential (bad secret, unknown tenant or
+/// client: asking again cannot help, as check_mysql and check_ldap report a refused login);
+/// UNKNOWN when a token cannot be had for another reason or lacks a required permission.
 async fn credential_problem(tenant: &Tenant) -> Option<Outcome> {
     let mut problems = Vec::new();
+    let mut status = Status::Unknown;
     for (resource, report) in tenant.tokens.self_check().await {
         match report {
+            Err(e) if e.permanent => {
+                status = Status::Critical;
+                problems.push(format!("credential rejected by {resource}: {e}"));
+            }
             Err(e) => problems.push(format!("cannot authenticate to {resource}: {e}")),
             Ok(r) if !r.is_complete() => problems.push(format!(
                 "missing permission {} on {resource}; grant it with admin consent",
@@ -373,7 +476,7 @@ async fn credential_problem(tenant: &Tenant) -> Option<Outcome> {
             Ok(_) => {}
         }
     }
-    (!problems.is_empty()).then(|| Outcome::unknown(problems.join("; ")))
+    (!problems.is_empty()).then(|| Outcome::only(status, problems.join("; ")))
 }
 
 async fn gather(
@@ -398,7 +501,8 @@ async fn gather(
                     .await
                     .map_err(|e| format!("cannot list machines: {e}"))?
             };
-            let (devices, unresolved) = priority::resolve_devices(&loaded.state, &machines);
+            let (devices, mut unresolved) = priority::resolve_devices(&loaded.state, &machines);
+            unresolved.extend(unresolved_users(tenant, state, &loaded.state).await?);
             (Some(devices), unresolved, None)
         }
         Err(d) => (None, Vec::new(), Some(d.to_string())),
@@ -411,6 +515,11 @@ async fn gather(
         .await
         .map_err(|e| e.to_string())?;
     let read = |e: crate::state::StateError| e.to_string();
+    let passes = state.last_passes().map_err(read)?;
+    let reconciled = passes
+        .iter()
+        .find(|p| p.loop_name == "reconcile")
+        .and_then(LoopPass::reconcile_figures);
     let alerts_firing = state
         .alerts()
         .map_err(read)?
@@ -423,22 +532,42 @@ async fn gather(
         findings: report.findings,
         desired_invalid,
         unresolved,
+        users: reconciled.map(|f| f.users),
         guard_refusals: state.guard_refusals().map_err(read)?,
         alerts_firing,
-        passes: state.last_passes().map_err(read)?,
+        passes,
         schedule: Some(config.schedule.clone()),
     })
 }
 
+/// The desired users that do not resolve, looked up live. Members of the user group as the
+/// daemon last read them (its member snapshot) resolve without a request, so at scale only
+/// the users outside the group are looked up.
+async fn unresolved_users(
+    tenant: &Tenant,
+    state: &State,
+    desired: &desired::DesiredState,
+) -> Result<Vec<Unresolved>, String> {
+    if desired.users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let members = state
+        .member_snapshot()
+        .map_err(|e| e.to_string())?
+        .map(|(_, members)| members)
+        .unwrap_or_default();
+    let (_, unresolved) = resolve_users(&tenant.graph, desired, &members)
+        .await
+        .map_err(|e| format!("cannot resolve the desired users: {e}"))?;
+    Ok(unresolved)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use chrono::TimeDelta;
 
     use super::*;
     use crate::priority::check::{Severity, check_priority};
-    use crate::scope::{GroupKind, UnresolvedKind};
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
@@ -541,6 +670,16 @@ mod tests {
                 "WARNING - 5 unresolved desired entries (e0, e1, e2, +2 more)",
             ),
             (
+                "an unknown desired user",
+                with(&|i| {
+                    i.unresolved = vec![Unresolved {
+                        entry: "nobody@contoso.com".into(),
+                        problem: UnresolvedKind::UnknownUser,
+                    }]
+                }),
+                "WARNING - 1 unresolved desired entries (nobody@contoso.com)",
+            ),
+            (
                 "critical outranks warning, unmatched named",
                 with(&|i| {
                     i.findings = vec![
@@ -588,9 +727,43 @@ mod tests {
             },
             now(),
         );
-        assert!(out.line.ends_with(
-            "| tagged=0 in_group=0 outranked=0 unmatched=0 pending=0 missing_tag=0 unresolved=0 alerts_firing=2"
-        ));
+        assert!(
+            out.line.ends_with(
+                "| tagged=0 in_group=0 outranked=0;;0 unmatched=0;;0 pending=0;0 missing_tag=0;0 \
+             unresolved=0;0 unresolved_users=0;0 device_removals_refused=0;;0 \
+             user_removals_refused=0;;0 alerts_firing=2"
+            ),
+            "{}",
+            out.line
+        );
+        // Refused user removals and the user group's figures show.
+        let out = evaluate(
+            &Inputs {
+                findings: check_priority(&p, now()),
+                users: Some(GroupFigures {
+                    desired: 40,
+                    effective: 100,
+                    drift: 60,
+                }),
+                guard_refusals: vec![GuardRefusal {
+                    group: GroupKind::Users,
+                    removals: 60,
+                    max_removals: 50,
+                    at: now(),
+                }],
+                ..Inputs::default()
+            },
+            now(),
+        );
+        assert_eq!(out.status, Status::Critical);
+        assert!(
+            out.line.ends_with(
+                " device_removals_refused=0;;0 user_removals_refused=60;;0 users_desired=40 \
+                 users_in_group=100 alerts_firing=0"
+            ),
+            "{}",
+            out.line
+        );
         let u = Outcome::unknown("bad config: x | y\nz");
         assert_eq!(u.line, "DEXSCOPE UNKNOWN - bad config: x   y z");
         assert_eq!(u.status.code(), 3);

@@ -87,6 +87,9 @@ pub struct CheckArgs {
     /// How the result is printed.
     #[arg(long, value_enum, default_value_t = crate::check::CheckFormat::Text)]
     pub format: crate::check::CheckFormat,
+    /// End within this many seconds, UNKNOWN if the tenant has not answered by then.
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = crate::check::DEFAULT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

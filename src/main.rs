@@ -95,6 +95,7 @@ fn run_check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
         &cli.config,
         std::env::vars(),
         chrono::Utc::now(),
+        std::time::Duration::from_secs(args.timeout),
     ));
     print!("{}", outcome.render(args.format));
     Ok(ExitCode::from(outcome.status.code()))

@@ -175,7 +175,7 @@ pub async fn incidents_pass(
                     .map(|v| format!("incident {}: {v} ({:?})", i.id, i.handled))
             })
             .collect(),
-        verdicts: incident_observe::verdict_counts(&report),
+        verdicts: incident_observe::verdicts(&report),
         observations: vec![evidence],
         details: PassDetails::Incidents(incident_observe::figures(&report)),
         ..PassSummary::default()

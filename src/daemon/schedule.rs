@@ -33,8 +33,8 @@ pub struct PassSummary {
     pub changes_applied: u64,
     /// Objects out of line with the desired state, when the pass looks.
     pub drift: Option<u64>,
-    /// Verdicts reached, by kind (see [`metrics::VERDICT_KINDS`]).
-    pub verdicts: Vec<(&'static str, u64)>,
+    /// Verdicts reached, the ones reached before included (the metrics count each once).
+    pub verdicts: Vec<crate::metrics::VerdictReached>,
     /// Alerts the pass observed (good or bad); the daemon folds them into the alert state.
     pub observations: Vec<Observation>,
     /// Recorded with the pass in the state database (read by `status` and `check`).
@@ -201,6 +201,7 @@ impl Scheduler {
                 finished,
                 changes_applied: s.changes_applied,
                 drift: s.drift,
+                coverage: coverage(&s.details),
                 verdicts: s.verdicts.clone(),
             },
             Err(_) => PassFigures {
@@ -253,6 +254,17 @@ impl Scheduler {
             wait = next_delay(lp.every, lp.failures, jitter);
             progress.set(lp.name, Instant::now() + wait + slack);
         }
+    }
+}
+
+/// The scoped groups' desired and effective sizes a reconcile pass recorded, for the metrics.
+fn coverage(details: &PassDetails) -> Vec<(&'static str, u64, u64)> {
+    match details {
+        PassDetails::Reconcile(f) => vec![
+            ("users", f.users.desired, f.users.effective),
+            ("devices", f.devices.desired, f.devices.effective),
+        ],
+        _ => Vec::new(),
     }
 }
 

@@ -2,12 +2,11 @@
 //! device seen in another device group) and the figures recorded with the pass. Pure
 //! functions of the report.
 
-use std::collections::BTreeMap;
-
 use serde_json::json;
 
 use super::PollReport;
 use crate::alerts::{AlertKind, AlertSeverity, Observation};
+use crate::metrics::VerdictReached;
 use crate::state::records::IncidentFigures;
 
 /// The alert subject of the incident evidence (beside the priority pass's own).
@@ -36,15 +35,21 @@ pub fn evidence_observation(report: &PollReport, device_group_name: &str) -> Obs
     )
 }
 
-/// Verdicts reached in the pass, by kind.
-pub fn verdict_counts(report: &PollReport) -> Vec<(&'static str, u64)> {
-    let mut verdicts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for incident in &report.incidents {
-        if let Some(kind) = incident.verdict {
-            *verdicts.entry(kind).or_default() += 1;
-        }
-    }
-    verdicts.into_iter().collect()
+/// Verdicts reached in the pass, each with the incident and digest that identify it: an
+/// incident listed again in the poll overlap reaches the same verdict again, and the metrics
+/// count it once.
+pub fn verdicts(report: &PollReport) -> Vec<VerdictReached> {
+    report
+        .incidents
+        .iter()
+        .filter_map(|i| {
+            Some(VerdictReached {
+                kind: i.verdict?,
+                incident: i.id.clone(),
+                digest: i.digest.clone()?,
+            })
+        })
+        .collect()
 }
 
 /// The figures the pass records: incidents listed, and those that could not be handled.

@@ -76,7 +76,9 @@ pub async fn resolve(
     })
 }
 
-async fn resolve_users(
+/// Resolves the desired users: those among `members` (direct members, as last read) by the
+/// list, the rest by a lookup. Read-only.
+pub async fn resolve_users(
     graph: &GraphClient,
     desired: &DesiredState,
     members: &[GroupMember],

@@ -59,8 +59,9 @@ async fn ok_when_every_tagged_device_is_in_the_group() {
     assert_eq!(
         line,
         "DEXSCOPE OK - 5 tagged devices in Defender_Experts_Scoped_Coverage_Devices | \
-         tagged=5 in_group=5 outranked=0 unmatched=0 pending=0 missing_tag=0 unresolved=0 \
-         alerts_firing=0\n"
+         tagged=5 in_group=5 outranked=0;;0 unmatched=0;;0 pending=0;0 missing_tag=0;0 \
+         unresolved=0;0 unresolved_users=0;0 device_removals_refused=0;;0 \
+         user_removals_refused=0;;0 alerts_firing=0\n"
     );
     assert_eq!(code, 0);
     sim.shutdown().await;
@@ -83,7 +84,7 @@ async fn warning_while_placement_is_pending_then_critical_past_the_grace() {
         "{line}"
     );
     assert!(
-        line.contains("| tagged=5 in_group=2 outranked=0 unmatched=0 pending=3 "),
+        line.contains("| tagged=5 in_group=2 outranked=0;;0 unmatched=0;;0 pending=3;0 "),
         "{line}"
     );
     assert_eq!(code, 1);
@@ -94,8 +95,9 @@ async fn warning_while_placement_is_pending_then_critical_past_the_grace() {
     assert_eq!(
         line,
         "DEXSCOPE CRITICAL - outranked by Servers-Tier0 (3 devices: srv-01.contoso.local, \
-         srv-02.contoso.local, srv-03.contoso.local) | tagged=5 in_group=2 outranked=3 \
-         unmatched=0 pending=0 missing_tag=0 unresolved=0 alerts_firing=0\n"
+         srv-02.contoso.local, srv-03.contoso.local) | tagged=5 in_group=2 outranked=3;;0 \
+         unmatched=0;;0 pending=0;0 missing_tag=0;0 unresolved=0;0 unresolved_users=0;0 \
+         device_removals_refused=0;;0 user_removals_refused=0;;0 alerts_firing=0\n"
     );
     assert_eq!(code, 2);
 
@@ -139,6 +141,10 @@ async fn critical_when_the_removal_guard_refused() {
         ),
         "{line}"
     );
+    assert!(
+        line.contains(" device_removals_refused=0;;0 user_removals_refused=120;;0 "),
+        "{line}"
+    );
     assert_eq!(code, 2);
     sim.shutdown().await;
 }
@@ -174,13 +180,13 @@ async fn critical_when_the_desired_state_is_invalid_warning_when_unresolved() {
         ),
         "{line}"
     );
-    assert!(line.contains("missing_tag=1 unresolved=1"), "{line}");
+    assert!(line.contains("missing_tag=1;0 unresolved=1;0"), "{line}");
     assert_eq!(code, 1);
     sim.shutdown().await;
 }
 
 #[tokio::test]
-async fn unknown_when_a_permission_is_missing_or_the_config_is_bad() {
+async fn unknown_when_a_permission_is_missing_or_the_config_is_bad_critical_when_refused() {
     let sim = start_sim(SimOptions {
         mde_roles: vec!["Machine.Read.All".into()],
         ..SimOptions::default()
@@ -196,7 +202,8 @@ async fn unknown_when_a_permission_is_missing_or_the_config_is_bad() {
     );
     assert_eq!(code, 3);
 
-    // A wrong secret: cannot authenticate, and the secret is not printed.
+    // A wrong secret: the credential is rejected (CRITICAL, as plugins that log in report a
+    // refused login), and the secret is not printed.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
         .arg("--config")
         .arg(&config)
@@ -208,11 +215,11 @@ async fn unknown_when_a_permission_is_missing_or_the_config_is_bad() {
         .unwrap();
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(
-        line.starts_with("DEXSCOPE UNKNOWN - cannot authenticate to Microsoft Graph"),
+        line.starts_with("DEXSCOPE CRITICAL - credential rejected by Microsoft Graph"),
         "{line}"
     );
     assert!(!line.contains("wrong-secret-value"), "{line}");
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(2));
 
     std::fs::write(&config, "[tenant]\ntenant_id = \"nope\"\n").unwrap();
     let (code, line) = check(&sim, &config, &[]).await;
@@ -221,5 +228,76 @@ async fn unknown_when_a_permission_is_missing_or_the_config_is_bad() {
         "{line}"
     );
     assert_eq!(code, 3);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn ends_within_its_timeout_when_the_tenant_is_slow_or_throttles() {
+    use dexscope::sim::FaultConfig;
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let slow = FaultConfig {
+        slow_rate: 1.0,
+        slow_ms: 20_000,
+        ..FaultConfig::default()
+    };
+    let throttled = FaultConfig {
+        error_rate: 1.0,
+        error_statuses: vec![429],
+        ..FaultConfig::default()
+    };
+    for (name, faults) in [("slow", slow), ("429", throttled)] {
+        sim.set_faults(faults);
+        let started = std::time::Instant::now();
+        let (code, line) = check(&sim, &config, &["--timeout", "2"]).await;
+        let took = started.elapsed();
+        assert_eq!(code, 3, "{name}: {line}");
+        assert!(
+            line.starts_with("DEXSCOPE UNKNOWN - no result within the 2s timeout"),
+            "{name}: {line}"
+        );
+        assert!(took < Duration::from_secs(3), "{name}: took {took:?}");
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn warning_while_a_desired_user_is_unknown_after_a_pass() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let desired = std::fs::read_to_string(dir.path().join("desired.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("desired.toml"),
+        format!("users = [\"nobody@contoso.com\"]\n{desired}"),
+    )
+    .unwrap();
+    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(&config)
+        .args(["apply", "--allow-mass-removal"])
+        .env("DEXSCOPE_CLIENT_SECRET", secret(&sim))
+        .env_remove("DEXSCOPE_CONFIG")
+        .env_remove("RUST_LOG")
+        .output();
+    let apply = tokio::time::timeout(Duration::from_secs(60), apply)
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&apply.stdout).into_owned()
+        + &String::from_utf8_lossy(&apply.stderr);
+    assert!(said.contains("nobody@contoso.com: unknown user"), "{said}");
+
+    let (code, line) = check(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with("DEXSCOPE WARNING - 1 unresolved desired entries (nobody@contoso.com)"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" unresolved=1;0 unresolved_users=1;0 "),
+        "{line}"
+    );
+    assert_eq!(code, 1);
     sim.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! The Grafana dashboard (`config/grafana-dashboard.json`) against a real `/metrics` scrape:
 //! every panel's PromQL names only sample names the endpoint exposes (OpenMetrics suffixes
 //! included), and every exposed family is on some panel. The checker itself is tested on
-//! names that must be refused.
+//! names that must be refused. Then every query, with its variables made concrete, is
+//! evaluated by a real Prometheus that scraped the daemon after it did work.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -196,7 +197,11 @@ async fn scrape() -> String {
                 duration: Duration::from_millis(120),
                 finished: Utc::now(),
                 drift: Some(1),
-                verdicts: vec![("in_scope", 1)],
+                verdicts: vec![metrics::VerdictReached {
+                    kind: "in_scope",
+                    incident: name.into(),
+                    digest: "d".into(),
+                }],
                 ..PassFigures::default()
             },
         );
@@ -307,5 +312,168 @@ async fn the_checker_refuses_made_up_and_wrongly_suffixed_names() {
         let got = unknown(expr, &exposed);
         let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         assert_eq!(got, want, "{expr}");
+    }
+}
+
+/// A real Prometheus (Debian's `prometheus` package) on loopback, scraping one target every
+/// second, its data in a temp dir; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    async fn start(target: &str) -> Self {
+        let binary = super::exposition::tool("prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: dexscope\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let prometheus = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = super::metrics::client()
+                .get(format!("{}/-/ready", prometheus.base))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return prometheus;
+            }
+            assert!(std::time::Instant::now() < deadline, "prometheus not ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An instant query: `Ok(result vector)` or the error Prometheus gave.
+    async fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+        let body: serde_json::Value = super::metrics::client()
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(body.to_string());
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The value of a one-sample query result.
+fn value(result: &[serde_json::Value]) -> f64 {
+    result
+        .first()
+        .and_then(|s| s["value"][1].as_str())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::test]
+async fn every_dashboard_query_answers_from_a_real_prometheus_scraping_the_daemon() {
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("valid JSON");
+    let vars = dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        vars.iter().any(|v| v["name"] == "instance"),
+        "no instance variable: {vars:?}"
+    );
+    // ann is unknown in the simulated tenant, so nothing resolves and the desired state counts
+    // as empty (allowed): the reconcile pass removes the group's members (changes, coverage),
+    // the incident pass judges the seeded incidents (verdicts).
+    let daemon = super::exposition::RunningDaemon::start(
+        "users = [\"ann@contoso.com\"]\nallow_empty = true\n",
+    )
+    .await;
+    daemon.wait_passes(Duration::from_secs(30)).await;
+    let target = daemon.base.trim_start_matches("http://").to_string();
+    let prometheus = Prometheus::start(&target).await;
+
+    // Enough scrapes for rate() and increase() (two samples in the window at least).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = prometheus
+            .query("count_over_time(dexscope_build_info[1m])")
+            .await
+            .map(|r| value(&r))
+            .unwrap_or(0.0);
+        if n >= 5.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "too few scrapes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The daemon did the work the panels measure.
+    let did = |expr: &'static str| {
+        let p = &prometheus;
+        async move { value(&p.query(expr).await.unwrap()) }
+    };
+    assert!(
+        did("sum(dexscope_changes_applied_total)").await > 0.0,
+        "no changes applied"
+    );
+    assert!(
+        did("sum(dexscope_verdicts_total)").await > 0.0,
+        "no verdicts"
+    );
+
+    for (title, expr) in expressions(&dashboard) {
+        assert!(
+            expr.contains("$instance"),
+            "panel {title:?} does not select $instance: {expr}"
+        );
+        let concrete = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$instance", &target);
+        match prometheus.query(&concrete).await {
+            Ok(result) => assert!(
+                !result.is_empty(),
+                "panel {title:?}: no data from a daemon that did the work: {concrete}"
+            ),
+            Err(e) => panic!("panel {title:?}: prometheus refused {concrete}: {e}"),
+        }
     }
 }

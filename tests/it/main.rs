@@ -14,6 +14,7 @@ mod defender;
 mod delta;
 mod desired;
 mod export;
+mod exposition;
 mod faults;
 mod gitsource;
 mod graph;

@@ -38,8 +38,16 @@ pub fn check_openmetrics(text: &str) {
     }
 }
 
+/// A client that asks for OpenMetrics, as Prometheus does (without it `/metrics` answers the
+/// classic text format).
 pub fn client() -> reqwest::Client {
+    let mut accept = reqwest::header::HeaderMap::new();
+    accept.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0"),
+    );
     reqwest::Client::builder()
+        .default_headers(accept)
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()
