@@ -393,8 +393,13 @@ pub enum EvidenceKind {
         account: Option<UserAccount>,
         mde_device_id: Option<String>,
     },
-    /// Any other evidence type (file, ip, url, …, or one this version does not know): kept,
-    /// never an error, and never an impacted asset.
+    /// A file seen on a device: only the device it was seen on matters here.
+    File {
+        mde_device_id: Option<String>,
+    },
+    /// Any other evidence type (ip, url, …, or one this version does not know): kept, never an
+    /// error, and never an impacted asset. An empty `odata_type` is evidence that carried no
+    /// `@odata.type` at all, so nothing in it could be read.
     Other {
         odata_type: String,
     },

@@ -90,6 +90,8 @@ pub(crate) struct DeviceEvidence {
     pub mde_device_id: Option<String>,
     pub azure_ad_device_id: Option<String>,
     pub device_dns_name: Option<String>,
+    pub host_name: Option<String>,
+    pub dns_domain: Option<String>,
     pub os_platform: Option<String>,
     pub rbac_group_id: Option<i64>,
     pub rbac_group_name: Option<String>,
@@ -114,6 +116,12 @@ pub(crate) struct MailboxEvidence {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProcessEvidence {
     pub user_account: Option<UserAccount>,
+    pub mde_device_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FileEvidence {
     pub mde_device_id: Option<String>,
 }
 

@@ -30,3 +30,4 @@ mod support;
 mod tenant;
 mod throttle;
 mod verdict;
+mod verdict_files;

@@ -62,7 +62,8 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
     let kinds_ok = judge_alert_kinds(&incident.alerts, policy, &mut reasons);
 
     let mut findings = Vec::new();
-    let assets = judge_assets(incident, scope, policy, now, &mut findings);
+    let mut notes = Vec::new();
+    let assets = judge_assets(incident, scope, policy, now, &mut findings, &mut notes);
     let any_covered = assets.iter().any(|asset| asset.covered);
     if incident.alerts.is_empty() {
         reasons.push(Reason::NoAlerts);
@@ -71,6 +72,7 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
     } else if !any_covered {
         reasons.push(Reason::NoCoveredAsset);
     }
+    reasons.extend(notes);
 
     let outcome = if severity_ok && kinds_ok && any_covered {
         Outcome::InScope

@@ -55,6 +55,11 @@ pub enum AssetReason {
     InDeviceGroup { group: String },
     /// Covered: a direct member of the scoped user group.
     DirectMember,
+    /// Covered, offline: listed in the desired state (nothing about the tenant was observed).
+    Listed,
+    /// Not covered, offline: listed, but the alert evidence placed the device in another
+    /// group. Offline neither the tag nor the group ranks were read, so no cause is claimed.
+    ElsewhereAtAlert { group: String },
     /// Not covered: neither tagged nor a member (nor listed, offline).
     NotInScope,
     /// Not covered: in the device group, but the platform is not one the service covers.
@@ -75,6 +80,10 @@ impl AssetReason {
                 format!("in_device_group\t{}", group.to_lowercase())
             }
             AssetReason::DirectMember => "direct_member".into(),
+            AssetReason::Listed => "listed".into(),
+            AssetReason::ElsewhereAtAlert { group } => {
+                format!("elsewhere_at_alert\t{}", group.to_lowercase())
+            }
             AssetReason::NotInScope => "not_in_scope".into(),
             AssetReason::PlatformNotCovered { platform } => format!(
                 "platform_not_covered\t{}",
@@ -90,6 +99,8 @@ impl AssetReason {
         match self {
             AssetReason::InDeviceGroup { .. } => "in_device_group",
             AssetReason::DirectMember => "direct_member",
+            AssetReason::Listed => "listed",
+            AssetReason::ElsewhereAtAlert { .. } => "elsewhere_at_alert",
             AssetReason::NotInScope => "not_in_scope",
             AssetReason::PlatformNotCovered { .. } => "platform_not_covered",
             AssetReason::Outranked { .. } => "outranked",
@@ -104,12 +115,18 @@ impl fmt::Display for AssetReason {
         match self {
             AssetReason::InDeviceGroup { group } => write!(f, "in device group {group}"),
             AssetReason::DirectMember => f.write_str("direct member of the scoped user group"),
+            AssetReason::Listed => f.write_str("listed in the desired state"),
+            AssetReason::ElsewhereAtAlert { group } => write!(
+                f,
+                "at the time of the alert the device was in group {group}, \
+                 not the scoped device group"
+            ),
             AssetReason::NotInScope => f.write_str("not in scope"),
             AssetReason::PlatformNotCovered {
                 platform: Some(platform),
             } => write!(f, "platform {platform} not covered"),
             AssetReason::PlatformNotCovered { platform: None } => {
-                f.write_str("platform unknown, not covered")
+                f.write_str("platform not reported, so coverage is not established")
             }
             AssetReason::Outranked { group } => write!(f, "outranked by group {group}"),
             AssetReason::TagNotMatched => {
@@ -182,9 +199,29 @@ pub enum Reason {
     NoAlerts,
     NoImpactedAsset,
     NoCoveredAsset,
+    /// Evidence items of an alert without `@odata.type`: nothing in them could be read.
+    UntypedEvidence {
+        alert: String,
+        count: usize,
+    },
+    /// Local or system accounts in the evidence: impacted, but no user group can hold them.
+    LocalAccounts {
+        count: usize,
+    },
 }
 
 impl Reason {
+    /// A note on how the evidence or the policy was read, not a cause of the outcome: the
+    /// comment lists notes apart from the reasons of an OUT OF SCOPE verdict.
+    pub fn is_note(&self) -> bool {
+        matches!(
+            self,
+            Reason::MixedIncidentEligible { .. }
+                | Reason::UntypedEvidence { .. }
+                | Reason::LocalAccounts { .. }
+        )
+    }
+
     fn stable(&self) -> String {
         let kinds =
             |kinds: &[ExcludedKind]| kinds.iter().map(|k| k.code()).collect::<Vec<_>>().join(",");
@@ -203,6 +240,10 @@ impl Reason {
             Reason::NoAlerts => "no_alerts".into(),
             Reason::NoImpactedAsset => "no_impacted_asset".into(),
             Reason::NoCoveredAsset => "no_covered_asset".into(),
+            Reason::UntypedEvidence { alert, count } => {
+                format!("untyped_evidence\t{alert}\t{count}")
+            }
+            Reason::LocalAccounts { count } => format!("local_accounts\t{count}"),
         }
     }
 }
@@ -240,6 +281,21 @@ impl fmt::Display for Reason {
             Reason::NoAlerts => f.write_str("no alerts, so no impacted asset"),
             Reason::NoImpactedAsset => f.write_str("no impacted asset (device or user)"),
             Reason::NoCoveredAsset => f.write_str("no covered asset"),
+            Reason::UntypedEvidence { alert, count: 1 } => write!(
+                f,
+                "alert {alert}: 1 evidence item has no @odata.type and was not read"
+            ),
+            Reason::UntypedEvidence { alert, count } => write!(
+                f,
+                "alert {alert}: {count} evidence items have no @odata.type and were not read"
+            ),
+            Reason::LocalAccounts { count: 1 } => f.write_str(
+                "1 local or system account in the evidence, which no user group can hold",
+            ),
+            Reason::LocalAccounts { count } => write!(
+                f,
+                "{count} local or system accounts in the evidence, which no user group can hold"
+            ),
         }
     }
 }
