@@ -436,6 +436,9 @@ pub struct Incident {
     pub severity: Severity,
     pub status: IncidentStatus,
     pub redirect_incident_id: Option<String>,
+    /// Who the incident is assigned to (`assignedTo`): Defender Experts set it to their own
+    /// name when they take an incident on.
+    pub assigned_to: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_update_at: DateTime<Utc>,
     pub alerts: Vec<Alert>,

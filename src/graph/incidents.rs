@@ -219,6 +219,7 @@ pub fn parse_incident(v: &serde_json::Value) -> Result<Incident, IncidentError> 
         severity: Severity::parse(w.severity.as_deref().unwrap_or("unknown")),
         status: IncidentStatus::parse(w.status.as_deref().unwrap_or("unknown")),
         redirect_incident_id: w.redirect_incident_id.filter(|s| !s.is_empty()),
+        assigned_to: w.assigned_to.filter(|s| !s.trim().is_empty()),
         created_at: w.created_date_time,
         last_update_at: w.last_update_date_time.unwrap_or(w.created_date_time),
         alerts,

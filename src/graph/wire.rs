@@ -37,6 +37,7 @@ pub(crate) struct Incident {
     pub severity: Option<String>,
     pub status: Option<String>,
     pub redirect_incident_id: Option<String>,
+    pub assigned_to: Option<String>,
     pub created_date_time: DateTime<Utc>,
     pub last_update_date_time: Option<DateTime<Utc>>,
     pub alerts: Option<Vec<Alert>>,

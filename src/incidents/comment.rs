@@ -133,6 +133,10 @@ pub fn render(verdict: &Verdict, incident: &Incident) -> String {
             Section::new("Notes:", notes.into_iter().map(line).collect()),
         ]
     };
+    let sections = [experts_section(verdict)]
+        .into_iter()
+        .chain(sections)
+        .collect();
     let fixed = width(headline) + width(&context) + width(&marker) + 3;
     let mut lines = vec![headline.to_owned(), context];
     lines.extend(fit(sections, MAX_COMMENT_LEN - fixed));
@@ -266,6 +270,24 @@ fn fit(sections: Vec<Section>, budget: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+/// Said first when Defender Experts already own the incident, so the comment never reads as
+/// contradicting the analysts handling it.
+fn experts_section(verdict: &Verdict) -> Section {
+    let items = if verdict.scope_mismatch() {
+        vec![
+            "- Defender Experts are handling this incident, though dexscope judged it out of \
+             scope: dexscope's picture of the scope or the service's is wrong (propagation, \
+             device group priority, or a bug). Their handling stands; the scope needs a check."
+                .to_owned(),
+        ]
+    } else if verdict.taken_by_experts {
+        vec!["- Defender Experts are handling this incident.".to_owned()]
+    } else {
+        Vec::new()
+    };
+    Section::new("Defender Experts:", items)
 }
 
 fn covered_lines(verdict: &Verdict) -> Vec<String> {

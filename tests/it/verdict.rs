@@ -147,6 +147,7 @@ fn incident(severity: &str, alerts: Vec<Alert>) -> Incident {
         severity: Severity::parse(severity),
         status: IncidentStatus::Active,
         redirect_incident_id: None,
+        assigned_to: None,
         created_at: now() - Duration::hours(1),
         last_update_at: now(),
         alerts,
@@ -959,6 +960,7 @@ fn cases() -> Vec<Case> {
             Incident {
                 status: IncidentStatus::Redirected,
                 redirect_incident_id: Some("2972400".into()),
+                assigned_to: None,
                 ..incident("high", vec![edr(vec![user(Some(ALICE), None)])])
             },
         )
@@ -969,6 +971,7 @@ fn cases() -> Vec<Case> {
             Incident {
                 status: IncidentStatus::Other("REDIRECTED".into()),
                 redirect_incident_id: None,
+                assigned_to: None,
                 ..incident("high", vec![])
             },
         )
@@ -1245,6 +1248,7 @@ fn json_of_skipped() {
     let redirected = Incident {
         status: IncidentStatus::Redirected,
         redirect_incident_id: Some("77".into()),
+        assigned_to: None,
         ..mixed_incident()
     };
     let v = verdict(&redirected, &live_scope(), &Policy::default(), now());
@@ -1641,6 +1645,7 @@ fn arb_incident() -> impl Strategy<Value = Incident> {
             severity: Severity::parse(&severity),
             status: IncidentStatus::parse(&status),
             redirect_incident_id: redirect,
+            assigned_to: None,
             created_at: now() - Duration::hours(1),
             last_update_at: now(),
             alerts,

@@ -295,3 +295,79 @@ async fn offline_wording_claims_only_what_was_observed() {
         "{text}"
     );
 }
+
+/// An incident as Graph returns it once Defender Experts took it on: assigned to them and in
+/// progress.
+fn taken(incident: &str, assignee: &str) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data(incident)).unwrap()).unwrap();
+    v["assignedTo"] = assignee.into();
+    v["status"] = "inProgress".into();
+    v
+}
+
+#[tokio::test]
+async fn a_comment_acknowledges_defender_experts_and_never_contradicts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = desired(dir.path(), "users = [\"patricia.doe@contoso.com\"]\n");
+    let write = |name: &str, v: serde_json::Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    };
+    let untaken = json(data("two_upns.json"), d.clone()).await.remove(0);
+    assert_eq!(untaken.get("taken_by_experts"), None);
+    assert!(
+        !untaken["comment"]
+            .as_str()
+            .unwrap()
+            .contains("Defender Experts are handling")
+    );
+
+    // In scope and taken: acknowledged, and no new marker (nothing to answer).
+    let v = json(
+        write("in.json", taken("two_upns.json", "defender experts")),
+        d.clone(),
+    )
+    .await
+    .remove(0);
+    assert_eq!(
+        (v["verdict"].as_str(), v["taken_by_experts"].as_bool()),
+        (Some("in_scope"), Some(true))
+    );
+    let comment = v["comment"].as_str().unwrap();
+    assert!(
+        comment.contains("\nDefender Experts:\n- Defender Experts are handling this incident.\n"),
+        "{comment}"
+    );
+    assert_eq!(v["digest"], untaken["digest"]);
+
+    // Someone else's assignment is not a pickup.
+    let v = json(
+        write(
+            "soc.json",
+            taken("two_upns.json", "soc-analyst@contoso.com"),
+        ),
+        d.clone(),
+    )
+    .await
+    .remove(0);
+    assert_eq!(v.get("taken_by_experts"), None);
+
+    // Out of scope but taken: the comment says the scope pictures disagree, before the reasons,
+    // and the digest changes so the next comment says so.
+    let other = desired(dir.path(), "users = [\"someone.else@contoso.com\"]\n");
+    let before = json(data("two_upns.json"), other.clone()).await.remove(0);
+    let v = json(
+        write("out.json", taken("two_upns.json", "Defender Experts")),
+        other,
+    )
+    .await
+    .remove(0);
+    assert_eq!(v["verdict"], "out_of_scope");
+    assert_ne!(v["digest"], before["digest"]);
+    let comment = v["comment"].as_str().unwrap();
+    let experts = comment.find("\nDefender Experts:\n- Defender Experts are handling this incident, though dexscope judged it out of scope");
+    let reasons = comment.find("\nReasons:\n");
+    assert!(experts.is_some() && experts < reasons, "{comment}");
+}

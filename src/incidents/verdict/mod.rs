@@ -26,7 +26,7 @@ use coverage::judge_assets;
 use policy::judge_alert_kinds;
 use types::finish;
 
-pub use policy::{ExcludedKind, MixedIncidents, PlatformClass, Policy};
+pub use policy::{DEFAULT_PICKUP_ASSIGNEE, ExcludedKind, MixedIncidents, PlatformClass, Policy};
 pub use scope::{DesiredDevice, DesiredUser, Scope, ScopeSource, ScopedDevice, ScopedUser};
 pub use types::{
     Asset, AssetKind, AssetReason, Outcome, PriorityFinding, PriorityProblem, Reason, Verdict,
@@ -48,6 +48,7 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
             Vec::new(),
             vec![Reason::Redirected { to }],
             Vec::new(),
+            false,
         );
     }
 
@@ -79,5 +80,6 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
     } else {
         Outcome::OutOfScope
     };
-    finish(incident, outcome, assets, reasons, findings)
+    let taken = policy.taken_by_experts(incident.assigned_to.as_deref());
+    finish(incident, outcome, assets, reasons, findings, taken)
 }

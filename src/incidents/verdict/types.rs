@@ -309,12 +309,23 @@ pub struct Verdict {
     pub assets: Vec<Asset>,
     pub reasons: Vec<Reason>,
     pub priority_findings: Vec<PriorityFinding>,
+    /// Defender Experts have taken the incident on (`assignedTo` is the policy's pickup
+    /// assignee): the comment acknowledges it, and an OUT OF SCOPE verdict says its picture
+    /// of the scope disagrees with theirs.
+    pub taken_by_experts: bool,
     /// Lower-case hex, [`DIGEST_HEX_LEN`] characters: changes when the outcome, the assets,
-    /// their coverage or the reasons change; not with alert order, enum casing or elapsed time.
+    /// their coverage or the reasons change, or when Defender Experts take an incident judged
+    /// OUT OF SCOPE; not with alert order, enum casing or elapsed time.
     pub digest: String,
 }
 
 impl Verdict {
+    /// Defender Experts took on an incident this verdict judges OUT OF SCOPE: dexscope's picture
+    /// of the scope, or the service's, is wrong.
+    pub fn scope_mismatch(&self) -> bool {
+        self.taken_by_experts && self.outcome == Outcome::OutOfScope
+    }
+
     pub fn covered(&self) -> impl Iterator<Item = &Asset> {
         self.assets.iter().filter(|asset| asset.covered)
     }
@@ -330,19 +341,23 @@ pub(super) fn finish(
     assets: Vec<Asset>,
     reasons: Vec<Reason>,
     priority_findings: Vec<PriorityFinding>,
+    taken_by_experts: bool,
 ) -> Verdict {
-    let digest = digest(&outcome, &assets, &reasons);
+    // Only a disagreement changes the digest: it is the one pickup the comment must answer.
+    let mismatch = taken_by_experts && outcome == Outcome::OutOfScope;
+    let digest = digest(&outcome, &assets, &reasons, mismatch);
     Verdict {
         incident_id: incident.id.clone(),
         outcome,
         assets,
         reasons,
         priority_findings,
+        taken_by_experts,
         digest,
     }
 }
 
-fn digest(outcome: &Outcome, assets: &[Asset], reasons: &[Reason]) -> String {
+fn digest(outcome: &Outcome, assets: &[Asset], reasons: &[Reason], mismatch: bool) -> String {
     let mut lines: Vec<String> = assets
         .iter()
         .map(|asset| {
@@ -360,6 +375,9 @@ fn digest(outcome: &Outcome, assets: &[Asset], reasons: &[Reason]) -> String {
             .iter()
             .map(|reason| format!("reason\t{}", reason.stable())),
     );
+    if mismatch {
+        lines.push("taken_by_experts".into());
+    }
     lines.sort();
     let mut hasher = Sha256::new();
     hasher.update(b"dexscope-verdict v1\n");
@@ -402,6 +420,9 @@ struct VerdictJson<'a> {
     assets: Vec<AssetJson<'a>>,
     reasons: Vec<String>,
     priority_findings: &'a [PriorityFinding],
+    /// Present only when true, so the JSON of an incident nobody took is as before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    taken_by_experts: bool,
     digest: &'a str,
 }
 
@@ -431,6 +452,7 @@ impl Serialize for Verdict {
                 .collect(),
             reasons: self.reasons.iter().map(ToString::to_string).collect(),
             priority_findings: &self.priority_findings,
+            taken_by_experts: self.taken_by_experts,
             digest: &self.digest,
         }
         .serialize(serializer)
