@@ -1,5 +1,5 @@
-//! Faults injected on demand: random 429/5xx, dropped connections, slow responses and the
-//! "store the comment, then time out" failure. Decisions come from a seeded generator, so a
+//! Faults injected on demand: random 429/5xx, dropped connections, slow responses, tokens that
+//! expire after a number of requests and the "store the comment, then time out" failure. Decisions come from a seeded generator, so a
 //! run with the same seed and the same request order injects the same faults.
 
 use rand::{Rng, SeedableRng};
@@ -28,6 +28,10 @@ pub struct FaultConfig {
     /// Rate of `$batch` items answered 429 with `Retry-After` while their envelope and the
     /// other items are served (the "one throttled item inside a batch" case).
     pub batch_item_429_rate: f64,
+    /// Authenticated requests each issued token serves; the next one is refused 401 as an
+    /// expired token, so a client meets a token expiring mid-pass at a point fixed by the
+    /// request count instead of the clock. `0` means no limit.
+    pub token_uses: u64,
     /// Surfaces the faults apply to; empty means every API surface (never the token endpoint).
     pub surfaces: Vec<Surface>,
 }
@@ -43,6 +47,7 @@ impl Default for FaultConfig {
             comment_timeout_rate: 0.0,
             stall_ms: 30_000,
             batch_item_429_rate: 0.0,
+            token_uses: 0,
             surfaces: Vec::new(),
         }
     }
@@ -125,6 +130,11 @@ impl Faults {
             })
     }
 
+    /// Whether a token that has served `uses` authenticated requests on `surface` is spent.
+    pub fn token_spent(&self, surface: Surface, uses: u64) -> bool {
+        self.config.token_uses > 0 && uses >= self.config.token_uses && self.applies(surface)
+    }
+
     fn status(&mut self) -> Option<u16> {
         if self.config.error_statuses.is_empty() || !self.hit(self.config.error_rate) {
             return None;
@@ -180,5 +190,21 @@ mod tests {
         assert_eq!(f.for_request(Surface::Token), Fault::None);
         assert_eq!(f.for_request(Surface::GraphDirectory), Fault::None);
         assert!(matches!(f.for_request(Surface::Mde), Fault::Status(_)));
+    }
+
+    #[test]
+    fn a_token_is_spent_after_its_uses_and_never_without_a_limit() {
+        let limited = Faults::new(
+            FaultConfig {
+                token_uses: 3,
+                ..FaultConfig::default()
+            },
+            1,
+        );
+        assert!(!limited.token_spent(Surface::Mde, 2));
+        assert!(limited.token_spent(Surface::Mde, 3));
+        assert!(limited.token_spent(Surface::GraphDirectory, 4));
+        let unlimited = Faults::new(FaultConfig::default(), 1);
+        assert!(!unlimited.token_spent(Surface::Mde, 1_000_000));
     }
 }

@@ -141,7 +141,7 @@ async fn entry(
     let base = format!("http://{host}");
     let query = super::routes::parse_query(uri.query());
     if let Some(rest) = path.strip_prefix("/_sim") {
-        let reply = inspect::handle(&shared, &method, rest, &query, &body);
+        let reply = inspect::handle(&mut lock(&shared), &method, rest, &query, &body);
         return to_response(reply, None);
     }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -227,7 +227,7 @@ fn serve_api(shared: &Shared, service: Service, req: &ApiReq) -> (Option<Reply>,
         Service::Graph => Surface::GraphDirectory,
     };
     let authz = req.header("authorization").map(str::to_string);
-    let caller = match token::authorize(&t, authz.as_deref(), surface) {
+    let caller = match token::authorize(&mut t, authz.as_deref(), surface) {
         Ok(c) => c,
         Err(why) => {
             t.stats.unauthorized += 1;

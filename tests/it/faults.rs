@@ -6,9 +6,6 @@
 //! whole passes, one fault at a time.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use chrono::Utc;
 use dexscope::config::Config;
@@ -32,8 +29,6 @@ struct Case {
     faults: FaultConfig,
     /// Shrinks the simulator's quota windows (and the injected `Retry-After` waits).
     quotas: QuotaConfig,
-    /// Invalidates every issued token every few milliseconds while the passes run.
-    expire_tokens: bool,
     /// `[http] timeout` of the client.
     timeout: &'static str,
     /// The `/_sim/stats` fault counter (or `unauthorized`, `throttled`) that proves the fault
@@ -49,7 +44,6 @@ fn case(name: &'static str, faults: FaultConfig, evidence: &'static str) -> Case
             scale: 0.1,
             ..QuotaConfig::default()
         },
-        expire_tokens: false,
         timeout: "2s",
         evidence,
     }
@@ -117,14 +111,16 @@ fn cases() -> Vec<Case> {
                 "slow",
             )
         },
-        Case {
-            expire_tokens: true,
-            ..case(
-                "token expiry mid-pass",
-                FaultConfig::default(),
-                "unauthorized",
-            )
-        },
+        // Every token is refused as expired after 10 requests, so each pass meets expiries
+        // at points fixed by the request count, whatever the speed of the machine.
+        case(
+            "token expiry mid-pass",
+            FaultConfig {
+                token_uses: 10,
+                ..FaultConfig::default()
+            },
+            "unauthorized",
+        ),
         case(
             "a throttled item inside a $batch",
             FaultConfig {
@@ -235,6 +231,7 @@ async fn setup(case: &Case) -> Setup {
 /// What one case did.
 struct Outcome {
     requests: u64,
+    tokens_issued: u64,
     evidence: u64,
     reconcile_passes: usize,
     poll_passes: usize,
@@ -261,21 +258,6 @@ async fn run(case: &Case) -> Outcome {
     s.sim.set_faults(case.faults.clone());
     s.sim.reset_stats();
 
-    // Token expiry mid-pass: every issued token stops working every 40 ms.
-    let stop = Arc::new(AtomicBool::new(false));
-    let expirer = case.expire_tokens.then(|| {
-        let (stop, state) = (stop.clone(), s.sim.state());
-        tokio::spawn(async move {
-            for _ in 0..5_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                state.lock().unwrap().tokens.clear();
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-        })
-    });
-
     let ctx = Context {
         tenant: &tenant,
         state: &state,
@@ -301,10 +283,6 @@ async fn run(case: &Case) -> Outcome {
             Ok(r) => eprintln!("{}: poll left {} failed", case.name, r.failed.len()),
             Err(e) => eprintln!("{}: poll pass failed: {e}", case.name),
         }
-    }
-    stop.store(true, Ordering::Relaxed);
-    if let Some(e) = expirer {
-        e.await.unwrap();
     }
     let stats = s.sim.stats();
 
@@ -368,6 +346,7 @@ async fn run(case: &Case) -> Outcome {
     s.sim.shutdown().await;
     Outcome {
         requests: stats.http_requests,
+        tokens_issued: stats.tokens_issued,
         evidence,
         reconcile_passes,
         poll_passes,
@@ -392,6 +371,15 @@ async fn every_fault_converges_exactly_without_early_retries_or_violations() {
             o.requests,
             baseline.requests
         );
+        if c.faults.token_uses > 0 {
+            assert!(
+                o.evidence >= 1 && o.tokens_issued > baseline.tokens_issued,
+                "{}: a token expired and a new one was issued ({} tokens, {} without expiry)",
+                c.name,
+                o.tokens_issued,
+                baseline.tokens_issued
+            );
+        }
         table.insert(c.name, o);
     }
     println!(

@@ -11,9 +11,8 @@ use serde_json::{Value, json};
 
 use super::Reply;
 use crate::sim::faults::FaultConfig;
-use crate::sim::model::{DeltaRefusal, GroupRule};
+use crate::sim::model::{DeltaRefusal, GroupRule, Tenant};
 use crate::sim::seed::{IncidentSpec, create_incident};
-use crate::sim::server::Shared;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,22 +47,74 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
+/// Serves `/_sim{rest}` against the tenant (the caller holds its lock).
 pub fn handle(
-    shared: &Shared,
+    t: &mut Tenant,
     method: &Method,
     rest: &str,
     query: &[(String, String)],
     body: &[u8],
 ) -> Reply {
-    let mut t = shared.lock().unwrap_or_else(|p| p.into_inner());
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    match (method.as_str(), segs.as_slice()) {
+    let m = method.as_str();
+    let reply = match segs.first().copied() {
+        Some("stats" | "writes" | "faults" | "tokens" | "clock") => runtime(t, m, &segs, body),
+        Some("comments" | "incidents") => incidents(t, m, &segs, body),
+        Some("groups" | "delta") => directory(t, m, &segs, body),
+        Some("machines" | "device-groups") => mde(t, m, &segs, query, body),
+        _ => None,
+    };
+    reply.unwrap_or_else(|| {
+        Reply::json(
+            404,
+            json!({"error": format!("no inspection route {method} /_sim{rest}")}),
+        )
+    })
+}
+
+/// Figures and controls of the simulator itself: statistics, the write log, faults, tokens
+/// and the clock.
+fn runtime(t: &mut Tenant, method: &str, segs: &[&str], body: &[u8]) -> Option<Reply> {
+    Some(match (method, segs) {
         ("GET", ["stats"]) => Reply::json(200, serde_json::to_value(&t.stats).unwrap_or_default()),
         ("POST", ["stats", "reset"]) => {
             t.stats = Default::default();
             Reply::empty(204)
         }
+        ("GET", ["writes"]) => Reply::json(
+            200,
+            json!({"writes": t.writes, "dropped": t.writes_dropped}),
+        ),
+        ("GET", ["faults"]) => Reply::json(
+            200,
+            serde_json::to_value(t.faults.config()).unwrap_or_default(),
+        ),
+        ("POST", ["faults"]) => match parse::<FaultConfig>(body) {
+            Ok(f) => {
+                t.faults.set(f);
+                Reply::empty(204)
+            }
+            Err(r) => r,
+        },
+        ("POST", ["tokens", "invalidate"]) => {
+            t.tokens.clear();
+            Reply::empty(204)
+        }
+        ("POST", ["clock", "advance"]) => match parse::<Advance>(body) {
+            Ok(a) if a.seconds >= 0.0 => {
+                t.clock_offset_ms += (a.seconds * 1000.0) as i64;
+                Reply::empty(204)
+            }
+            Ok(_) => bad("seconds must not be negative: the clock only moves forward".into()),
+            Err(r) => r,
+        },
+        _ => return None,
+    })
+}
+
+/// Comments posted so far and incidents created by hand.
+fn incidents(t: &mut Tenant, method: &str, segs: &[&str], body: &[u8]) -> Option<Reply> {
+    Some(match (method, segs) {
         ("GET", ["comments"]) => {
             let counts: BTreeMap<String, usize> = t
                 .incidents
@@ -88,11 +139,18 @@ pub fn handle(
         }
         ("POST", ["incidents"]) => match parse::<IncidentSpec>(body) {
             Ok(spec) => {
-                let id = create_incident(&mut t, &spec);
+                let id = create_incident(t, &spec);
                 Reply::json(201, json!({"id": id.to_string()}))
             }
             Err(r) => r,
         },
+        _ => return None,
+    })
+}
+
+/// Group members, out-of-band membership changes and expired delta links.
+fn directory(t: &mut Tenant, method: &str, segs: &[&str], body: &[u8]) -> Option<Reply> {
+    Some(match (method, segs) {
         ("GET", ["groups", id, "members"]) => match uuid::Uuid::parse_str(id) {
             Ok(g) => {
                 let members: Vec<Value> = t
@@ -108,7 +166,7 @@ pub fn handle(
         ("POST" | "DELETE", ["groups", id, "members", member]) => {
             match (uuid::Uuid::parse_str(id), uuid::Uuid::parse_str(member)) {
                 (Ok(g), Ok(m)) if t.directory.group(&g).is_some() => {
-                    let changed = if method == Method::POST {
+                    let changed = if method == "POST" {
                         t.directory.add_member(&g, m)
                     } else {
                         t.directory.remove_member(&g, &m)
@@ -128,6 +186,20 @@ pub fn handle(
             }
             Err(r) => r,
         },
+        _ => return None,
+    })
+}
+
+/// Machines with their tags and placement, and the device groups.
+fn mde(
+    t: &mut Tenant,
+    method: &str,
+    segs: &[&str],
+    query: &[(String, String)],
+    body: &[u8],
+) -> Option<Reply> {
+    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    Some(match (method, segs) {
         ("GET", ["machines"]) => {
             let list = match q("tag") {
                 Some(tag) => t.machines_with_tag(tag),
@@ -160,36 +232,6 @@ pub fn handle(
             (_, Err(r)) => r,
             _ => Reply::json(404, json!({"error": format!("no device group {id}")})),
         },
-        ("GET", ["writes"]) => Reply::json(
-            200,
-            json!({"writes": t.writes, "dropped": t.writes_dropped}),
-        ),
-        ("GET", ["faults"]) => Reply::json(
-            200,
-            serde_json::to_value(t.faults.config()).unwrap_or_default(),
-        ),
-        ("POST", ["faults"]) => match parse::<FaultConfig>(body) {
-            Ok(f) => {
-                t.faults.set(f);
-                Reply::empty(204)
-            }
-            Err(r) => r,
-        },
-        ("POST", ["tokens", "invalidate"]) => {
-            t.tokens.clear();
-            Reply::empty(204)
-        }
-        ("POST", ["clock", "advance"]) => match parse::<Advance>(body) {
-            Ok(a) if a.seconds >= 0.0 => {
-                t.clock_offset_ms += (a.seconds * 1000.0) as i64;
-                Reply::empty(204)
-            }
-            Ok(_) => bad("seconds must not be negative: the clock only moves forward".into()),
-            Err(r) => r,
-        },
-        _ => Reply::json(
-            404,
-            json!({"error": format!("no inspection route {method} /_sim{rest}")}),
-        ),
-    }
+        _ => return None,
+    })
 }

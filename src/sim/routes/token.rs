@@ -67,76 +67,94 @@ pub fn issue(
             "The app requested an unsupported grant type.",
         );
     }
+    let client = match authenticate(t, &field, authorization) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match audience(field("scope").unwrap_or("")) {
+        Ok((aud, surface)) => mint(t, aud, surface, &client),
+        Err(r) => r,
+    }
+}
+
+/// Checks the client id and its credential (a secret, in the form or HTTP Basic, or a client
+/// assertion); returns the client id the tokens are issued to.
+fn authenticate<'f>(
+    t: &Tenant,
+    field: &dyn Fn(&str) -> Option<&'f str>,
+    authorization: Option<&str>,
+) -> Result<String, Reply> {
     let (basic_id, basic_secret) = basic_credentials(authorization);
     let client_id = field("client_id").map(str::to_string).or(basic_id);
     let client = t.ids.client_id.to_string();
     let Some(client_id) = client_id else {
-        return aadsts(
+        return Err(aadsts(
             400,
             "invalid_request",
             900144,
             "The request body must contain the following parameter: 'client_id'.",
-        );
+        ));
     };
     if !client_id.eq_ignore_ascii_case(&client) {
-        return aadsts(
+        return Err(aadsts(
             400,
             "unauthorized_client",
             700016,
             &format!("Application with identifier '{client_id}' was not found in the directory."),
-        );
+        ));
     }
     let secret = field("client_secret").map(str::to_string).or(basic_secret);
     if let Some(secret) = secret {
         if secret != t.ids.client_secret.expose_secret() {
-            return aadsts(
+            return Err(aadsts(
                 401,
                 "invalid_client",
                 7000215,
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-            );
+            ));
         }
     } else if let Some(assertion) = field("client_assertion") {
         if field("client_assertion_type")
             != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
         {
-            return aadsts(
+            return Err(aadsts(
                 400,
                 "invalid_request",
                 700023,
                 "Client assertion type is not supported.",
-            );
+            ));
         }
         if let Err(why) = check_assertion(t, assertion, &client) {
-            return aadsts(401, "invalid_client", 700027, &why);
+            return Err(aadsts(401, "invalid_client", 700027, &why));
         }
     } else {
-        return aadsts(
+        return Err(aadsts(
             401,
             "invalid_client",
             7000218,
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-        );
+        ));
     }
-    let scope = field("scope").unwrap_or("");
-    let audience = match scope.trim().trim_end_matches("/.default") {
-        GRAPH_AUDIENCE => (GRAPH_AUDIENCE, Surface::GraphDirectory),
+    Ok(client)
+}
+
+/// The audience and API surface a `{resource}/.default` scope asks for.
+fn audience(scope: &str) -> Result<(&'static str, Surface), Reply> {
+    match scope.trim().trim_end_matches("/.default") {
+        GRAPH_AUDIENCE => Ok((GRAPH_AUDIENCE, Surface::GraphDirectory)),
         MDE_AUDIENCE | "https://securitycenter.onmicrosoft.com/windowsatpservice" => {
-            (MDE_AUDIENCE, Surface::Mde)
+            Ok((MDE_AUDIENCE, Surface::Mde))
         }
-        XDR_AUDIENCE => (XDR_AUDIENCE, Surface::Token),
-        _ => {
-            return aadsts(
-                400,
-                "invalid_scope",
-                1002012,
-                &format!(
-                    "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
-                ),
-            );
-        }
-    };
-    mint(t, audience.0, audience.1, &client)
+        XDR_AUDIENCE => Ok((XDR_AUDIENCE, Surface::Token)),
+        _ => Err(aadsts(
+            400,
+            "invalid_scope",
+            1002012,
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
+        )),
+    }
 }
 
 fn mint(t: &mut Tenant, aud: &str, surface: Surface, client: &str) -> Reply {
@@ -172,6 +190,7 @@ fn mint(t: &mut Tenant, aud: &str, surface: Surface, client: &str) -> Reply {
             client: client.to_string(),
             roles,
             expires_ms: now + lifetime * 1000,
+            uses: 0,
         },
     );
     t.stats.tokens_issued += 1;
@@ -254,9 +273,10 @@ impl Caller {
     }
 }
 
-/// Checks the `Authorization` header for `surface` and returns the caller.
+/// Checks the `Authorization` header for `surface` and returns the caller; a token accepted
+/// here has served one more request (see `FaultConfig::token_uses`).
 pub fn authorize(
-    t: &Tenant,
+    t: &mut Tenant,
     authorization: Option<&str>,
     surface: Surface,
 ) -> Result<Caller, &'static str> {
@@ -268,9 +288,10 @@ pub fn authorize(
         .ok_or("Access token is empty.")?;
     let claims = decode_claims(token.trim()).ok_or("IDX14100: JWT is not well formed.")?;
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
+    let now = t.now_ms();
     let issued = t
         .tokens
-        .get(jti)
+        .get_mut(jti)
         .ok_or("Invalid signature or unknown token.")?;
     let wanted = match surface {
         Surface::Mde => Surface::Mde,
@@ -279,9 +300,15 @@ pub fn authorize(
     if issued.audience != wanted {
         return Err("Invalid audience.");
     }
-    if issued.expires_ms <= t.now_ms() {
-        return Err("Lifetime validation failed, the token is expired.");
+    const EXPIRED: &str = "Lifetime validation failed, the token is expired.";
+    if issued.expires_ms <= now {
+        return Err(EXPIRED);
     }
+    if t.faults.token_spent(surface, issued.uses) {
+        *t.stats.faults.entry("token_expiry".into()).or_default() += 1;
+        return Err(EXPIRED);
+    }
+    issued.uses += 1;
     Ok(Caller {
         client: issued.client.clone(),
         roles: issued.roles.clone(),
