@@ -393,8 +393,13 @@ pub enum EvidenceKind {
         account: Option<UserAccount>,
         mde_device_id: Option<String>,
     },
-    /// Any other evidence type (file, ip, url, …, or one this version does not know): kept,
-    /// never an error, and never an impacted asset.
+    /// A file seen on a device: only the device it was seen on matters here.
+    File {
+        mde_device_id: Option<String>,
+    },
+    /// Any other evidence type (ip, url, …, or one this version does not know): kept, never an
+    /// error, and never an impacted asset. An empty `odata_type` is evidence that carried no
+    /// `@odata.type` at all, so nothing in it could be read.
     Other {
         odata_type: String,
     },
@@ -431,6 +436,9 @@ pub struct Incident {
     pub severity: Severity,
     pub status: IncidentStatus,
     pub redirect_incident_id: Option<String>,
+    /// Who the incident is assigned to (`assignedTo`): Defender Experts set it to their own
+    /// name when they take an incident on.
+    pub assigned_to: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_update_at: DateTime<Utc>,
     pub alerts: Vec<Alert>,

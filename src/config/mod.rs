@@ -91,6 +91,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "excluded_sources",
             "platforms",
             "overlap",
+            "pickup_assignee",
         ],
     ),
     ("alerts", &["webhook_url_file", "renotify_every"]),
@@ -143,6 +144,7 @@ excluded_sources = [
 ]
 platforms = ["windows", "linux", "macos"]
 overlap = "5m"
+pickup_assignee = "Defender Experts"
 
 [alerts]
 renotify_every = "6h"

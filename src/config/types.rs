@@ -235,6 +235,8 @@ pub struct IncidentPolicy {
     pub platforms: Vec<Platform>,
     /// How far before the stored cursor each poll starts again.
     pub overlap: Duration,
+    /// The `assignedTo` value of an incident Defender Experts took on.
+    pub pickup_assignee: String,
 }
 
 impl IncidentPolicy {

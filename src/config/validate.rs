@@ -311,6 +311,10 @@ fn read_incidents(r: &Reader, warnings: &mut Vec<String>) -> Result<IncidentPoli
         excluded_sources,
         platforms,
         overlap: r.duration(("incidents", "overlap"), Duration::ZERO)?,
+        pickup_assignee: r.req_str(
+            ("incidents", "pickup_assignee"),
+            "set it to the assignedTo value Defender Experts use, \"Defender Experts\"",
+        )?,
     })
 }
 

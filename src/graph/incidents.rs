@@ -219,6 +219,7 @@ pub fn parse_incident(v: &serde_json::Value) -> Result<Incident, IncidentError> 
         severity: Severity::parse(w.severity.as_deref().unwrap_or("unknown")),
         status: IncidentStatus::parse(w.status.as_deref().unwrap_or("unknown")),
         redirect_incident_id: w.redirect_incident_id.filter(|s| !s.is_empty()),
+        assigned_to: w.assigned_to.filter(|s| !s.trim().is_empty()),
         created_at: w.created_date_time,
         last_update_at: w.last_update_date_time.unwrap_or(w.created_date_time),
         alerts,
@@ -261,10 +262,13 @@ fn evidence_item(v: &serde_json::Value) -> Result<Evidence, String> {
     let kind = match short.as_str() {
         "deviceevidence" => {
             let d = wire::DeviceEvidence::deserialize(v).map_err(de)?;
+            let dns_name = d
+                .device_dns_name
+                .or_else(|| host_dns_name(d.host_name, d.dns_domain));
             EvidenceKind::Device {
                 mde_device_id: d.mde_device_id,
                 azure_ad_device_id: d.azure_ad_device_id,
-                dns_name: d.device_dns_name,
+                dns_name,
                 os_platform: d.os_platform,
                 rbac_group_id: d.rbac_group_id,
                 rbac_group_name: d.rbac_group_name,
@@ -292,6 +296,12 @@ fn evidence_item(v: &serde_json::Value) -> Result<Evidence, String> {
                 mde_device_id: p.mde_device_id,
             }
         }
+        "fileevidence" => {
+            let f = wire::FileEvidence::deserialize(v).map_err(de)?;
+            EvidenceKind::File {
+                mde_device_id: f.mde_device_id,
+            }
+        }
         _ => EvidenceKind::Other { odata_type },
     };
     Ok(Evidence {
@@ -303,6 +313,21 @@ fn evidence_item(v: &serde_json::Value) -> Result<Evidence, String> {
             .map(|r| EvidenceRole::parse(r))
             .collect(),
     })
+}
+
+/// `deviceEvidence` may carry the host name and its DNS domain without `deviceDnsName`; joined
+/// they are the DNS name a desired state lists (the host name alone is kept too: the scope
+/// matches it against the first label of a listed name).
+fn host_dns_name(host: Option<String>, domain: Option<String>) -> Option<String> {
+    let host = host
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())?;
+    match domain.map(|d| d.trim().trim_matches('.').to_owned()) {
+        Some(domain) if !domain.is_empty() && !host.contains('.') => {
+            Some(format!("{host}.{domain}"))
+        }
+        _ => Some(host),
+    }
 }
 
 fn account(a: wire::UserAccount) -> UserAccount {

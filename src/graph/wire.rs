@@ -37,6 +37,7 @@ pub(crate) struct Incident {
     pub severity: Option<String>,
     pub status: Option<String>,
     pub redirect_incident_id: Option<String>,
+    pub assigned_to: Option<String>,
     pub created_date_time: DateTime<Utc>,
     pub last_update_date_time: Option<DateTime<Utc>>,
     pub alerts: Option<Vec<Alert>>,
@@ -90,6 +91,8 @@ pub(crate) struct DeviceEvidence {
     pub mde_device_id: Option<String>,
     pub azure_ad_device_id: Option<String>,
     pub device_dns_name: Option<String>,
+    pub host_name: Option<String>,
+    pub dns_domain: Option<String>,
     pub os_platform: Option<String>,
     pub rbac_group_id: Option<i64>,
     pub rbac_group_name: Option<String>,
@@ -114,6 +117,12 @@ pub(crate) struct MailboxEvidence {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProcessEvidence {
     pub user_account: Option<UserAccount>,
+    pub mde_device_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FileEvidence {
     pub mde_device_id: Option<String>,
 }
 

@@ -32,7 +32,9 @@ pub struct VerdictArgs {
     /// The incident to read from the tenant (live).
     #[arg(long, value_name = "ID")]
     pub incident: Option<String>,
-    /// An exported Graph incident (JSON with `alerts` expanded).
+    /// An exported Graph incident (JSON with `alerts` expanded), or a list of them as
+    /// `GET /security/incidents?$expand=alerts` returns it (`{"value": [...]}`): every
+    /// incident in it is judged.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Judge against this desired state (a .toml file or a directory) instead of the live
@@ -74,10 +76,31 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    #[error("incident file {path} is not JSON: {detail}")]
+    FileNotJson { path: PathBuf, detail: String },
     #[error(
-        "incident file {path} is not a Graph incident: {detail}; export it with $expand=alerts"
+        "incident file {path}{at} is an incident of the older Microsoft 365 Defender API \
+         (incidentId, entities), not of Microsoft Graph; export it with \
+         GET /security/incidents/{{id}}?$expand=alerts"
     )]
-    ParseFile { path: PathBuf, detail: String },
+    FileLegacyShape { path: PathBuf, at: String },
+    #[error(
+        "incident {id} in {path}{at} has no `alerts`, so its impacted assets are unknown, not \
+         none; export it with $expand=alerts"
+    )]
+    FileNoAlerts {
+        path: PathBuf,
+        at: String,
+        id: String,
+    },
+    #[error("incident file {path}{at} is not a Graph incident: {detail}")]
+    ParseFile {
+        path: PathBuf,
+        at: String,
+        detail: String,
+    },
+    #[error("incident file {path} holds an empty incident list (`value` is empty)")]
+    FileEmptyList { path: PathBuf },
     #[error("{0}; fix the desired state or run `dexscope validate` on it")]
     Desired(#[source] Diagnostics),
     #[error(transparent)]
@@ -134,9 +157,9 @@ pub async fn verdict(
         )),
         None => None,
     };
-    let mut incident = match (&args.file, &live, &args.incident) {
+    let incidents = match (&args.file, &live, &args.incident) {
         (Some(path), _, _) => read_incident_file(path)?,
-        (None, Some((tenant, _, _)), Some(id)) => tenant.graph.get_incident(id).await?,
+        (None, Some((tenant, _, _)), Some(id)) => vec![tenant.graph.get_incident(id).await?],
         _ => return Err(CommandError::NoConfig),
     };
     let scope = match (&args.desired, &live) {
@@ -149,33 +172,85 @@ pub async fn verdict(
         }
         (None, None) => return Err(CommandError::NoConfig),
     };
-    let v = verdict::verdict(&incident, &scope, &policy, now);
-    let mut posted = None;
-    if args.post
-        && let Some((tenant, state, _)) = &live
-        && comment::comment(&v, &incident).is_some()
-    {
-        if args.file.is_some() {
-            // The file's comments may be stale: exactly-once rests on the tenant's.
-            incident.comments = tenant.graph.get_incident(&incident.id).await?.comments;
+    for (i, mut incident) in incidents.into_iter().enumerate() {
+        let v = verdict::verdict(&incident, &scope, &policy, now);
+        let mut posted = None;
+        if args.post
+            && let Some((tenant, state, _)) = &live
+            && comment::comment(&v, &incident).is_some()
+        {
+            if args.file.is_some() {
+                // The file's comments may be stale: exactly-once rests on the tenant's.
+                incident.comments = tenant.graph.get_incident(&incident.id).await?.comments;
+            }
+            posted = Some(post_verdict(tenant, state, &incident, &v, true, now).await?);
         }
-        posted = Some(post_verdict(tenant, state, &incident, &v, true, now).await?);
+        if i > 0 && args.format == OutputFormat::Text {
+            writeln!(out)?;
+        }
+        print_verdict(out, args.format, &v, &incident, posted)?;
     }
-    print_verdict(out, args.format, &v, &incident, posted)
+    Ok(())
 }
 
-fn read_incident_file(path: &PathBuf) -> Result<Incident, CommandError> {
+/// Reads one incident, or every incident of a `{"value": [...]}` list, as Graph returns them.
+/// Each way a file can be wrong has its own message: only a missing `alerts` is fixed by
+/// exporting with `$expand=alerts`.
+fn read_incident_file(path: &PathBuf) -> Result<Vec<Incident>, CommandError> {
     let text = std::fs::read_to_string(path).map_err(|source| CommandError::ReadFile {
         path: path.clone(),
         source,
     })?;
-    let parse_err = |detail: String| CommandError::ParseFile {
-        path: path.clone(),
-        detail,
-    };
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
-    graph::parse_incident(&value).map_err(|e| parse_err(e.detail))
+        serde_json::from_str(&text).map_err(|e| CommandError::FileNotJson {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    match value.get("value").and_then(|v| v.as_array()) {
+        Some(list) if list.is_empty() => Err(CommandError::FileEmptyList { path: path.clone() }),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let at = format!(" (incident {} of {} in its list)", i + 1, list.len());
+                read_one(path, at, v)
+            })
+            .collect(),
+        None => Ok(vec![read_one(path, String::new(), &value)?]),
+    }
+}
+
+fn read_one(
+    path: &std::path::Path,
+    at: String,
+    v: &serde_json::Value,
+) -> Result<Incident, CommandError> {
+    let id = v.get("id").and_then(|id| id.as_str());
+    let legacy = (id.is_none() && v.get("incidentId").is_some())
+        || v.get("alerts")
+            .and_then(|a| a.as_array())
+            .is_some_and(|alerts| alerts.iter().any(|a| a.get("entities").is_some()));
+    if legacy {
+        return Err(CommandError::FileLegacyShape {
+            path: path.to_path_buf(),
+            at,
+        });
+    }
+    if let Some(id) = id
+        && v.get("alerts").is_none()
+    {
+        // An incident read without `$expand=alerts` has no `alerts` key: unknown, not empty.
+        return Err(CommandError::FileNoAlerts {
+            path: path.to_path_buf(),
+            at,
+            id: id.to_owned(),
+        });
+    }
+    graph::parse_incident(v).map_err(|e| CommandError::ParseFile {
+        path: path.to_path_buf(),
+        at,
+        detail: e.detail,
+    })
 }
 
 fn offline_scope(

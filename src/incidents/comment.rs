@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::incidents::verdict::{Asset, AssetKind, AssetReason, Outcome, Verdict};
+use crate::incidents::verdict::{Asset, AssetKind, AssetReason, Outcome, Reason, Verdict};
 use crate::model::{Incident, IncidentComment};
 
 /// The longest comment rendered, in UTF-16 code units (what Graph and the portal count); the
@@ -89,8 +89,20 @@ pub fn render(verdict: &Verdict, incident: &Incident) -> String {
     let in_scope = marker.in_scope;
     let headline = if in_scope { HEADLINE_IN } else { HEADLINE_OUT };
     let marker = marker.to_string();
+    let locals = verdict
+        .reasons
+        .iter()
+        .find_map(|reason| match reason {
+            Reason::LocalAccounts { count } => Some(*count),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let locals = match locals {
+        0 => String::new(),
+        n => format!(" and {n} local account{}", plural(n)),
+    };
     let context = format!(
-        "Incident {}, severity {}, {} alert{}, {} impacted asset{}.",
+        "Incident {}, severity {}, {} alert{}, {} impacted asset{}{locals}.",
         sanitise(&incident.id, MAX_ID),
         sanitise(incident.severity.as_wire(), MAX_PLATFORM),
         incident.alerts.len(),
@@ -98,11 +110,9 @@ pub fn render(verdict: &Verdict, incident: &Incident) -> String {
         verdict.assets.len(),
         plural(verdict.assets.len()),
     );
-    let reasons: Vec<String> = verdict
-        .reasons
-        .iter()
-        .map(|reason| format!("- {}", sanitise(&reason.to_string(), MAX_REASON)))
-        .collect();
+    let line = |reason: &Reason| format!("- {}", sanitise(&reason.to_string(), MAX_REASON));
+    let (notes, causes): (Vec<&Reason>, Vec<&Reason>) =
+        verdict.reasons.iter().partition(|reason| reason.is_note());
     let sections = if in_scope {
         vec![
             Section::new("Covered, Defender Experts respond:", covered_lines(verdict)),
@@ -110,17 +120,23 @@ pub fn render(verdict: &Verdict, incident: &Incident) -> String {
                 "Informational only, no response actions:",
                 verdict.uncovered().map(asset_line).collect(),
             ),
-            Section::new("Notes:", reasons),
+            Section::new("Notes:", verdict.reasons.iter().map(line).collect()),
         ]
     } else {
+        // A note (a policy choice, unread evidence) listed under "Reasons" reads as a cause.
         vec![
-            Section::new("Reasons:", reasons),
+            Section::new("Reasons:", causes.into_iter().map(line).collect()),
             Section::new(
                 "Assets, informational only, no response actions:",
                 verdict.assets.iter().map(asset_line).collect(),
             ),
+            Section::new("Notes:", notes.into_iter().map(line).collect()),
         ]
     };
+    let sections = [experts_section(verdict)]
+        .into_iter()
+        .chain(sections)
+        .collect();
     let fixed = width(headline) + width(&context) + width(&marker) + 3;
     let mut lines = vec![headline.to_owned(), context];
     lines.extend(fit(sections, MAX_COMMENT_LEN - fixed));
@@ -254,6 +270,24 @@ fn fit(sections: Vec<Section>, budget: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+/// Said first when Defender Experts already own the incident, so the comment never reads as
+/// contradicting the analysts handling it.
+fn experts_section(verdict: &Verdict) -> Section {
+    let items = if verdict.scope_mismatch() {
+        vec![
+            "- Defender Experts are handling this incident, though dexscope judged it out of \
+             scope: dexscope's picture of the scope or the service's is wrong (propagation, \
+             device group priority, or a bug). Their handling stands; the scope needs a check."
+                .to_owned(),
+        ]
+    } else if verdict.taken_by_experts {
+        vec!["- Defender Experts are handling this incident.".to_owned()]
+    } else {
+        Vec::new()
+    };
+    Section::new("Defender Experts:", items)
 }
 
 fn covered_lines(verdict: &Verdict) -> Vec<String> {

@@ -92,6 +92,7 @@ pub fn policy_from_config(c: &config::IncidentPolicy) -> Policy {
                 config::Platform::MacOs => PlatformClass::MacOs,
             })
             .collect(),
+        pickup_assignee: c.pickup_assignee.trim().to_owned(),
         ..Policy::default()
     }
 }

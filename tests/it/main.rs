@@ -31,3 +31,4 @@ mod support;
 mod tenant;
 mod throttle;
 mod verdict;
+mod verdict_files;

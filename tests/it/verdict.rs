@@ -147,6 +147,7 @@ fn incident(severity: &str, alerts: Vec<Alert>) -> Incident {
         severity: Severity::parse(severity),
         status: IncidentStatus::Active,
         redirect_incident_id: None,
+        assigned_to: None,
         created_at: now() - Duration::hours(1),
         last_update_at: now(),
         alerts,
@@ -292,6 +293,7 @@ impl Case {
 
 const IN_GROUP: &str = "in device group Defender_Experts_Scoped_Coverage_Devices";
 const MEMBER: &str = "direct member of the scoped user group";
+const LISTED: &str = "listed in the desired state";
 const NOT_IN_SCOPE: &str = "not in scope";
 const NO_COVERED: &str = "no covered asset";
 const NO_ASSET: &str = "no impacted asset (device or user)";
@@ -312,7 +314,8 @@ fn check(case: &Case) {
         .collect();
     assert_eq!(assets, want, "{name}: assets");
     for asset in &v.assets {
-        let covering = asset.reason.to_string() == IN_GROUP || asset.reason.to_string() == MEMBER;
+        let reason = asset.reason.to_string();
+        let covering = reason == IN_GROUP || reason == MEMBER || reason == LISTED;
         assert_eq!(
             asset.covered, covering,
             "{name}: covered flag of {}",
@@ -458,7 +461,10 @@ fn cases() -> Vec<Case> {
             "out_of_scope",
             incident("high", vec![edr(vec![device(STRAY, None, Some(GROUP))])]),
         )
-        .assets(&[(STRAY, "platform unknown, not covered")])
+        .assets(&[(
+            STRAY,
+            "platform not reported, so coverage is not established",
+        )])
         .reasons(&[NO_COVERED]),
         case(
             "missing platform taken from the tagged machine",
@@ -686,7 +692,8 @@ fn cases() -> Vec<Case> {
                 )])],
             ),
         )
-        .assets(&[(WIN, IN_GROUP)]),
+        .assets(&[(WIN, IN_GROUP)])
+        .reasons(&["1 local or system account in the evidence, which no user group can hold"]),
         case(
             "same user and device across alerts is one asset each",
             "in_scope",
@@ -953,6 +960,7 @@ fn cases() -> Vec<Case> {
             Incident {
                 status: IncidentStatus::Redirected,
                 redirect_incident_id: Some("2972400".into()),
+                assigned_to: None,
                 ..incident("high", vec![edr(vec![user(Some(ALICE), None)])])
             },
         )
@@ -963,6 +971,7 @@ fn cases() -> Vec<Case> {
             Incident {
                 status: IncidentStatus::Other("REDIRECTED".into()),
                 redirect_incident_id: None,
+                assigned_to: None,
                 ..incident("high", vec![])
             },
         )
@@ -986,7 +995,7 @@ fn cases() -> Vec<Case> {
             ),
         )
         .offline()
-        .assets(&[(STRAY, IN_GROUP)]),
+        .assets(&[(STRAY, LISTED)]),
         case(
             "offline: device listed by dns name",
             "in_scope",
@@ -1000,7 +1009,7 @@ fn cases() -> Vec<Case> {
             ),
         )
         .offline()
-        .assets(&[("kiosk-9.contoso.local", IN_GROUP)]),
+        .assets(&[("kiosk-9.contoso.local", LISTED)]),
         case(
             "offline: device listed by entra device id",
             "in_scope",
@@ -1014,7 +1023,7 @@ fn cases() -> Vec<Case> {
             ),
         )
         .offline()
-        .assets(&[(AAD_DEV, IN_GROUP)]),
+        .assets(&[(AAD_DEV, LISTED)]),
         case(
             "offline: listed device that the evidence places elsewhere",
             "out_of_scope",
@@ -1024,9 +1033,11 @@ fn cases() -> Vec<Case> {
             ),
         )
         .offline()
-        .assets(&[(STRAY, "outranked by group Tier0")])
-        .reasons(&[NO_COVERED])
-        .findings(&[STRAY]),
+        .assets(&[(
+            STRAY,
+            "at the time of the alert the device was in group Tier0, not the scoped device group",
+        )])
+        .reasons(&[NO_COVERED]),
         case(
             "offline: unlisted device, a tagged one in the live scope",
             "out_of_scope",
@@ -1054,7 +1065,7 @@ fn cases() -> Vec<Case> {
             ),
         )
         .offline()
-        .assets(&[(ALICE, NOT_IN_SCOPE), (BOB, MEMBER), (CAROL, MEMBER)]),
+        .assets(&[(ALICE, NOT_IN_SCOPE), (BOB, LISTED), (CAROL, LISTED)]),
     ]
 }
 
@@ -1237,6 +1248,7 @@ fn json_of_skipped() {
     let redirected = Incident {
         status: IncidentStatus::Redirected,
         redirect_incident_id: Some("77".into()),
+        assigned_to: None,
         ..mixed_incident()
     };
     let v = verdict(&redirected, &live_scope(), &Policy::default(), now());
@@ -1633,6 +1645,7 @@ fn arb_incident() -> impl Strategy<Value = Incident> {
             severity: Severity::parse(&severity),
             status: IncidentStatus::parse(&status),
             redirect_incident_id: redirect,
+            assigned_to: None,
             created_at: now() - Duration::hours(1),
             last_update_at: now(),
             alerts,

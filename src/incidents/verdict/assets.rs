@@ -1,7 +1,7 @@
 //! Impacted assets: what the evidence of one incident says about each device and user, merged
 //! across alerts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{EvidenceKind, Incident, UserAccount, UserId};
 
@@ -45,8 +45,34 @@ impl DeviceFacts {
 #[derive(Debug, Default)]
 pub(super) struct UserFacts {
     pub(super) id: Option<UserId>,
-    pub(super) upn: Option<String>,
+    /// Every UPN and mailbox address seen for the identity, lower-case, first seen first: a
+    /// mailbox's primary address need not be the account's UPN, and either may be the one a
+    /// desired state lists.
+    pub(super) upns: Vec<String>,
     pub(super) display_name: Option<String>,
+}
+
+impl UserFacts {
+    fn add_upns(&mut self, upns: Vec<String>) {
+        for upn in upns {
+            if !self.upns.contains(&upn) {
+                self.upns.push(upn);
+            }
+        }
+    }
+}
+
+/// Everything the evidence of one incident gives: the impacted devices and users, and what
+/// could not be read or matched, so the verdict can say so.
+#[derive(Debug, Default)]
+pub(super) struct Collected {
+    pub(super) devices: Vec<DeviceFacts>,
+    pub(super) users: Vec<UserFacts>,
+    /// Alert id → how many of its evidence items carry no `@odata.type` (unreadable).
+    pub(super) untyped: BTreeMap<String, usize>,
+    /// Local or system accounts (only `accountName`/`domainName`), distinct: impacted, but
+    /// nothing a user group can hold.
+    pub(super) local_accounts: usize,
 }
 
 /// Trimmed, lower-cased, `None` when empty.
@@ -64,78 +90,121 @@ pub(super) fn present(value: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn user_facts(account: Option<&UserAccount>, fallback_upn: Option<&str>) -> Option<UserFacts> {
+/// The identity an account (and any other addresses seen with it) names; `Err` with the
+/// lower-case `domain\name` of a local or system account, which cannot be matched to the group.
+fn user_facts(
+    account: Option<&UserAccount>,
+    other_upns: &[Option<&str>],
+) -> Result<UserFacts, Option<String>> {
     let id = account
         .and_then(|a| a.azure_ad_user_id.as_deref())
         .and_then(|id| UserId::parse(id.trim()).ok());
-    let upn =
-        norm(account.and_then(|a| a.user_principal_name.as_deref())).or_else(|| norm(fallback_upn));
-    let display_name = present(account.and_then(|a| a.display_name.as_deref()));
-    // A local or system account (only accountName/domainName) cannot be matched to the group.
-    (id.is_some() || upn.is_some()).then_some(UserFacts {
+    let mut facts = UserFacts {
         id,
-        upn,
-        display_name,
-    })
+        upns: Vec::new(),
+        display_name: present(account.and_then(|a| a.display_name.as_deref())),
+    };
+    let upns = std::iter::once(account.and_then(|a| a.user_principal_name.as_deref()))
+        .chain(other_upns.iter().copied())
+        .filter_map(norm)
+        .collect();
+    facts.add_upns(upns);
+    if facts.id.is_some() || !facts.upns.is_empty() {
+        return Ok(facts);
+    }
+    let local = account
+        .and_then(|a| norm(a.account_name.as_deref()))
+        .map(|name| {
+            let domain = account.and_then(|a| norm(a.domain_name.as_deref()));
+            format!("{}\\{name}", domain.unwrap_or_default())
+        });
+    Err(local)
 }
 
-/// Collects the impacted devices and users of every alert, deduplicated.
-pub(super) fn collect(incident: &Incident, policy: &Policy) -> (Vec<DeviceFacts>, Vec<UserFacts>) {
+/// Collects the impacted devices and users of every alert, deduplicated, and what evidence
+/// could not be read or matched.
+pub(super) fn collect(incident: &Incident, policy: &Policy) -> Collected {
     let mut devices: BTreeMap<String, DeviceFacts> = BTreeMap::new();
     let mut users: Vec<UserFacts> = Vec::new();
+    let mut locals: BTreeSet<String> = BTreeSet::new();
+    let mut untyped: BTreeMap<String, usize> = BTreeMap::new();
     let mut add_device = |facts: DeviceFacts| {
         if let Some(key) = facts.key() {
             devices.entry(key).or_default().merge(facts);
         }
     };
-    for evidence in incident.alerts.iter().flat_map(|alert| &alert.evidence) {
-        if !policy.counts_as_impacted(&evidence.roles) {
-            continue;
-        }
-        match &evidence.kind {
-            EvidenceKind::Device {
-                mde_device_id,
-                azure_ad_device_id,
-                dns_name,
-                os_platform,
-                rbac_group_name,
-                ..
-            } => add_device(DeviceFacts {
-                mde_id: norm(mde_device_id.as_deref()),
-                aad_id: norm(azure_ad_device_id.as_deref()),
-                dns_name: norm(dns_name.as_deref()),
-                os_platform: present(os_platform.as_deref()),
-                rbac_group_name: present(rbac_group_name.as_deref()),
-            }),
-            EvidenceKind::User { account } => users.extend(user_facts(Some(account), None)),
-            EvidenceKind::Mailbox {
-                primary_address,
-                upn,
-                display_name,
-                account,
-            } => {
-                let fallback = upn.as_deref().or(primary_address.as_deref());
-                if let Some(mut facts) = user_facts(account.as_ref(), fallback) {
-                    facts.display_name = facts
-                        .display_name
-                        .or_else(|| present(display_name.as_deref()));
-                    users.push(facts);
-                }
+    let mut add_user = |found: Result<UserFacts, Option<String>>| match found {
+        Ok(facts) => users.push(facts),
+        Err(local) => locals.extend(local),
+    };
+    for alert in &incident.alerts {
+        for evidence in &alert.evidence {
+            if let EvidenceKind::Other { odata_type } = &evidence.kind
+                && odata_type.trim().is_empty()
+            {
+                // Without `@odata.type` nothing says what the item is: never lost silently.
+                *untyped.entry(alert.id.clone()).or_default() += 1;
+                continue;
             }
-            EvidenceKind::Process {
-                account,
-                mde_device_id,
-            } => {
-                users.extend(user_facts(account.as_ref(), None));
-                add_device(DeviceFacts {
+            if !policy.counts_as_impacted(&evidence.roles) {
+                continue;
+            }
+            match &evidence.kind {
+                EvidenceKind::Device {
+                    mde_device_id,
+                    azure_ad_device_id,
+                    dns_name,
+                    os_platform,
+                    rbac_group_name,
+                    ..
+                } => add_device(DeviceFacts {
+                    mde_id: norm(mde_device_id.as_deref()),
+                    aad_id: norm(azure_ad_device_id.as_deref()),
+                    dns_name: norm(dns_name.as_deref()),
+                    os_platform: present(os_platform.as_deref()),
+                    rbac_group_name: present(rbac_group_name.as_deref()),
+                }),
+                EvidenceKind::User { account } => add_user(user_facts(Some(account), &[])),
+                EvidenceKind::Mailbox {
+                    primary_address,
+                    upn,
+                    display_name,
+                    account,
+                } => {
+                    let other = [upn.as_deref(), primary_address.as_deref()];
+                    add_user(user_facts(account.as_ref(), &other).map(|mut facts| {
+                        facts.display_name = facts
+                            .display_name
+                            .or_else(|| present(display_name.as_deref()));
+                        facts
+                    }));
+                }
+                EvidenceKind::Process {
+                    account,
+                    mde_device_id,
+                } => {
+                    if account.is_some() {
+                        add_user(user_facts(account.as_ref(), &[]));
+                    }
+                    add_device(DeviceFacts {
+                        mde_id: norm(mde_device_id.as_deref()),
+                        ..DeviceFacts::default()
+                    });
+                }
+                EvidenceKind::File { mde_device_id } => add_device(DeviceFacts {
                     mde_id: norm(mde_device_id.as_deref()),
                     ..DeviceFacts::default()
-                });
+                }),
+                EvidenceKind::Other { .. } => {}
             }
-            EvidenceKind::Other { .. } => {}
         }
     }
-    (devices.into_values().collect(), dedup_users(users))
+    Collected {
+        devices: devices.into_values().collect(),
+        users: dedup_users(users),
+        untyped,
+        local_accounts: locals.len(),
+    }
 }
 
 /// Merges user identities: by object id, then UPN-only identities into an id-bearing one with
@@ -146,14 +215,12 @@ fn dedup_users(users: Vec<UserFacts>) -> Vec<UserFacts> {
     for user in with_id.into_iter().chain(upn_only) {
         let same = merged.iter_mut().find(|seen| match (&user.id, &seen.id) {
             (Some(a), Some(b)) => a == b,
-            (None, _) => user.upn.is_some() && user.upn == seen.upn,
+            (None, _) => user.upns.iter().any(|upn| seen.upns.contains(upn)),
             (Some(_), None) => false,
         });
         match same {
             Some(seen) => {
-                if seen.upn.is_none() {
-                    seen.upn = user.upn;
-                }
+                seen.add_upns(user.upns);
                 if seen.display_name.is_none() {
                     seen.display_name = user.display_name;
                 }

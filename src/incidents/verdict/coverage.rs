@@ -5,53 +5,73 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{Incident, UNASSIGNED_GROUP};
 
-use super::assets::{DeviceFacts, collect, present};
+use super::assets::{DeviceFacts, UserFacts, collect, present};
 use super::{
-    Asset, AssetKind, AssetReason, PlatformClass, Policy, PriorityFinding, PriorityProblem, Scope,
-    ScopedDevice,
+    Asset, AssetKind, AssetReason, PlatformClass, Policy, PriorityFinding, PriorityProblem, Reason,
+    Scope, ScopeSource, ScopedDevice,
 };
 
+/// Judges every impacted asset; what the evidence holds that cannot be judged (unreadable
+/// items, local accounts) goes to `notes`.
 pub(super) fn judge_assets(
     incident: &Incident,
     scope: &Scope,
     policy: &Policy,
     now: DateTime<Utc>,
     findings: &mut Vec<PriorityFinding>,
+    notes: &mut Vec<Reason>,
 ) -> Vec<Asset> {
-    let (devices, users) = collect(incident, policy);
-    let mut assets: Vec<Asset> = devices
+    let collected = collect(incident, policy);
+    let mut assets: Vec<Asset> = collected
+        .devices
         .into_iter()
         .map(|device| judge_device(device, scope, policy, now, findings))
         .collect();
-    let mut user_assets: Vec<Asset> = users
+    let mut user_assets: Vec<Asset> = collected
+        .users
         .into_iter()
-        .map(|user| {
-            let covered = scope.has_user(user.id.as_ref(), user.upn.as_deref());
-            // `user_facts` only keeps identities with an object id or a UPN.
-            let id = user
-                .id
-                .as_ref()
-                .map(|id| id.as_str().to_owned())
-                .or_else(|| user.upn.clone())
-                .unwrap_or_default();
-            Asset {
-                kind: AssetKind::User,
-                id,
-                name: user.upn.or(user.display_name),
-                platform: None,
-                covered,
-                reason: if covered {
-                    AssetReason::DirectMember
-                } else {
-                    AssetReason::NotInScope
-                },
-            }
-        })
+        .map(|user| judge_user(user, scope))
         .collect();
     user_assets.sort_by(|a, b| a.id.cmp(&b.id));
     assets.extend(user_assets);
     findings.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    notes.extend(
+        collected
+            .untyped
+            .into_iter()
+            .map(|(alert, count)| Reason::UntypedEvidence { alert, count }),
+    );
+    if collected.local_accounts > 0 {
+        notes.push(Reason::LocalAccounts {
+            count: collected.local_accounts,
+        });
+    }
     assets
+}
+
+fn judge_user(user: UserFacts, scope: &Scope) -> Asset {
+    let covered = scope.has_user(user.id.as_ref(), &user.upns);
+    let first_upn = user.upns.first().cloned();
+    // `collect` only keeps identities with an object id or a UPN.
+    let id = user
+        .id
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .or_else(|| first_upn.clone())
+        .unwrap_or_default();
+    let reason = match (covered, scope.source()) {
+        (false, _) => AssetReason::NotInScope,
+        (true, ScopeSource::Live) => AssetReason::DirectMember,
+        (true, ScopeSource::Desired) => AssetReason::Listed,
+    };
+    Asset {
+        kind: AssetKind::User,
+        id,
+        name: first_upn.or(user.display_name),
+        platform: None,
+        covered,
+        reason,
+    }
 }
 
 fn judge_device(
@@ -83,15 +103,24 @@ fn judge_device(
         .or_else(|| device.dns_name.clone())
         .expect("a collected device has at least one identifier");
 
+    let offline = scope.source() == ScopeSource::Desired;
     let reason = if in_group_by_placement || (scoped.is_some() && placement.is_none()) {
-        if platform_ok {
-            AssetReason::InDeviceGroup {
-                group: scope.device_group.clone(),
-            }
-        } else {
+        if !platform_ok {
             AssetReason::PlatformNotCovered {
                 platform: platform.clone(),
             }
+        } else if offline && !in_group_by_placement {
+            // Offline nothing was observed about the device group: only the listing is known.
+            AssetReason::Listed
+        } else {
+            AssetReason::InDeviceGroup {
+                group: scope.device_group.clone(),
+            }
+        }
+    } else if let (true, Some(_), Some(group)) = (offline, scoped, placement.as_deref()) {
+        // Offline neither the tag nor the group ranks were read: only the evidence's placement.
+        AssetReason::ElsewhereAtAlert {
+            group: group.to_owned(),
         }
     } else if let (Some(scoped), Some(group)) = (scoped, placement.as_deref()) {
         misplaced(scoped, group, &id, &device, scope, now, findings)
@@ -100,7 +129,10 @@ fn judge_device(
     };
     Asset {
         kind: AssetKind::Device,
-        covered: matches!(reason, AssetReason::InDeviceGroup { .. }),
+        covered: matches!(
+            reason,
+            AssetReason::InDeviceGroup { .. } | AssetReason::Listed
+        ),
         id,
         // Evidence often omits the DNS name; the tagged machine's name helps the reader.
         name: device

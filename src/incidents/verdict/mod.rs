@@ -26,7 +26,7 @@ use coverage::judge_assets;
 use policy::judge_alert_kinds;
 use types::finish;
 
-pub use policy::{ExcludedKind, MixedIncidents, PlatformClass, Policy};
+pub use policy::{DEFAULT_PICKUP_ASSIGNEE, ExcludedKind, MixedIncidents, PlatformClass, Policy};
 pub use scope::{DesiredDevice, DesiredUser, Scope, ScopeSource, ScopedDevice, ScopedUser};
 pub use types::{
     Asset, AssetKind, AssetReason, Outcome, PriorityFinding, PriorityProblem, Reason, Verdict,
@@ -48,6 +48,7 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
             Vec::new(),
             vec![Reason::Redirected { to }],
             Vec::new(),
+            false,
         );
     }
 
@@ -62,7 +63,8 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
     let kinds_ok = judge_alert_kinds(&incident.alerts, policy, &mut reasons);
 
     let mut findings = Vec::new();
-    let assets = judge_assets(incident, scope, policy, now, &mut findings);
+    let mut notes = Vec::new();
+    let assets = judge_assets(incident, scope, policy, now, &mut findings, &mut notes);
     let any_covered = assets.iter().any(|asset| asset.covered);
     if incident.alerts.is_empty() {
         reasons.push(Reason::NoAlerts);
@@ -71,11 +73,13 @@ pub fn verdict(incident: &Incident, scope: &Scope, policy: &Policy, now: DateTim
     } else if !any_covered {
         reasons.push(Reason::NoCoveredAsset);
     }
+    reasons.extend(notes);
 
     let outcome = if severity_ok && kinds_ok && any_covered {
         Outcome::InScope
     } else {
         Outcome::OutOfScope
     };
-    finish(incident, outcome, assets, reasons, findings)
+    let taken = policy.taken_by_experts(incident.assigned_to.as_deref());
+    finish(incident, outcome, assets, reasons, findings, taken)
 }

@@ -154,12 +154,17 @@ pub struct Policy {
     /// treats as impacted. Evidence without roles
     /// always counts.
     pub ignored_roles: Vec<EvidenceRole>,
+    /// The `assignedTo` value that shows Defender Experts took an incident on (compared
+    /// case-insensitively). Default "Defender Experts", the name the service's MSSP guide
+    /// documents for incidents its analysts own.
+    pub pickup_assignee: String,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             eligible_severities: vec![Severity::High, Severity::Medium],
+            pickup_assignee: DEFAULT_PICKUP_ASSIGNEE.to_owned(),
             excluded_kinds: ExcludedKind::ALL.to_vec(),
             mixed: MixedIncidents::default(),
             covered_platforms: vec![
@@ -172,7 +177,15 @@ impl Default for Policy {
     }
 }
 
+/// The `assignedTo` value of an incident Defender Experts took on, as the service documents it.
+pub const DEFAULT_PICKUP_ASSIGNEE: &str = "Defender Experts";
+
 impl Policy {
+    /// True when the incident is assigned to Defender Experts: they are handling it.
+    pub fn taken_by_experts(&self, assigned_to: Option<&str>) -> bool {
+        assigned_to.is_some_and(|a| a.trim().eq_ignore_ascii_case(self.pickup_assignee.trim()))
+    }
+
     fn excluded_kind(&self, alert: &Alert) -> Option<ExcludedKind> {
         ExcludedKind::of(alert).filter(|kind| self.excluded_kinds.contains(kind))
     }

@@ -86,6 +86,8 @@ pub struct Scope {
     by_machine: HashMap<String, usize>,
     by_dns: HashMap<String, usize>,
     by_aad: HashMap<String, usize>,
+    /// First label of a listed DNS name → the device, `None` when two devices share it.
+    by_host: HashMap<String, Option<usize>>,
 }
 
 impl Scope {
@@ -109,6 +111,7 @@ impl Scope {
             by_machine: HashMap::new(),
             by_dns: HashMap::new(),
             by_aad: HashMap::new(),
+            by_host: HashMap::new(),
         };
         for user in users {
             if let Some(id) = &user.id {
@@ -127,6 +130,17 @@ impl Scope {
             }
             if let Some(dns) = &device.dns_name {
                 scope.by_dns.insert(dns.as_str().to_owned(), index);
+                let host = dns
+                    .as_str()
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                scope
+                    .by_host
+                    .entry(host)
+                    .and_modify(|seen| *seen = seen.filter(|&i| i == index))
+                    .or_insert(Some(index));
             }
             if let Some(aad) = &device.aad_device_id {
                 scope.by_aad.insert(aad.as_str().to_owned(), index);
@@ -219,20 +233,30 @@ impl Scope {
         by(&self.by_machine, &asset.mde_id)
             .or_else(|| by(&self.by_aad, &asset.aad_id))
             .or_else(|| by(&self.by_dns, &asset.dns_name))
+            .or_else(|| self.by_bare_host(asset.dns_name.as_deref()))
             .map(|index| &self.devices[index])
+    }
+
+    /// Evidence may name a device by its host name alone (`hostName` without a domain): it
+    /// matches the one listed DNS name with that first label, never one of several.
+    fn by_bare_host(&self, name: Option<&str>) -> Option<usize> {
+        name.filter(|name| !name.contains('.'))
+            .and_then(|host| self.by_host.get(host).copied().flatten())
     }
 
     /// A member matches by object id; failing that, by UPN (case-insensitively) unless both
     /// sides know an object id and the ids differ: a UPN reused by a different account must not
     /// inherit the old account's coverage.
-    pub(super) fn has_user(&self, id: Option<&UserId>, upn: Option<&str>) -> bool {
+    /// Every UPN or address seen for the identity is tried.
+    pub(super) fn has_user(&self, id: Option<&UserId>, upns: &[String]) -> bool {
         if id.is_some_and(|id| self.user_ids.contains(id)) {
             return true;
         }
-        match upn.and_then(|upn| self.user_upns.get(upn)) {
-            Some(Some(member_id)) => id.is_none_or(|id| id == member_id),
-            Some(None) => true,
-            None => false,
-        }
+        upns.iter()
+            .any(|upn| match self.user_upns.get(upn.as_str()) {
+                Some(Some(member_id)) => id.is_none_or(|id| id == member_id),
+                Some(None) => true,
+                None => false,
+            })
     }
 }

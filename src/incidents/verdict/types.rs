@@ -55,6 +55,11 @@ pub enum AssetReason {
     InDeviceGroup { group: String },
     /// Covered: a direct member of the scoped user group.
     DirectMember,
+    /// Covered, offline: listed in the desired state (nothing about the tenant was observed).
+    Listed,
+    /// Not covered, offline: listed, but the alert evidence placed the device in another
+    /// group. Offline neither the tag nor the group ranks were read, so no cause is claimed.
+    ElsewhereAtAlert { group: String },
     /// Not covered: neither tagged nor a member (nor listed, offline).
     NotInScope,
     /// Not covered: in the device group, but the platform is not one the service covers.
@@ -75,6 +80,10 @@ impl AssetReason {
                 format!("in_device_group\t{}", group.to_lowercase())
             }
             AssetReason::DirectMember => "direct_member".into(),
+            AssetReason::Listed => "listed".into(),
+            AssetReason::ElsewhereAtAlert { group } => {
+                format!("elsewhere_at_alert\t{}", group.to_lowercase())
+            }
             AssetReason::NotInScope => "not_in_scope".into(),
             AssetReason::PlatformNotCovered { platform } => format!(
                 "platform_not_covered\t{}",
@@ -90,6 +99,8 @@ impl AssetReason {
         match self {
             AssetReason::InDeviceGroup { .. } => "in_device_group",
             AssetReason::DirectMember => "direct_member",
+            AssetReason::Listed => "listed",
+            AssetReason::ElsewhereAtAlert { .. } => "elsewhere_at_alert",
             AssetReason::NotInScope => "not_in_scope",
             AssetReason::PlatformNotCovered { .. } => "platform_not_covered",
             AssetReason::Outranked { .. } => "outranked",
@@ -104,12 +115,18 @@ impl fmt::Display for AssetReason {
         match self {
             AssetReason::InDeviceGroup { group } => write!(f, "in device group {group}"),
             AssetReason::DirectMember => f.write_str("direct member of the scoped user group"),
+            AssetReason::Listed => f.write_str("listed in the desired state"),
+            AssetReason::ElsewhereAtAlert { group } => write!(
+                f,
+                "at the time of the alert the device was in group {group}, \
+                 not the scoped device group"
+            ),
             AssetReason::NotInScope => f.write_str("not in scope"),
             AssetReason::PlatformNotCovered {
                 platform: Some(platform),
             } => write!(f, "platform {platform} not covered"),
             AssetReason::PlatformNotCovered { platform: None } => {
-                f.write_str("platform unknown, not covered")
+                f.write_str("platform not reported, so coverage is not established")
             }
             AssetReason::Outranked { group } => write!(f, "outranked by group {group}"),
             AssetReason::TagNotMatched => {
@@ -182,9 +199,29 @@ pub enum Reason {
     NoAlerts,
     NoImpactedAsset,
     NoCoveredAsset,
+    /// Evidence items of an alert without `@odata.type`: nothing in them could be read.
+    UntypedEvidence {
+        alert: String,
+        count: usize,
+    },
+    /// Local or system accounts in the evidence: impacted, but no user group can hold them.
+    LocalAccounts {
+        count: usize,
+    },
 }
 
 impl Reason {
+    /// A note on how the evidence or the policy was read, not a cause of the outcome: the
+    /// comment lists notes apart from the reasons of an OUT OF SCOPE verdict.
+    pub fn is_note(&self) -> bool {
+        matches!(
+            self,
+            Reason::MixedIncidentEligible { .. }
+                | Reason::UntypedEvidence { .. }
+                | Reason::LocalAccounts { .. }
+        )
+    }
+
     fn stable(&self) -> String {
         let kinds =
             |kinds: &[ExcludedKind]| kinds.iter().map(|k| k.code()).collect::<Vec<_>>().join(",");
@@ -203,6 +240,10 @@ impl Reason {
             Reason::NoAlerts => "no_alerts".into(),
             Reason::NoImpactedAsset => "no_impacted_asset".into(),
             Reason::NoCoveredAsset => "no_covered_asset".into(),
+            Reason::UntypedEvidence { alert, count } => {
+                format!("untyped_evidence\t{alert}\t{count}")
+            }
+            Reason::LocalAccounts { count } => format!("local_accounts\t{count}"),
         }
     }
 }
@@ -240,6 +281,21 @@ impl fmt::Display for Reason {
             Reason::NoAlerts => f.write_str("no alerts, so no impacted asset"),
             Reason::NoImpactedAsset => f.write_str("no impacted asset (device or user)"),
             Reason::NoCoveredAsset => f.write_str("no covered asset"),
+            Reason::UntypedEvidence { alert, count: 1 } => write!(
+                f,
+                "alert {alert}: 1 evidence item has no @odata.type and was not read"
+            ),
+            Reason::UntypedEvidence { alert, count } => write!(
+                f,
+                "alert {alert}: {count} evidence items have no @odata.type and were not read"
+            ),
+            Reason::LocalAccounts { count: 1 } => f.write_str(
+                "1 local or system account in the evidence, which no user group can hold",
+            ),
+            Reason::LocalAccounts { count } => write!(
+                f,
+                "{count} local or system accounts in the evidence, which no user group can hold"
+            ),
         }
     }
 }
@@ -253,12 +309,23 @@ pub struct Verdict {
     pub assets: Vec<Asset>,
     pub reasons: Vec<Reason>,
     pub priority_findings: Vec<PriorityFinding>,
+    /// Defender Experts have taken the incident on (`assignedTo` is the policy's pickup
+    /// assignee): the comment acknowledges it, and an OUT OF SCOPE verdict says its picture
+    /// of the scope disagrees with theirs.
+    pub taken_by_experts: bool,
     /// Lower-case hex, [`DIGEST_HEX_LEN`] characters: changes when the outcome, the assets,
-    /// their coverage or the reasons change; not with alert order, enum casing or elapsed time.
+    /// their coverage or the reasons change, or when Defender Experts take an incident judged
+    /// OUT OF SCOPE; not with alert order, enum casing or elapsed time.
     pub digest: String,
 }
 
 impl Verdict {
+    /// Defender Experts took on an incident this verdict judges OUT OF SCOPE: dexscope's picture
+    /// of the scope, or the service's, is wrong.
+    pub fn scope_mismatch(&self) -> bool {
+        self.taken_by_experts && self.outcome == Outcome::OutOfScope
+    }
+
     pub fn covered(&self) -> impl Iterator<Item = &Asset> {
         self.assets.iter().filter(|asset| asset.covered)
     }
@@ -274,19 +341,23 @@ pub(super) fn finish(
     assets: Vec<Asset>,
     reasons: Vec<Reason>,
     priority_findings: Vec<PriorityFinding>,
+    taken_by_experts: bool,
 ) -> Verdict {
-    let digest = digest(&outcome, &assets, &reasons);
+    // Only a disagreement changes the digest: it is the one pickup the comment must answer.
+    let mismatch = taken_by_experts && outcome == Outcome::OutOfScope;
+    let digest = digest(&outcome, &assets, &reasons, mismatch);
     Verdict {
         incident_id: incident.id.clone(),
         outcome,
         assets,
         reasons,
         priority_findings,
+        taken_by_experts,
         digest,
     }
 }
 
-fn digest(outcome: &Outcome, assets: &[Asset], reasons: &[Reason]) -> String {
+fn digest(outcome: &Outcome, assets: &[Asset], reasons: &[Reason], mismatch: bool) -> String {
     let mut lines: Vec<String> = assets
         .iter()
         .map(|asset| {
@@ -304,6 +375,9 @@ fn digest(outcome: &Outcome, assets: &[Asset], reasons: &[Reason]) -> String {
             .iter()
             .map(|reason| format!("reason\t{}", reason.stable())),
     );
+    if mismatch {
+        lines.push("taken_by_experts".into());
+    }
     lines.sort();
     let mut hasher = Sha256::new();
     hasher.update(b"dexscope-verdict v1\n");
@@ -346,6 +420,9 @@ struct VerdictJson<'a> {
     assets: Vec<AssetJson<'a>>,
     reasons: Vec<String>,
     priority_findings: &'a [PriorityFinding],
+    /// Present only when true, so the JSON of an incident nobody took is as before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    taken_by_experts: bool,
     digest: &'a str,
 }
 
@@ -375,6 +452,7 @@ impl Serialize for Verdict {
                 .collect(),
             reasons: self.reasons.iter().map(ToString::to_string).collect(),
             priority_findings: &self.priority_findings,
+            taken_by_experts: self.taken_by_experts,
             digest: &self.digest,
         }
         .serialize(serializer)
