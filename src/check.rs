@@ -395,10 +395,10 @@ fn with_more(names: &[&str], total: usize) -> String {
     s
 }
 
+/// One line for the plugin output: a line break ends the status line and a `|` starts its
+/// perfdata (Nagios plugin guidelines), so neither may come from a message.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() || c == '|' { ' ' } else { c })
-        .collect()
+    crate::text::one_line(s).replace('|', " ")
 }
 
 /// How long the whole probe may take unless `--timeout` says otherwise: 10 s, the default

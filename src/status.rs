@@ -205,7 +205,11 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
     }
     for l in loops.iter().filter(|l| l.stale) {
         problems.push(match l.last_success_age_secs {
-            Some(age) => format!("{} loop: last success {} ago", l.name, age_text(age)),
+            Some(age) => format!(
+                "{} loop: last success {} ago",
+                l.name,
+                crate::text::age(age)
+            ),
             None => format!("{} loop: no successful pass recorded", l.name),
         });
     }
@@ -289,17 +293,6 @@ fn loop_status(
         last_success,
         last_success_age_secs: last_success.map(|t| (now - t).num_seconds().max(0)),
         stale: records::is_stale(every, last_success, now),
-    }
-}
-
-/// `90s`, `5m`, `2h 5m`, `3d 4h`: the duration format of the config.
-fn age_text(secs: i64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
     }
 }
 
@@ -425,14 +418,14 @@ impl Status {
                 .unwrap_or_else(|| "never".into());
             let age = l
                 .last_success_age_secs
-                .map(age_text)
+                .map(crate::text::age)
                 .unwrap_or_else(|| "-".into());
             let mark = if l.stale { "  STALE" } else { "" };
             let _ = writeln!(
                 s,
                 "  {:<15} {when:<16} {age:>6}  {}{mark}",
                 l.name,
-                age_text(l.every_secs as i64)
+                crate::text::age(l.every_secs as i64)
             );
             if let Some(e) = &l.last_error {
                 let _ = writeln!(s, "    last pass failed: {e}");
@@ -552,12 +545,12 @@ mod tests {
             let l = loop_status("reconcile", every, p.as_ref(), now);
             assert_eq!(l.stale, *stale, "{p:?}");
             assert_eq!(
-                l.last_success_age_secs.map(age_text).as_deref(),
+                l.last_success_age_secs.map(crate::text::age).as_deref(),
                 *age,
                 "{p:?}"
             );
         }
-        assert_eq!(age_text(59), "59s");
-        assert_eq!(age_text(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+        assert_eq!(crate::text::age(59), "59s");
+        assert_eq!(crate::text::age(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
     }
 }

@@ -58,6 +58,17 @@ pub(crate) fn duration(d: Duration) -> String {
     out
 }
 
+/// A coarse age for a summary line, at most two units: `59s`, `12m`, `3h 5m`, `3d 4h`.
+pub(crate) fn age(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
