@@ -29,4 +29,5 @@ mod status;
 mod support;
 mod tenant;
 mod throttle;
+mod truncation;
 mod verdict;
