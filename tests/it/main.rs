@@ -14,6 +14,7 @@ mod defender;
 mod delta;
 mod desired;
 mod export;
+mod export_links;
 mod faults;
 mod gitsource;
 mod graph;
