@@ -24,6 +24,7 @@ mod metrics;
 mod priority;
 mod reconcile;
 mod sim;
+mod slowloris;
 mod staleness;
 mod state;
 mod status;
