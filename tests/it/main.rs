@@ -22,6 +22,7 @@ mod http;
 mod incidents;
 mod metrics;
 mod priority;
+mod readonly_state;
 mod reconcile;
 mod sim;
 mod slowloris;
