@@ -210,7 +210,7 @@ async fn connect(config: Arc<Config>, out: &mut dyn std::io::Write) -> Result<De
     }
     metrics.token_obtained(chrono::Utc::now());
     let desired = Arc::new(DesiredWatch::new(config.scope.desired_state.clone()));
-    daemon::refresh_desired(&desired, &scheduler.alerter, None).await;
+    daemon::load_desired(&desired, &scheduler.alerter).await;
     let ctx = PassContext {
         config,
         tenant,

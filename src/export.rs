@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
@@ -351,8 +351,12 @@ pub async fn export_command(
     0
 }
 
-/// Writes the whole file or nothing: a temporary file next to it, renamed into place. Without
-/// `force` the final step refuses an existing file (also one created since the first check).
+/// Writes the whole file or nothing: a fresh temporary file next to it, flushed to disk, then
+/// renamed into place and the directory flushed, so a crash leaves the old file or the new one.
+/// Without `force` the final step refuses an existing file (also one created since the first
+/// check). Nothing planted in the directory is written through: the temporary file is created
+/// with `O_CREAT | O_EXCL` under an unpredictable name, which fails on any existing name,
+/// symlinks included; a symlink at the target is replaced by the rename, never followed.
 fn write_file(path: &Path, text: &str, force: bool) -> Result<(), ExportError> {
     let failed = |source| ExportError::Write {
         path: path.display().to_string(),
@@ -363,27 +367,30 @@ fn write_file(path: &Path, text: &str, force: bool) -> Result<(), ExportError> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{}.export-{}",
-        name.as_deref().unwrap_or("desired"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text).map_err(failed)?;
-    let placed = if force {
-        std::fs::rename(&tmp, path)
-    } else {
-        // A hard link fails when the target exists: no window in which a file is overwritten.
-        std::fs::hard_link(&tmp, path)
-    };
-    let _ = std::fs::remove_file(&tmp).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Ok(())
+    let (tmp, mut file) =
+        create_temporary(dir, name.as_deref().unwrap_or("desired")).map_err(failed)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
+    drop(file);
+    let placed = written.and_then(|()| {
+        if force {
+            std::fs::rename(&tmp, path)
         } else {
-            Err(e)
+            // A hard link fails when the target exists (a symlink too): no window in which a
+            // file is overwritten.
+            std::fs::hard_link(&tmp, path)
         }
     });
+    // After a rename the name is gone (or someone else's); otherwise it is ours to remove.
+    if !(force && placed.is_ok()) {
+        let _ = std::fs::remove_file(&tmp);
+    }
     match placed {
-        Ok(()) => Ok(()),
+        // The rename is durable only once the directory entry is on disk.
+        Ok(()) => std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ExportError::Exists {
             path: path.display().to_string(),
         }),
@@ -391,9 +398,30 @@ fn write_file(path: &Path, text: &str, force: bool) -> Result<(), ExportError> {
     }
 }
 
+/// A new file in `dir` that did not exist before (no symlink followed), readable like a file
+/// written by `cp`. A name taken by someone else is skipped for another random one.
+fn create_temporary(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.export-{:016x}", rand::random::<u64>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::AlreadyExists.into()))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::desired::{self, DeviceKey, Mode, UserKey};

@@ -89,6 +89,8 @@
 //!   error message of this crate contains a secret, a token or a client assertion.
 //! - Wire types never leave their client module.
 
+#![deny(unsafe_code)]
+
 pub mod alerts;
 pub mod auth;
 pub mod check;

@@ -2,6 +2,7 @@
 //!
 //! Thin on purpose: parse the command line, set up logging, hand over to the library, turn the
 //! outcome into an explicit exit code. `anyhow` appears here and nowhere else.
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -194,6 +195,7 @@ fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only changes allocator parameters; it is called first thing in `main`,
     // before any other thread exists.
+    #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);

@@ -517,15 +517,97 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
         .with_state(metrics)
 }
 
-/// Serves until `shutdown` completes.
+/// At most this many scrape connections at once; more wait in the listen backlog. Far below the
+/// unit's `LimitNOFILE=1024`, so stalled clients can never take the descriptors that outbound
+/// HTTP and SQLite need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this time of the connection waiting for them.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed this long after it opened, idle or not: a scraper reconnects, and
+/// nobody can hold a connection open for good.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// After shutdown starts, open connections get this long to finish, then are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves until `shutdown` completes, then gives open connections [`SHUTDOWN_GRACE`] to finish.
+/// Connections are capped at [`MAX_CONNECTIONS`], and bounded by [`HEADER_READ_TIMEOUT`] and
+/// [`CONNECTION_LIFETIME`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(metrics);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait, go on.
+                    tracing::warn!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Reap finished connections so the set does not grow with every scrape.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(connection(stream, app.clone(), stopping.clone(), slot));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "metrics endpoint: dropping connections still open after the shutdown grace"
+        );
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// One connection: HTTP/1 with a header-read timeout and a lifetime, shut down gracefully when
+/// `stopping` turns true. Holds its connection slot until it ends.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: axum::Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(lifetime);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = &mut lifetime => return,
+            changed = stopping.changed(), if !closing => {
+                if changed.is_err() || *stopping.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }
 
 async fn metrics_page(

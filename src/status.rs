@@ -459,15 +459,7 @@ pub fn status_command(
     err: &mut dyn Write,
 ) -> u8 {
     let path = &config.state.path;
-    if !path.exists() {
-        let _ = writeln!(
-            err,
-            "dexscope: no state database at {}; start the daemon (dexscope run) or check [state] path",
-            path.display()
-        );
-        return 1;
-    }
-    let inputs = match State::open(path).and_then(|state| gather(&state, now)) {
+    let inputs = match State::open_read_only(path).and_then(|state| gather(&state, now)) {
         Ok(i) => i,
         Err(e) => {
             let _ = writeln!(err, "dexscope: {e}");

@@ -36,7 +36,7 @@ pub use schedule::{
     next_delay, pass_record,
 };
 pub use systemd::{Progress, notify, notify_flush};
-pub use watch::{DesiredWatch, Refresh, refresh_desired};
+pub use watch::{DesiredWatch, Refresh, load_desired, refresh_desired};
 
 use systemd::{status, watchdog};
 use watch::watch_desired;
@@ -266,7 +266,7 @@ async fn start_loops(
 ) -> Running {
     let desired = Arc::new(DesiredWatch::new(setup.config.scope.desired_state.clone()));
     let trigger = Arc::new(Notify::new());
-    refresh_desired(&desired, &setup.scheduler.alerter, None).await;
+    load_desired(&desired, &setup.scheduler.alerter).await;
     let ctx = PassContext {
         config: setup.config.clone(),
         tenant: setup.tenant.clone(),

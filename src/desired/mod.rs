@@ -236,6 +236,11 @@ pub struct DesiredState {
     pub commit: Option<String>,
     /// The files read, in merge order.
     pub sources: Vec<PathBuf>,
+    /// Set by the daemon's watch, never by parsing: this reload lost entries because the file
+    /// they were written in vanished or became empty since the last clean read (a half-done
+    /// write or checkout looks exactly like that). The reconcile pass removes nothing while it
+    /// is set; the text names the files, for the plan and the alert.
+    pub removals_held: Option<String>,
 }
 
 impl DesiredState {

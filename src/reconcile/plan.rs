@@ -28,6 +28,8 @@ pub struct ResolvedDesired {
     pub declared_empty_ok: bool,
     /// The files list no entries at all (before resolution and expiry).
     pub listed_nothing: bool,
+    /// The desired state's `removals_held`: entries vanished with their file, remove nothing.
+    pub removals_held: Option<String>,
 }
 
 /// The tenant as read at the start of the pass.
@@ -167,6 +169,8 @@ pub enum KeptBecause {
     RemovalGuard,
     /// The object matches a desired entry that did not resolve: it may be exactly that entry.
     MatchesUnresolved { entry: String },
+    /// Entries vanished from the desired state with their file (it vanished or emptied).
+    FileVanished { files: String },
 }
 
 impl fmt::Display for KeptBecause {
@@ -179,6 +183,9 @@ impl fmt::Display for KeptBecause {
             KeptBecause::RemovalGuard => f.write_str("removal guard"),
             KeptBecause::MatchesUnresolved { entry } => {
                 write!(f, "matches unresolved entry {entry}")
+            }
+            KeptBecause::FileVanished { files } => {
+                write!(f, "desired-state file vanished or emptied: {files}")
             }
         }
     }
@@ -385,7 +392,17 @@ fn write_unresolved(f: &mut fmt::Formatter<'_>, u: &Unresolved) -> fmt::Result {
 /// and a converged tenant (desired ⊆ actual, nothing extra) gives an empty plan.
 pub fn plan(desired: &ResolvedDesired, actual: &Actual, settings: &PlanSettings) -> Plan {
     let protection = Protection::new(&desired.unresolved);
-    let empty_blocks_removal = desired.listed_nothing && !desired.declared_empty_ok;
+    // A reload that lost a file's entries holds every removal, whichever file the candidate
+    // came from: which member belonged to the lost file is not known once it is gone.
+    let hold = match &desired.removals_held {
+        Some(files) => Some(KeptBecause::FileVanished {
+            files: files.clone(),
+        }),
+        None if desired.listed_nothing && !desired.declared_empty_ok => {
+            Some(KeptBecause::EmptyDesiredState)
+        }
+        None => None,
+    };
 
     let (user_adds, user_candidates) = user_changes(desired, actual);
     let (user_candidates, user_protected) =
@@ -401,7 +418,7 @@ pub fn plan(desired: &ResolvedDesired, actual: &Actual, settings: &PlanSettings)
         user_adds,
         user_candidates,
         user_protected,
-        empty_blocks_removal,
+        hold.clone(),
         settings,
     );
 
@@ -419,7 +436,7 @@ pub fn plan(desired: &ResolvedDesired, actual: &Actual, settings: &PlanSettings)
         device_adds,
         device_candidates,
         device_protected,
-        empty_blocks_removal,
+        hold,
         settings,
     );
 
@@ -571,7 +588,7 @@ fn group_plan<A, R>(
     mut add: Vec<Change<A>>,
     candidates: Vec<Change<R>>,
     protected: Vec<(Change<R>, KeptBecause)>,
-    empty_blocks_removal: bool,
+    hold: Option<KeptBecause>,
     settings: &PlanSettings,
 ) -> GroupPlan<A, R>
 where
@@ -585,8 +602,8 @@ where
         None
     } else if !settings.prune {
         Some(KeptBecause::PruneOff)
-    } else if empty_blocks_removal {
-        Some(KeptBecause::EmptyDesiredState)
+    } else if hold.is_some() {
+        hold
     } else if over && !settings.allow_mass_removal {
         guard = Guard::Refused {
             removals: n,
@@ -788,6 +805,7 @@ mod tests {
             unresolved: Vec::new(),
             declared_empty_ok: false,
             listed_nothing: users.is_empty() && devices.is_empty(),
+            removals_held: None,
         }
     }
 

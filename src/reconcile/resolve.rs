@@ -71,6 +71,7 @@ pub async fn resolve(
             unresolved,
             declared_empty_ok: desired.allow_empty,
             listed_nothing: desired.is_empty(),
+            removals_held: desired.removals_held.clone(),
         },
         actual: Actual { members, tagged },
     })

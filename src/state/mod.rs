@@ -61,6 +61,18 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "no state database at {path}: has the daemon run? start it (dexscope run) or check [state] path"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "the state database {path} has schema version {found}, older than this dexscope writes ({known}); start the daemon once to migrate it"
+    )]
+    TooOld {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("cannot open the state database {path}; check state.path and its permissions")]
     Open {
         path: PathBuf,
@@ -138,6 +150,46 @@ impl State {
             conn: Mutex::new(conn),
         };
         state.migrate()?;
+        Ok(state)
+    }
+
+    /// Opens an existing database read-only, for readers beside the daemon (`status`,
+    /// `check`): nothing is created, migrated or written, so a reader never changes the
+    /// daemon's file and works on a read-only copy. A schema this build does not read exactly
+    /// is refused with what to do.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StateError> {
+        use rusqlite::OpenFlags;
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(StateError::Missing { path });
+        }
+        let open_err = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let state = State {
+            path,
+            conn: Mutex::new(conn),
+        };
+        let found = state.schema_version()?;
+        let known = schema::SCHEMA_VERSION;
+        if found > known {
+            return Err(StateError::TooNew {
+                path: state.path,
+                found,
+                known,
+            });
+        }
+        if found < known {
+            return Err(StateError::TooOld {
+                path: state.path,
+                found,
+                known,
+            });
+        }
         Ok(state)
     }
 

@@ -143,7 +143,7 @@ impl Env {
     fn context(&self) -> PassContext {
         let config = self.config();
         let desired = DesiredWatch::new(config.scope.desired_state.clone());
-        desired.refresh(now().date_naive());
+        desired.settle(now().date_naive(), std::time::Duration::from_millis(10), 10);
         PassContext {
             tenant: Tenant::from_config(&config).unwrap(),
             state: Arc::new(State::open(&config.state.path).unwrap()),

@@ -253,6 +253,8 @@ fn wait(child: &mut Child, timeout: Duration) -> Result<ExitStatus, GitFailure> 
     }
 }
 
+// std offers no way to signal a process group, and the crate's other unsafe code is denied.
+#[allow(unsafe_code)]
 fn kill_group(child: &mut Child) {
     match i32::try_from(child.id()) {
         // SAFETY: kill(2) with a negative pid signals the process group the child leads
