@@ -22,6 +22,7 @@ mod incidents;
 mod metrics;
 mod priority;
 mod reconcile;
+mod secret_files;
 mod sim;
 mod staleness;
 mod state;
