@@ -29,6 +29,10 @@ pub(super) enum TransportError {
     Build(String),
     #[error("{0}")]
     Network(String),
+    /// A redirect is never followed: the next request would carry the credential to a host
+    /// the config did not name.
+    #[error("the token endpoint answered {status}, a redirect, which is not followed")]
+    Redirect { status: reqwest::StatusCode },
     #[error("the token endpoint answered {status}")]
     Status {
         status: reqwest::StatusCode,
@@ -111,6 +115,9 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp<'_> {
                 trace_id = ids.trace_id.as_deref(),
                 "token request"
             );
+            if status.is_redirection() {
+                return Err(TransportError::Redirect { status });
+            }
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 let retry_after = headers
                     .get(reqwest::header::RETRY_AFTER)
@@ -179,7 +186,9 @@ impl FetchError {
 
     pub(super) fn is_transient(&self) -> bool {
         match self {
-            FetchError::Transport(TransportError::Build(_)) => false,
+            FetchError::Transport(TransportError::Build(_) | TransportError::Redirect { .. }) => {
+                false
+            }
             FetchError::Transport(_) => true,
             FetchError::Refused(body) => is_transient_refusal(body),
             FetchError::Unreadable(_) | FetchError::Assertion(_) => false,
@@ -218,6 +227,13 @@ impl FetchError {
                     permanent: false,
                 }
             }
+            FetchError::Transport(e @ TransportError::Redirect { .. }) => TokenError {
+                message: format!(
+                    "token request for {resource} failed: {e} — set endpoints.login to the \
+                     token endpoint's own address"
+                ),
+                permanent: true,
+            },
             FetchError::Transport(e) => TokenError {
                 message: format!(
                     "token request for {resource} failed: {e} — check network access to the login \

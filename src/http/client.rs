@@ -158,14 +158,25 @@ impl Client {
 
     /// The process's one `reqwest::Client`, built from `settings`; the token cache is given the
     /// same client (see [`Client::with_reqwest`]) so tokens and API calls share one pool.
+    ///
+    /// No redirect is followed and no `Referer` is sent: a redirect would carry the client
+    /// secret (token endpoint) or the bearer token to a host the config never named, and a
+    /// `Referer` would carry the webhook URL, itself a secret. See [`Settings::loopback_only`]
+    /// for plain http and proxies.
     pub fn build_reqwest(settings: &Settings) -> Result<reqwest::Client, Error> {
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .tls_backend_rustls()
             .user_agent(concat!("dexscope/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
-            .build()
-            .map_err(|e| Error::Build(error_chain(&e)))
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false);
+        let builder = if settings.loopback_only {
+            builder.no_proxy()
+        } else {
+            builder.https_only(true)
+        };
+        builder.build().map_err(|e| Error::Build(error_chain(&e)))
     }
 
     /// Wraps an existing `reqwest::Client` (built by [`Client::build_reqwest`]).

@@ -22,6 +22,7 @@ mod incidents;
 mod metrics;
 mod priority;
 mod reconcile;
+mod redirects;
 mod secret_files;
 mod sim;
 mod staleness;
