@@ -130,6 +130,10 @@ struct Page<T> {
     next_link: Option<String>,
 }
 
+/// The most pages one listing reads. Graph pages hold up to 999 members and MDE pages up to
+/// 10,000 machines, so this is tens of millions of items: only a link that goes round reaches it.
+const MAX_PAGES: u32 = 100_000;
+
 /// Percent-encodes an OData query value so `#`, `&`, `+`, `=`, `%` and spaces survive; the
 /// characters OData syntax needs (`'`, `(`, `)`, `,`, `:`, `/`, `@`, `$`) stay readable.
 pub fn encode_query_value(s: &str) -> String {
@@ -263,10 +267,18 @@ impl Client {
         mut each: impl FnMut(Vec<T>),
     ) -> Result<(), Error> {
         let origin = first.url.origin();
+        let first_path = first.url.path().to_string();
+        let mut seen = std::collections::HashSet::from([first.url.to_string()]);
         let mut req = first;
         let mut page_no = 0u32;
         loop {
             page_no += 1;
+            if page_no > MAX_PAGES {
+                return Err(Error::PagingLoop {
+                    path: first_path,
+                    problem: format!("ran past {MAX_PAGES} pages"),
+                });
+            }
             let resp = match self.send(req.clone()).await {
                 Err(e) if not_found_is_empty && page_no == 1 && e.status() == Some(404) => {
                     return Ok(());
@@ -289,6 +301,12 @@ impl Client {
                 return Err(Error::ForeignLink {
                     host: next.host_str().unwrap_or("").to_string(),
                     expected: req.url.host_str().unwrap_or("").to_string(),
+                });
+            }
+            if !seen.insert(next.to_string()) {
+                return Err(Error::PagingLoop {
+                    path: first_path,
+                    problem: "sent a @odata.nextLink already read".into(),
                 });
             }
             req.url = next;

@@ -129,6 +129,10 @@ pub enum Error {
     /// A paging link points to another host; the token is never sent there.
     #[error("paging link to host {host} leaves the api host {expected}; refusing to follow it")]
     ForeignLink { host: String, expected: String },
+    /// Paging went round: a `@odata.nextLink` repeated one already read, or the pages ran past
+    /// the cap. Either way the listing would never end.
+    #[error("paging of {path} {problem}; refusing to read on")]
+    PagingLoop { path: String, problem: String },
     /// A URL could not be built from the configured root.
     #[error("cannot build a url from {input}: {detail}; check the endpoint settings")]
     Url { input: String, detail: String },
@@ -149,6 +153,7 @@ impl Error {
             Error::Token { source, .. } => !source.permanent,
             Error::Decode { .. }
             | Error::ForeignLink { .. }
+            | Error::PagingLoop { .. }
             | Error::Url { .. }
             | Error::Build(_) => false,
         }

@@ -17,6 +17,7 @@ mod export;
 mod faults;
 mod gitsource;
 mod graph;
+mod hostile_numbers;
 mod http;
 mod incidents;
 mod metrics;
