@@ -22,6 +22,7 @@ mod http;
 mod incidents;
 mod metrics;
 mod priority;
+mod proxy;
 mod reconcile;
 mod redirects;
 mod secret_files;
