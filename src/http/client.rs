@@ -367,7 +367,8 @@ impl Client {
     }
 
     /// One attempt: the limiter cells, a bearer token, the request on the wire. The outer error
-    /// is a token failure (not retried here); the inner one a transport failure.
+    /// is a token failure or a body past the cap (neither retried here); the inner one a
+    /// transport failure.
     async fn attempt(
         &self,
         req: &Request,
@@ -388,7 +389,15 @@ impl Client {
         let sent = self.send_once(req, &token).await;
         // The answer is in: window cells count from now (see `limit::Window`).
         drop(permits);
-        Ok(sent)
+        match sent {
+            Ok(Err(BodyTooLarge)) => Err(Error::BodyTooLarge {
+                method: req.method.to_string(),
+                path: req.url.path().to_string(),
+                limit: inner.settings.max_body_bytes,
+            }),
+            Ok(Ok(answer)) => Ok(Ok(answer)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// What an HTTP answer means: success, a refused token, a failure to retry (with the
@@ -564,7 +573,7 @@ impl Client {
         &self,
         req: &Request,
         token: &SecretString,
-    ) -> Result<Answer, reqwest::Error> {
+    ) -> Result<Result<Answer, BodyTooLarge>, reqwest::Error> {
         let mut b = self
             .inner
             .http
@@ -579,10 +588,10 @@ impl Client {
         let resp = b.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        // The body as reqwest collected it: a page of 10,000 machines is megabytes, and a
-        // copy of it would be one more.
-        let body = resp.bytes().await?;
-        Ok((status, headers, body))
+        let Some(body) = read_capped(resp, self.inner.settings.max_body_bytes).await? else {
+            return Ok(Err(BodyTooLarge));
+        };
+        Ok(Ok((status, headers, body)))
     }
 
     pub(super) fn inner_limits(&self) -> &Limits {
@@ -592,6 +601,35 @@ impl Client {
     pub(super) fn recorder(&self) -> &Recorder {
         &self.inner.stats
     }
+}
+
+/// A response body ran past [`Settings::max_body_bytes`].
+struct BodyTooLarge;
+
+/// The body, or `None` once it runs past `limit` bytes (announced or received): a hostile or
+/// broken endpoint cannot make the daemon hold an unbounded body. Read in one piece when it
+/// comes in one chunk, so a page of 10,000 machines (megabytes) is not copied again.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: u64,
+) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut total = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        total += chunk.len() as u64;
+        if total > limit {
+            return Ok(None);
+        }
+        chunks.push(chunk);
+    }
+    Ok(Some(match chunks.len() {
+        0 => bytes::Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }))
 }
 
 /// An HTTP answer: status, headers and the body as collected.

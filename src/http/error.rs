@@ -126,6 +126,17 @@ pub enum Error {
         path: String,
         detail: String,
     },
+    /// The response body ran past the cap ([`super::Settings::max_body_bytes`]); not retried,
+    /// since the same request would bring the same body.
+    #[error(
+        "{method} {path} returned a body of more than {limit} bytes; refusing to read it (a \
+         proxy or endpoint answering with something other than the api?)"
+    )]
+    BodyTooLarge {
+        method: String,
+        path: String,
+        limit: u64,
+    },
     /// A paging link points to another host; the token is never sent there.
     #[error("paging link to host {host} leaves the api host {expected}; refusing to follow it")]
     ForeignLink { host: String, expected: String },
@@ -152,6 +163,7 @@ impl Error {
             Error::Exhausted { last, .. } => last.is_transient(),
             Error::Token { source, .. } => !source.permanent,
             Error::Decode { .. }
+            | Error::BodyTooLarge { .. }
             | Error::ForeignLink { .. }
             | Error::PagingLoop { .. }
             | Error::Url { .. }

@@ -182,6 +182,9 @@ impl Default for RetrySettings {
     }
 }
 
+/// The default of [`Settings::max_body_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Everything the HTTP layer needs besides the token source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -201,6 +204,9 @@ pub struct Settings {
     /// proxy from the environment never sees loopback traffic or the secret in it. Otherwise
     /// the client is https-only: through a proxy that is a CONNECT tunnel the proxy cannot read.
     pub loopback_only: bool,
+    /// The largest response body read; a longer one is an error naming the endpoint. A page of
+    /// 10,000 MDE machines is tens of megabytes, so the default leaves room several times over.
+    pub max_body_bytes: u64,
 }
 
 impl Settings {
@@ -212,6 +218,7 @@ impl Settings {
             retry: RetrySettings::default(),
             quotas: Quotas::default(),
             write_batches_in_flight: DEFAULT_WRITE_BATCHES_IN_FLIGHT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             loopback_only: crate::config::is_loopback(&graph_root)
                 && crate::config::is_loopback(&defender_root),
             graph_root,

@@ -4,6 +4,7 @@ mod alert_path;
 mod alerts;
 mod auth;
 mod badinput;
+mod body_caps;
 mod check;
 mod clients_sim;
 mod config;
