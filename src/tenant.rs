@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
+
 use crate::auth::{self, TokenCache};
 use crate::config::{self, Config};
 use crate::defender::DefenderClient;
@@ -76,6 +78,11 @@ pub fn http_settings(config: &Config) -> http::Settings {
         config.endpoints.graph.clone(),
         config.endpoints.defender.clone(),
     );
+    // The token endpoint and the webhook share the client, so they decide plain http too.
+    let webhook_loopback = config.alerts.webhook_url.as_ref().is_none_or(|url| {
+        url::Url::parse(url.expose_secret().trim()).is_ok_and(|u| config::is_loopback(&u))
+    });
+    settings.loopback_only &= config::is_loopback(&config.endpoints.login) && webhook_loopback;
     settings.request_timeout = config.http.timeout;
     settings.retry.max_attempts = config.http.max_attempts;
     settings.retry.max_retry_time = config.http.max_retry_time;

@@ -31,6 +31,9 @@ const REFRESH_RETRY_PAUSE: Duration = Duration::from_secs(30);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Assumed lifetime when the endpoint leaves out `expires_in` (Entra always sends it).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// The longest lifetime a token is trusted for, whatever `expires_in` says: Entra issues
+/// app tokens for 60 to 90 minutes, and a configurable token lifetime is at most 1 day.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 type EntraClient = oauth2::Client<
@@ -260,7 +263,12 @@ impl TokenCache {
                 "the token endpoint answered with an empty access token".into(),
             ));
         }
-        let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
+        // Clamped before any `Instant` arithmetic: `expires_in` is a bare number from the wire,
+        // and `Instant + u64::MAX seconds` panics.
+        let lifetime = response
+            .expires_in()
+            .unwrap_or(DEFAULT_LIFETIME)
+            .min(MAX_LIFETIME);
         // Replace `refresh_ahead` before expiry, but never sooner than half-way through a
         // short-lived token, or every call would refresh.
         let usable = lifetime

@@ -29,6 +29,12 @@ pub(super) enum TransportError {
     Build(String),
     #[error("{0}")]
     Network(String),
+    /// A redirect is never followed: the next request would carry the credential to a host
+    /// the config did not name.
+    #[error("the token endpoint answered {status}, a redirect, which is not followed")]
+    Redirect { status: reqwest::StatusCode },
+    #[error("the token endpoint's answer is longer than {MAX_TOKEN_BODY} bytes")]
+    TooLarge,
     #[error("the token endpoint answered {status}")]
     Status {
         status: reqwest::StatusCode,
@@ -91,12 +97,13 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp<'_> {
             };
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(|e| {
+            let body = read_capped(response).await.map_err(|e| {
                 TransportError::Network(format!(
                     "reading the token response failed: {}",
                     describe_reqwest(&e, self.timeout)
                 ))
             })?;
+            let body = body.ok_or(TransportError::TooLarge)?;
             let ids = if status.is_success() {
                 ErrorIds::default()
             } else {
@@ -111,6 +118,9 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp<'_> {
                 trace_id = ids.trace_id.as_deref(),
                 "token request"
             );
+            if status.is_redirection() {
+                return Err(TransportError::Redirect { status });
+            }
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 let retry_after = headers
                     .get(reqwest::header::RETRY_AFTER)
@@ -125,10 +135,32 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp<'_> {
             if let Some(h) = out.headers_mut() {
                 *h = headers;
             }
-            out.body(body.to_vec())
+            out.body(body)
                 .map_err(|e| TransportError::Build(e.to_string()))
         })
     }
+}
+
+/// A token answer is a few KiB (the token itself is under 8 KiB); this bounds what a hostile
+/// endpoint can make the daemon hold.
+const MAX_TOKEN_BODY: u64 = 1024 * 1024;
+
+/// The body, or `None` once it runs past [`MAX_TOKEN_BODY`] bytes (announced or received).
+async fn read_capped(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_TOKEN_BODY)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > MAX_TOKEN_BODY {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn describe_reqwest(e: &reqwest::Error, timeout: Option<Duration>) -> String {
@@ -179,7 +211,11 @@ impl FetchError {
 
     pub(super) fn is_transient(&self) -> bool {
         match self {
-            FetchError::Transport(TransportError::Build(_)) => false,
+            FetchError::Transport(
+                TransportError::Build(_)
+                | TransportError::Redirect { .. }
+                | TransportError::TooLarge,
+            ) => false,
             FetchError::Transport(_) => true,
             FetchError::Refused(body) => is_transient_refusal(body),
             FetchError::Unreadable(_) | FetchError::Assertion(_) => false,
@@ -218,6 +254,13 @@ impl FetchError {
                     permanent: false,
                 }
             }
+            FetchError::Transport(e @ TransportError::Redirect { .. }) => TokenError {
+                message: format!(
+                    "token request for {resource} failed: {e} — set endpoints.login to the \
+                     token endpoint's own address"
+                ),
+                permanent: true,
+            },
             FetchError::Transport(e) => TokenError {
                 message: format!(
                     "token request for {resource} failed: {e} — check network access to the login \

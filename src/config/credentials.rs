@@ -9,8 +9,8 @@ use url::Url;
 
 use super::error::show_path;
 use super::reader::{Reader, check_transport};
+use super::secret_file;
 use super::{ConfigError, Credential, DEV_SECRET_VAR, SecretSource};
-use crate::text::one_line;
 
 /// Where relative secret file names are looked for: `$CREDENTIALS_DIRECTORY` (systemd
 /// `LoadCredential=`) first, then the config file's directory.
@@ -35,11 +35,24 @@ impl SecretLookup {
     }
 }
 
-/// Reads a secret file into a `SecretString`, trailing newline trimmed. Errors name the file,
-/// never its content.
+impl SecretLookup {
+    /// Under `$CREDENTIALS_DIRECTORY` systemd has set the owner and mode itself (the files are
+    /// readable by the service's user only), so the permission checks are left to it there.
+    fn is_managed(&self, path: &Path) -> bool {
+        self.creds_dir
+            .as_deref()
+            .is_some_and(|d| path.starts_with(d))
+    }
+}
+
+/// Reads a secret file into a `SecretString`, trailing newline trimmed. The file is opened
+/// without following a symbolic link, must be a regular file of at most
+/// [`secret_file::MAX_SECRET_FILE`] bytes and, outside `$CREDENTIALS_DIRECTORY`, owned by this
+/// process's user and not readable by group or others. Errors name the file, never its content.
 pub(super) fn read_secret_file(
     what: &'static str,
     path: &Path,
+    lookup: &SecretLookup,
 ) -> Result<SecretString, ConfigError> {
     let err = |problem: String, todo: &str| ConfigError::SecretFile {
         what,
@@ -47,18 +60,8 @@ pub(super) fn read_secret_file(
         problem,
         todo: todo.to_string(),
     };
-    let bytes = std::fs::read(path).map_err(|e| {
-        let todo = if e.kind() == std::io::ErrorKind::NotFound {
-            "create it, or fix the file name (relative names are looked up in \
-             $CREDENTIALS_DIRECTORY, then next to the config file)"
-        } else {
-            "make it readable by the dexscope user"
-        };
-        err(
-            format!("cannot be read ({})", one_line(&e.to_string())),
-            todo,
-        )
-    })?;
+    let bytes = secret_file::read(path, lookup.is_managed(path))
+        .map_err(|refusal| err(refusal.problem, &refusal.todo))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| err("is not UTF-8 text".into(), "write the secret as plain text"))?;
     let trimmed = text.trim_end_matches(['\n', '\r']);
@@ -92,13 +95,13 @@ pub(super) fn read_credential(
         (Some(name), None) => {
             let path = lookup.find(&name);
             Credential::ClientSecret {
-                secret: read_secret_file("client secret", &path)?,
+                secret: read_secret_file("client secret", &path, lookup)?,
                 from: SecretSource::File(path),
             }
         }
         (None, Some(name)) => {
             let path = lookup.find(&name);
-            let pem = read_secret_file("certificate", &path)?;
+            let pem = read_secret_file("certificate", &path, lookup)?;
             check_pem(&pem, &path)?;
             Credential::Certificate { pem, path }
         }

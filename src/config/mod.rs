@@ -18,6 +18,7 @@ mod credentials;
 mod error;
 mod load;
 mod reader;
+mod secret_file;
 mod types;
 mod validate;
 

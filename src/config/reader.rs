@@ -246,6 +246,15 @@ impl Reader {
                 "write an absolute URL like https://graph.microsoft.com",
             )
         })?;
+        // Checked before anything quotes the value: a password in the URL must not reach the
+        // message, and a client would send it (and a redirect or proxy could see it).
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(
+                sk,
+                "carries a user name or password in the URL".into(),
+                "remove the user:password@ part: dexscope authenticates with its own credential",
+            ));
+        }
         if let Err(problem) = check_transport(&url) {
             return Err(self.invalid(
                 sk,
@@ -256,10 +265,7 @@ impl Reader {
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
             return Err(self.invalid(
                 sk,
-                format!(
-                    "{} carries a query, fragment or user name",
-                    self.quote(text)
-                ),
+                format!("{} carries a query or fragment", self.quote(text)),
                 "give only scheme, host, port and an optional path",
             ));
         }

@@ -51,7 +51,7 @@ pub(super) fn build(
         None => None,
         Some(name) => {
             let file = lookup.find(&name);
-            let url = read_secret_file("alert webhook URL", &file)?;
+            let url = read_secret_file("alert webhook URL", &file, &lookup)?;
             check_webhook(&url, &file)?;
             r.secrets.push(url.clone());
             Some(url)

@@ -130,6 +130,10 @@ struct Page<T> {
     next_link: Option<String>,
 }
 
+/// The most pages one listing reads. Graph pages hold up to 999 members and MDE pages up to
+/// 10,000 machines, so this is tens of millions of items: only a link that goes round reaches it.
+const MAX_PAGES: u32 = 100_000;
+
 /// Percent-encodes an OData query value so `#`, `&`, `+`, `=`, `%` and spaces survive; the
 /// characters OData syntax needs (`'`, `(`, `)`, `,`, `:`, `/`, `@`, `$`) stay readable.
 pub fn encode_query_value(s: &str) -> String {
@@ -158,14 +162,25 @@ impl Client {
 
     /// The process's one `reqwest::Client`, built from `settings`; the token cache is given the
     /// same client (see [`Client::with_reqwest`]) so tokens and API calls share one pool.
+    ///
+    /// No redirect is followed and no `Referer` is sent: a redirect would carry the client
+    /// secret (token endpoint) or the bearer token to a host the config never named, and a
+    /// `Referer` would carry the webhook URL, itself a secret. See [`Settings::loopback_only`]
+    /// for plain http and proxies.
     pub fn build_reqwest(settings: &Settings) -> Result<reqwest::Client, Error> {
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .tls_backend_rustls()
             .user_agent(concat!("dexscope/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
-            .build()
-            .map_err(|e| Error::Build(error_chain(&e)))
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false);
+        let builder = if settings.loopback_only {
+            builder.no_proxy()
+        } else {
+            builder.https_only(true)
+        };
+        builder.build().map_err(|e| Error::Build(error_chain(&e)))
     }
 
     /// Wraps an existing `reqwest::Client` (built by [`Client::build_reqwest`]).
@@ -252,10 +267,18 @@ impl Client {
         mut each: impl FnMut(Vec<T>),
     ) -> Result<(), Error> {
         let origin = first.url.origin();
+        let first_path = first.url.path().to_string();
+        let mut seen = std::collections::HashSet::from([first.url.to_string()]);
         let mut req = first;
         let mut page_no = 0u32;
         loop {
             page_no += 1;
+            if page_no > MAX_PAGES {
+                return Err(Error::PagingLoop {
+                    path: first_path,
+                    problem: format!("ran past {MAX_PAGES} pages"),
+                });
+            }
             let resp = match self.send(req.clone()).await {
                 Err(e) if not_found_is_empty && page_no == 1 && e.status() == Some(404) => {
                     return Ok(());
@@ -278,6 +301,12 @@ impl Client {
                 return Err(Error::ForeignLink {
                     host: next.host_str().unwrap_or("").to_string(),
                     expected: req.url.host_str().unwrap_or("").to_string(),
+                });
+            }
+            if !seen.insert(next.to_string()) {
+                return Err(Error::PagingLoop {
+                    path: first_path,
+                    problem: "sent a @odata.nextLink already read".into(),
                 });
             }
             req.url = next;
@@ -338,7 +367,8 @@ impl Client {
     }
 
     /// One attempt: the limiter cells, a bearer token, the request on the wire. The outer error
-    /// is a token failure (not retried here); the inner one a transport failure.
+    /// is a token failure or a body past the cap (neither retried here); the inner one a
+    /// transport failure.
     async fn attempt(
         &self,
         req: &Request,
@@ -359,7 +389,15 @@ impl Client {
         let sent = self.send_once(req, &token).await;
         // The answer is in: window cells count from now (see `limit::Window`).
         drop(permits);
-        Ok(sent)
+        match sent {
+            Ok(Err(BodyTooLarge)) => Err(Error::BodyTooLarge {
+                method: req.method.to_string(),
+                path: req.url.path().to_string(),
+                limit: inner.settings.max_body_bytes,
+            }),
+            Ok(Ok(answer)) => Ok(Ok(answer)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// What an HTTP answer means: success, a refused token, a failure to retry (with the
@@ -535,7 +573,7 @@ impl Client {
         &self,
         req: &Request,
         token: &SecretString,
-    ) -> Result<Answer, reqwest::Error> {
+    ) -> Result<Result<Answer, BodyTooLarge>, reqwest::Error> {
         let mut b = self
             .inner
             .http
@@ -550,10 +588,10 @@ impl Client {
         let resp = b.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        // The body as reqwest collected it: a page of 10,000 machines is megabytes, and a
-        // copy of it would be one more.
-        let body = resp.bytes().await?;
-        Ok((status, headers, body))
+        let Some(body) = read_capped(resp, self.inner.settings.max_body_bytes).await? else {
+            return Ok(Err(BodyTooLarge));
+        };
+        Ok(Ok((status, headers, body)))
     }
 
     pub(super) fn inner_limits(&self) -> &Limits {
@@ -563,6 +601,35 @@ impl Client {
     pub(super) fn recorder(&self) -> &Recorder {
         &self.inner.stats
     }
+}
+
+/// A response body ran past [`Settings::max_body_bytes`].
+struct BodyTooLarge;
+
+/// The body, or `None` once it runs past `limit` bytes (announced or received): a hostile or
+/// broken endpoint cannot make the daemon hold an unbounded body. Read in one piece when it
+/// comes in one chunk, so a page of 10,000 machines (megabytes) is not copied again.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: u64,
+) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut total = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        total += chunk.len() as u64;
+        if total > limit {
+            return Ok(None);
+        }
+        chunks.push(chunk);
+    }
+    Ok(Some(match chunks.len() {
+        0 => bytes::Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }))
 }
 
 /// An HTTP answer: status, headers and the body as collected.

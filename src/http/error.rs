@@ -126,9 +126,24 @@ pub enum Error {
         path: String,
         detail: String,
     },
+    /// The response body ran past the cap ([`super::Settings::max_body_bytes`]); not retried,
+    /// since the same request would bring the same body.
+    #[error(
+        "{method} {path} returned a body of more than {limit} bytes; refusing to read it (a \
+         proxy or endpoint answering with something other than the api?)"
+    )]
+    BodyTooLarge {
+        method: String,
+        path: String,
+        limit: u64,
+    },
     /// A paging link points to another host; the token is never sent there.
     #[error("paging link to host {host} leaves the api host {expected}; refusing to follow it")]
     ForeignLink { host: String, expected: String },
+    /// Paging went round: a `@odata.nextLink` repeated one already read, or the pages ran past
+    /// the cap. Either way the listing would never end.
+    #[error("paging of {path} {problem}; refusing to read on")]
+    PagingLoop { path: String, problem: String },
     /// A URL could not be built from the configured root.
     #[error("cannot build a url from {input}: {detail}; check the endpoint settings")]
     Url { input: String, detail: String },
@@ -148,7 +163,9 @@ impl Error {
             Error::Exhausted { last, .. } => last.is_transient(),
             Error::Token { source, .. } => !source.permanent,
             Error::Decode { .. }
+            | Error::BodyTooLarge { .. }
             | Error::ForeignLink { .. }
+            | Error::PagingLoop { .. }
             | Error::Url { .. }
             | Error::Build(_) => false,
         }

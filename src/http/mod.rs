@@ -182,6 +182,9 @@ impl Default for RetrySettings {
     }
 }
 
+/// The default of [`Settings::max_body_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Everything the HTTP layer needs besides the token source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -196,19 +199,30 @@ pub struct Settings {
     pub quotas: Quotas,
     /// Member-write `$batch` envelopes sent at once (at least 1).
     pub write_batches_in_flight: usize,
+    /// Every endpoint the client is used for (the API roots, the token endpoint, the webhook)
+    /// is loopback. Only then may it speak plain http, and it then uses no proxy at all, so a
+    /// proxy from the environment never sees loopback traffic or the secret in it. Otherwise
+    /// the client is https-only: through a proxy that is a CONNECT tunnel the proxy cannot read.
+    pub loopback_only: bool,
+    /// The largest response body read; a longer one is an error naming the endpoint. A page of
+    /// 10,000 MDE machines is tens of megabytes, so the default leaves room several times over.
+    pub max_body_bytes: u64,
 }
 
 impl Settings {
     /// Documented defaults for the given roots.
     pub fn new(graph_root: Url, defender_root: Url) -> Self {
         Self {
-            graph_root,
-            defender_root,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             retry: RetrySettings::default(),
             quotas: Quotas::default(),
             write_batches_in_flight: DEFAULT_WRITE_BATCHES_IN_FLIGHT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            loopback_only: crate::config::is_loopback(&graph_root)
+                && crate::config::is_loopback(&defender_root),
+            graph_root,
+            defender_root,
         }
     }
 }

@@ -26,7 +26,7 @@ impl Drop for Run {
 /// and starts `dexscope run` with `secret`.
 fn start(sim: &SimHandle, dir: &Path, hook: &MockServer, desired: &str, secret: &str) -> Run {
     std::fs::write(dir.join("desired.toml"), desired).unwrap();
-    std::fs::write(dir.join("hook.url"), format!("{}/hook", hook.uri())).unwrap();
+    super::support::write_secret(&dir.join("hook.url"), format!("{}/hook", hook.uri()));
     let head = super::support::sim_config_head(sim);
     let config = dir.join("config.toml");
     std::fs::write(

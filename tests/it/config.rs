@@ -110,7 +110,7 @@ fn check(case: &Case) -> (tempfile::TempDir, Result<Config, String>) {
             dir.path().join(p)
         };
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
+        super::support::write_secret(&p, content);
     }
     let env: Vec<(String, String)> = case
         .env
@@ -783,7 +783,7 @@ fn example_config_loads_and_documents_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();
-    std::fs::write(dir.path().join("client-secret"), "s\n").unwrap();
+    super::support::write_secret(&dir.path().join("client-secret"), "s\n");
     let c = config::load_for_command(&path, Vec::<(String, String)>::new()).unwrap();
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 

@@ -95,3 +95,18 @@ impl Drop for LogCapture {
         CAPTURING.with(|c| *c.borrow_mut() = None);
     }
 }
+
+/// Writes a secret file as an operator must: mode 0600, owned by the user running the tests
+/// (dexscope refuses a secret file that group or others can read).
+pub fn write_secret(path: &std::path::Path, content: impl AsRef<[u8]>) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(content.as_ref()).unwrap();
+}
