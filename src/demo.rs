@@ -215,7 +215,7 @@ async fn connect(config: Arc<Config>, out: &mut dyn std::io::Write) -> Result<De
         config,
         tenant,
         state,
-        desired,
+        desired: daemon::DesiredSource::Files(desired),
     };
     let loops = daemon::build_loops(&ctx, Arc::new(Notify::new()));
     metrics.set_loops(&loops.iter().map(|l| (l.name, l.every)).collect::<Vec<_>>());

@@ -53,7 +53,6 @@
 //!   git at fetch time.
 
 mod run;
-mod settings;
 mod tree;
 mod verify;
 
@@ -64,10 +63,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 
-pub use run::GitFailure;
-pub use settings::{
+pub use crate::config::{
     DEFAULT_FETCH_EVERY, GitSource, GitSourceSettings, InvalidGitSource, MIN_FETCH_EVERY, Verify,
 };
+pub use run::GitFailure;
 pub use tree::MAX_TOTAL_BYTES;
 
 /// How long one git call may take when the caller does not say.
