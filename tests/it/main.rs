@@ -15,6 +15,7 @@ mod delta;
 mod desired;
 mod export;
 mod faults;
+mod gitconfig;
 mod gitops;
 mod gitsource;
 mod graph;
