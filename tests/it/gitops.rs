@@ -420,3 +420,51 @@ async fn a_fetch_failure_removes_nothing_and_a_restart_reads_the_cache() {
     daemon.stop();
     sim.shutdown().await;
 }
+
+/// `dexscope validate` with the given arguments: (exit code, stdout, stderr).
+fn validate(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("validate")
+        .args(args)
+        .env_remove("DEXSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_reads_a_git_source_without_a_config() {
+    let repo = Repo::new();
+    let (key, signers) = repo.signer();
+    repo.commit(&[("a.toml", users(&["ann@contoso.com"]))], Some(&key));
+    let spec = format!("file://{}#main:scope/", repo.origin().display());
+    let signers = signers.display().to_string();
+
+    let (code, out, err) = validate(&["--git", &spec, "--allowed-signers", &signers]);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    let unsigned = repo.commit(&[("b.toml", "users = [\"not an upn\"]\n".into())], None);
+    let (code, out, err) = validate(&["--git", &spec]);
+    assert_eq!(code, Some(1), "an invalid tree fails: {out}{err}");
+    assert!(out.contains("scope/b.toml"), "{out}");
+    let (code, out, err) = validate(&["--git", &spec, "--allowed-signers", &signers]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "head commit {unsigned} refused: the commit is not signed"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = validate(&[
+        "--git",
+        "file:///nowhere.git",
+        "--allowed-signers",
+        &signers,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("names no branch"), "{err}");
+}

@@ -52,6 +52,7 @@
 //! - The cache repository uses SHA-1 object ids (git's default); a SHA-256 remote is refused by
 //!   git at fetch time.
 
+mod oneshot;
 mod run;
 mod tree;
 mod verify;
@@ -66,6 +67,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use crate::config::{
     DEFAULT_FETCH_EVERY, GitSource, GitSourceSettings, InvalidGitSource, MIN_FETCH_EVERY, Verify,
 };
+pub use oneshot::{OneShotError, read_head, source_from_spec};
 pub use run::GitFailure;
 pub use tree::MAX_TOTAL_BYTES;
 
