@@ -382,7 +382,7 @@ async fn a_fetch_failure_removes_nothing_and_a_restart_reads_the_cache() {
     let people = outsiders(&sim, 2);
     let (upn, id): (Vec<&str>, Vec<&str>) =
         people.iter().map(|(u, i)| (u.as_str(), i.as_str())).unzip();
-    repo.commit(&[("scope.toml", users(&upn))], None);
+    let applied = repo.commit(&[("scope.toml", users(&upn))], None);
     let config = write_config(
         &sim,
         repo.dir(),
@@ -418,6 +418,29 @@ async fn a_fetch_failure_removes_nothing_and_a_restart_reads_the_cache() {
     );
     assert_eq!(sim.group_members(&sim.user_group_id()), before);
     daemon.stop();
+
+    // `status` shows the source: the applied commit and the failing fetch.
+    let out = Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .env_remove("DEXSCOPE_CONFIG")
+        .env(
+            "DEXSCOPE_CLIENT_SECRET",
+            sim.client_secret().expose_secret(),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("applied:        {applied}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("fetch error:    cannot fetch branch main"),
+        "{text}"
+    );
+    assert!(text.contains("alert desired_state_stale firing"), "{text}");
     sim.shutdown().await;
 }
 
