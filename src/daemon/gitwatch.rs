@@ -15,7 +15,9 @@ use super::lock;
 use super::watch::DesiredWatch;
 use crate::alerts::{AlertKind, AlertSeverity, Alerter, Observation};
 use crate::config::{ScopeGit, Verify};
-use crate::desired::source::{CommitId, DEFAULT_TIMEOUT, Fetched, GitCache, SourceError};
+use crate::desired::source::{
+    CommitId, DEFAULT_TIMEOUT, Fetched, GitCache, SourceError, cache_dir,
+};
 use crate::desired::{self, Loaded, Mode};
 use crate::state::{GitSourceRecord, RefusedHead, State};
 
@@ -42,16 +44,6 @@ impl DesiredSource {
             DesiredSource::Git(watch) => watch.describe(),
         }
     }
-}
-
-/// The cache directory of the git source: beside the state database, so it lives under the
-/// unit's `StateDirectory`.
-pub fn cache_dir(state_path: &Path) -> PathBuf {
-    state_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join("git-source")
 }
 
 /// The git source, its cache and the last applied state.

@@ -31,7 +31,7 @@ use crate::metrics::{self, Metrics};
 use crate::state::{State, StateError};
 use crate::tenant::{Tenant, TenantError};
 
-pub use gitwatch::{DesiredSource, GitRefresh, GitWatch, cache_dir, refresh_git};
+pub use gitwatch::{DesiredSource, GitRefresh, GitWatch, refresh_git};
 pub use passes::{PassContext, build_loops, incidents_pass, priority_pass, reconcile_pass};
 pub use schedule::{
     FAILURES_BEFORE_ALERT, Loop, PassError, PassFuture, PassReport, PassSummary, Scheduler,

@@ -441,6 +441,22 @@ async fn a_fetch_failure_removes_nothing_and_a_restart_reads_the_cache() {
         "{text}"
     );
     assert!(text.contains("alert desired_state_stale firing"), "{text}");
+
+    // `check` reads the applied commit from the cache: the desired state is not unreadable.
+    let out = Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .env_remove("DEXSCOPE_CONFIG")
+        .env(
+            "DEXSCOPE_CLIENT_SECRET",
+            sim.client_secret().expose_secret(),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("CRITICAL"), "{text}");
+    assert!(!text.contains("desired"), "{text}");
     sim.shutdown().await;
 }
 

@@ -77,6 +77,33 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The ref the fetched branch head is kept under in the cache repository.
 const HEAD_REF: &str = "refs/dexscope/head";
 
+/// The cache directory of the daemon's git source: beside the state database, so it lives
+/// under the unit's `StateDirectory`.
+pub fn cache_dir(state_path: &Path) -> PathBuf {
+    state_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("git-source")
+}
+
+/// The desired state in `files` read from `commit`, with the commit id recorded in it.
+pub fn parse_commit(
+    commit: &CommitId,
+    files: &[(PathBuf, String)],
+    today: chrono::NaiveDate,
+    mode: crate::desired::Mode,
+) -> Result<crate::desired::Loaded, crate::desired::Diagnostics> {
+    let texts: Vec<(&Path, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
+    let mut loaded = crate::desired::parse_files(&texts, today, mode).into_result()?;
+    loaded.state.commit = Some(commit.to_string());
+    loaded.state.sources = files.iter().map(|(p, _)| p.clone()).collect();
+    Ok(loaded)
+}
+
 /// A commit id: lower-case hex, 40 (SHA-1) or 64 (SHA-256) digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CommitId(String);
