@@ -211,9 +211,11 @@ fn top_level_error(name: &str, origin: Origin) -> ConfigError {
     }
 }
 
+/// The top-level sections (a table inside one, like `[scope.git]`, is named by its section).
 fn section_list() -> String {
     SCHEMA
         .iter()
+        .filter(|(s, _)| !s.contains('.'))
         .map(|(s, _)| format!("[{s}]"))
         .collect::<Vec<_>>()
         .join(", ")
