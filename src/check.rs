@@ -456,6 +456,31 @@ pub async fn run_with(config: &Config, now: DateTime<Utc>) -> Outcome {
     }
 }
 
+/// The desired state the daemon applies from its git source: the applied commit the state
+/// database names, read from the daemon's cache without the network.
+fn applied_from_git(
+    source: &crate::config::GitSource,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<desired::Loaded, String> {
+    use crate::desired::source::{self, CommitId, GitCache};
+    let applied = state
+        .git_source()
+        .map_err(|e| e.to_string())?
+        .and_then(|r| r.applied)
+        .and_then(|c| CommitId::parse(&c))
+        .ok_or("no commit of the git source applied yet: is the daemon running?")?;
+    let cache = GitCache::open(
+        source.clone(),
+        &source::cache_dir(state.path()),
+        source::DEFAULT_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    let files = cache.read(&applied).map_err(|e| e.to_string())?;
+    source::parse_commit(&applied, &files, now.date_naive(), Mode::Runtime)
+        .map_err(|d| d.to_string())
+}
+
 /// CRITICAL when the identity platform rejects the credential (bad secret, unknown tenant or
 /// client: asking again cannot help, as check_mysql and check_ldap report a refused login);
 /// UNKNOWN when a token cannot be had for another reason or lacks a required permission.
@@ -485,11 +510,15 @@ async fn gather(
     state: &State,
     now: DateTime<Utc>,
 ) -> Result<Inputs, String> {
-    let desired = desired::load(
-        std::slice::from_ref(&config.scope.desired_state),
-        now.date_naive(),
-        Mode::Runtime,
-    );
+    let desired = match &config.scope.git {
+        None => desired::load(
+            std::slice::from_ref(&config.scope.desired_state),
+            now.date_naive(),
+            Mode::Runtime,
+        )
+        .map_err(|d| d.to_string()),
+        Some(git) => applied_from_git(&git.source, state, now),
+    };
     let (desired_devices, unresolved, desired_invalid) = match desired {
         Ok(loaded) => {
             let machines = if loaded.state.devices.is_empty() {
@@ -505,7 +534,7 @@ async fn gather(
             unresolved.extend(unresolved_users(tenant, state, &loaded.state).await?);
             (Some(devices), unresolved, None)
         }
-        Err(d) => (None, Vec::new(), Some(d.to_string())),
+        Err(d) => (None, Vec::new(), Some(d)),
     };
     let input = PriorityInput {
         desired_devices: desired_devices.as_deref(),

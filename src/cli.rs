@@ -97,6 +97,14 @@ pub struct PlanArgs {
     /// How the plan is printed.
     #[arg(long, value_enum, default_value_t = crate::reconcile::PlanFormat::Text)]
     pub format: crate::reconcile::PlanFormat,
+
+    /// Plan from the head of a git branch instead of the configured source.
+    #[arg(long, value_name = "URL#BRANCH:PATH")]
+    pub git: Option<String>,
+
+    /// With --git: refuse a head not signed by a key this allowed-signers file lists.
+    #[arg(long, value_name = "FILE", requires = "git")]
+    pub allowed_signers: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -109,8 +117,16 @@ pub struct ApplyArgs {
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Desired-state files or directories, taken together as one desired state.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "git", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+
+    /// Validate the head of a git branch instead (for CI): `URL#branch:path`.
+    #[arg(long, value_name = "URL#BRANCH:PATH", conflicts_with = "paths")]
+    pub git: Option<String>,
+
+    /// With --git: refuse a head not signed by a key this allowed-signers file lists.
+    #[arg(long, value_name = "FILE", requires = "git")]
+    pub allowed_signers: Option<PathBuf>,
 
     /// How findings are printed.
     #[arg(long, value_enum, default_value_t = ValidateFormat::Text)]

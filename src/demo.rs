@@ -33,6 +33,10 @@ pub struct DemoArgs {
     /// Pause between cycles, in seconds (the demo's propagation grace is 1 s).
     #[arg(long, default_value_t = 1.5)]
     pub pause: f64,
+    /// Read the desired state from a git repository the demo creates and commits it to,
+    /// fetched over file:// as a `[scope.git]` source (needs `git`).
+    #[arg(long)]
+    pub git: bool,
 }
 
 /// Why the demo could not run.
@@ -50,6 +54,8 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Daemon(#[from] daemon::DaemonError),
+    #[error("cannot create the demo's git repository: {0}")]
+    Git(String),
 }
 
 /// Logs go to stderr at `warn` unless `-v` or `RUST_LOG` asks for more, so the narration on
@@ -78,7 +84,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 pub async fn run_to(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), DemoError> {
     let sim = start_tenant(out).await?;
     let dir = TempDir::create()?;
-    let config = write_files(&sim, &dir, out)?;
+    let config = write_files(&sim, &dir, args.git, out)?;
     let mut demo = connect(config, out).await?;
     let (ok, failed, ran) = run_cycles(&sim, &mut demo, &args, out).await;
     let firing: Vec<String> = demo
@@ -160,6 +166,7 @@ async fn start_tenant(out: &mut dyn std::io::Write) -> Result<sim::SimHandle, De
 fn write_files(
     sim: &sim::SimHandle,
     dir: &TempDir,
+    git: bool,
     out: &mut dyn std::io::Write,
 ) -> Result<Arc<Config>, DemoError> {
     let (desired_text, users, devices) = desired_state(sim);
@@ -171,14 +178,34 @@ fn write_files(
         })
     };
     write("desired.toml", &desired_text)?;
-    write("config.toml", &config_text(sim))?;
-    say(
-        out,
-        format!(
-            "desired state written to {}: {users} users, {devices} devices",
-            dir.path().join("desired.toml").display()
-        ),
-    );
+    let mut config = config_text(sim);
+    if git {
+        let repo = dir.path().join("repo");
+        let commit = commit_repo(&repo, &desired_text)?;
+        say(
+            out,
+            format!(
+                "desired state committed to the git repository {} (commit {commit}): {users} \
+                 users, {devices} devices; the daemon fetches it over file://",
+                repo.display()
+            ),
+        );
+        config = config.replace("desired_state = \"desired.toml\"\n", "")
+            + &format!(
+                "[scope.git]\nurl = \"file://{}\"\nbranch = \"main\"\n\
+                 path = \"scope/desired.toml\"\nverify = \"none\"\n",
+                repo.display()
+            );
+    } else {
+        say(
+            out,
+            format!(
+                "desired state written to {}: {users} users, {devices} devices",
+                dir.path().join("desired.toml").display()
+            ),
+        );
+    }
+    write("config.toml", &config)?;
     let secret = sim.client_secret().expose_secret().to_string();
     Ok(Arc::new(Config::load(
         &config_path,
@@ -209,8 +236,29 @@ async fn connect(config: Arc<Config>, out: &mut dyn std::io::Write) -> Result<De
         }
     }
     metrics.token_obtained(chrono::Utc::now());
-    let desired = Arc::new(DesiredWatch::new(config.scope.desired_state.clone()));
-    daemon::load_desired(&desired, &scheduler.alerter).await;
+    let desired = match &config.scope.git {
+        None => {
+            let desired = Arc::new(DesiredWatch::new(config.scope.desired_state.clone()));
+            daemon::load_desired(&desired, &scheduler.alerter).await;
+            daemon::DesiredSource::Files(desired)
+        }
+        Some(git) => {
+            let watch = Arc::new(
+                daemon::GitWatch::open(git, state.clone()).map_err(daemon::DaemonError::from)?,
+            );
+            daemon::refresh_git(&watch, &scheduler.alerter, None).await;
+            let read = watch.current().and_then(|l| l.state.commit.clone());
+            say(
+                out,
+                format!(
+                    "desired state fetched from {}: commit {}",
+                    watch.describe(),
+                    read.as_deref().unwrap_or("(none)")
+                ),
+            );
+            daemon::DesiredSource::Git(watch)
+        }
+    };
     let ctx = PassContext {
         config,
         tenant,
@@ -411,6 +459,37 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Creates a repository at `repo` whose branch `main` holds `scope/desired.toml` in one
+/// commit; the commit id.
+fn commit_repo(repo: &std::path::Path, desired: &str) -> Result<String, DemoError> {
+    let fail = |e: String| DemoError::Git(e);
+    std::fs::create_dir_all(repo.join("scope")).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(repo.join("scope/desired.toml"), desired).map_err(|e| fail(e.to_string()))?;
+    let git = |args: &[&str]| -> Result<String, DemoError> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Scope Owner")
+            .env("GIT_AUTHOR_EMAIL", "owner@example.com")
+            .env("GIT_COMMITTER_NAME", "Scope Owner")
+            .env("GIT_COMMITTER_EMAIL", "owner@example.com")
+            .output()
+            .map_err(|e| fail(format!("cannot run git ({e}); install git")))?;
+        if !out.status.success() {
+            return Err(fail(crate::text::one_line(&String::from_utf8_lossy(
+                &out.stderr,
+            ))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    git(&["init", "-q", "-b", "main"])?;
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "-m", "Scoped coverage for the demo tenant"])?;
+    git(&["rev-parse", "HEAD"])
 }
 
 fn config_text(sim: &sim::SimHandle) -> String {

@@ -19,7 +19,8 @@
 //!
 //! - `cli`: clap definitions of the commands and flags.
 //! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`];
-//!   `load` (syntax, unknown keys, merge), `reader`, `credentials`, `validate`, `types`, `error`.
+//!   `load` (syntax, unknown keys, merge), `reader`, `credentials`, `validate`, `types`, `error`,
+//!   `git` (the `[scope.git]` source, checked at load).
 //! - `telemetry`: tracing setup (text or JSON).
 //! - `model`: domain types with validating constructors; pure.
 //! - `auth`: token sources: `settings` (credential), `cache`, `endpoint` (transport, refusals),
@@ -27,7 +28,8 @@
 //! - `retry_after`: `Retry-After` header values read into a bounded wait (pure), for `auth` and `http`.
 //! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
-//! - `desired`: desired-state parsing and validation (pure) plus file/directory read.
+//! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `source`
+//!   (a git branch head fetched into a private cache, its signature verified, its tree read).
 //! - `scope`: reading the scope from the tenant, below `reconcile`, `priority` and `incidents`:
 //!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
 //!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,
@@ -41,13 +43,14 @@
 //!   `transition` (pure) and `sinks` (log, webhook through `http`, alert figures).
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite, one file per table family (`schema`, `audit`, `cursors`, `tags`, `alerts`,
-//!   `guard`, `passes`, `snapshot`); `records`: the typed pass records and the one staleness rule.
+//!   `guard`, `passes`, `snapshot`, `gitsource`); `records`: the typed pass records and the one staleness rule.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
 //! - `text`: small text helpers for messages to people ("did you mean", durations like `1h 30m`).
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
 //! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - `daemon`: `run` (signals, generations), `schedule` (loops, back-off, the scheduler),
-//!   `systemd` (notify, watchdog), `watch` (desired state), `passes` (adapters; the alert and
+//!   `systemd` (notify, watchdog), `watch` (desired-state files), `gitwatch` (the git source:
+//!   fetch every `fetch_every`, keep the last good commit, alert), `passes` (adapters; the alert and
 //!   figure decisions are the pure `reconcile::observe`, `incidents::observe`, `priority::check`).
 //! - `demo`: the daemon against an in-process simulated tenant, narrated.
 //! - `export`: the tenant's scoped coverage today written as a desired-state file (adoption).

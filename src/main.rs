@@ -59,7 +59,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => run_check(cli, args),
         Command::Verdict(args) => run_verdict(cli, args),
-        Command::Plan(args) => with_config(cli, |config| run_plan(&config, args)),
+        Command::Plan(args) => with_config(cli, |config| run_plan(config, args)),
         Command::Apply(args) => with_config(cli, |config| run_apply(&config, args)),
         Command::Export(args) => with_config(cli, |config| run_export(&config, args)),
         Command::Status(args) => with_config(cli, |config| run_status(&config, args)),
@@ -121,11 +121,20 @@ fn run_verdict(cli: &Cli, args: &VerdictArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_plan(config: &Config, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+fn run_plan(mut config: Config, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    if let Some(spec) = &args.git {
+        let source =
+            dexscope::desired::source::source_from_spec(spec, args.allowed_signers.as_deref())?;
+        let stale_after = source.fetch_every();
+        config.scope.git = Some(config::ScopeGit {
+            source,
+            stale_after,
+        });
+    }
     // UTC, as `apply` uses, so both agree on which entries have expired.
     let today = chrono::Utc::now().date_naive();
     let code = one_shot()?.block_on(dexscope::reconcile::plan_command(
-        config,
+        &config,
         args.format,
         today,
         &mut std::io::stdout(),
@@ -205,12 +214,22 @@ fn tune_allocator() {
 
 fn run_validate(args: &ValidateArgs) -> ExitCode {
     let today = chrono::Local::now().date_naive();
-    let code = dexscope::desired::validate_command(
-        &args.paths,
-        args.format,
-        today,
-        &mut std::io::stdout().lock(),
-    );
+    let code = match &args.git {
+        Some(spec) => dexscope::desired::validate_git_command(
+            spec,
+            args.allowed_signers.as_deref(),
+            args.format,
+            today,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr(),
+        ),
+        None => dexscope::desired::validate_command(
+            &args.paths,
+            args.format,
+            today,
+            &mut std::io::stdout().lock(),
+        ),
+    };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::alerts::{AlertRecord, AlertState};
 use crate::config::Config;
+use crate::state::GitSourceRecord;
 use crate::state::records::{self, PriorityFigures, ReconcileFigures};
 use crate::state::records::{INCIDENTS, PRIORITY, RECONCILE};
 use crate::state::{GuardRefusal, LoopPass, State, StateError};
@@ -36,6 +37,8 @@ pub struct Inputs {
     pub refusals: Vec<GuardRefusal>,
     /// Verdicts posted in the last 24 hours, by verdict.
     pub verdicts_24h: Vec<(String, u64)>,
+    /// The git source's last fetch, when the daemon reads one.
+    pub git: Option<GitSourceRecord>,
 }
 
 /// The loops and their intervals (a loop is stale by [`records::is_stale`], the rule `check`
@@ -73,6 +76,8 @@ pub struct Status {
     pub guard_refusals: Vec<Refusal>,
     pub loops: Vec<LoopStatus>,
     pub verdicts_24h: Vec<VerdictCount>,
+    /// The git source: applied commit, verified or refused head, last fetch.
+    pub git_source: Option<GitSourceRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,6 +146,7 @@ pub fn gather(state: &State, now: DateTime<Utc>) -> Result<Inputs, StateError> {
         alerts: state.alerts()?,
         refusals: state.guard_refusals()?,
         verdicts_24h: state.verdict_counts(now - TimeDelta::hours(24))?,
+        git: state.git_source()?,
     })
 }
 
@@ -239,6 +245,7 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
                 count: *count,
             })
             .collect(),
+        git_source: inputs.git.clone(),
     }
 }
 
@@ -302,6 +309,7 @@ impl std::fmt::Display for Status {
         let mut s = String::new();
         self.write_verdict(&mut s);
         self.write_coverage(&mut s);
+        self.write_git_source(&mut s);
         self.write_priority(&mut s);
         self.write_guard_and_alerts(&mut s);
         self.write_loops(&mut s);
@@ -351,6 +359,37 @@ impl Status {
             None => {
                 let _ = writeln!(s, "groups: no successful reconcile pass recorded");
             }
+        }
+    }
+
+    /// The git source, when there is one: what is applied, what was refused, the last fetch.
+    fn write_git_source(&self, s: &mut String) {
+        let Some(g) = &self.git_source else {
+            return;
+        };
+        let _ = writeln!(s, "git source:       {} {}", g.url, g.branch);
+        let verified = if g.verified {
+            "verified"
+        } else {
+            "not verified (verify = none)"
+        };
+        let _ = writeln!(
+            s,
+            "  applied:        {} ({verified})",
+            g.applied.as_deref().unwrap_or("(none)")
+        );
+        if let Some(r) = &g.refused {
+            let _ = writeln!(s, "  refused head:   {}: {}", r.commit, r.reason);
+        }
+        let age = |t: Option<DateTime<Utc>>| {
+            t.map_or("never".into(), |t| {
+                format!("{} ago", crate::text::age((self.at - t).num_seconds()))
+            })
+        };
+        let _ = writeln!(s, "  last fetch:     {}", age(g.last_fetch));
+        let _ = writeln!(s, "  last good:      {}", age(g.last_ok_fetch));
+        if let Some(e) = &g.error {
+            let _ = writeln!(s, "  fetch error:    {e}");
         }
     }
 

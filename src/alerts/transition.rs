@@ -339,7 +339,9 @@ mod tests {
                 "invalid_desired_state",
                 "auth_failure",
                 "missing_permission",
-                "loop_failing"
+                "loop_failing",
+                "unverified_desired_state",
+                "desired_state_stale"
             ]
         );
         for k in AlertKind::ALL {

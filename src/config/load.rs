@@ -88,9 +88,28 @@ fn check_file_keys(path: &Path, text: &str) -> Result<HashMap<String, usize>, Co
                 todo: format!("write it as [{section_name}] followed by its keys"),
             });
         };
-        for (key, _) in entries {
+        for (key, entry) in entries {
             let key_name = key.get_ref().as_ref();
             let line = line_of(key.span().start);
+            let nested = format!("{section_name}.{key_name}");
+            if let (Some(nested_keys), toml::de::DeValue::Table(inner)) =
+                (section_keys(&nested), entry.get_ref())
+            {
+                // A table inside a section (`[scope.git]`): its keys are checked the same way.
+                for (key, _) in inner {
+                    let key_name = key.get_ref().as_ref();
+                    let line = line_of(key.span().start);
+                    let origin = Origin::File {
+                        path: show_path(path),
+                        line: Some(line),
+                    };
+                    if !nested_keys.contains(&key_name) {
+                        return Err(unknown_key(&nested, key_name, origin));
+                    }
+                    lines.insert(format!("{nested}.{key_name}"), line);
+                }
+                continue;
+            }
             if !keys.contains(&key_name) {
                 return Err(unknown_key(
                     section_name,
@@ -135,6 +154,13 @@ fn check_env_keys(env: &HashMap<String, String>) -> Result<HashMap<String, Strin
                         section.to_ascii_uppercase()
                     ),
                 });
+            }
+            [section, table, key] if section_keys(&format!("{section}.{table}")).is_some() => {
+                let nested = format!("{section}.{table}");
+                if !section_keys(&nested).unwrap_or_default().contains(key) {
+                    return Err(unknown_key(&nested, key, origin));
+                }
+                names.insert(format!("{nested}.{key}"), one_line(var));
             }
             [section, keys @ ..] if section_keys(section).is_some() => {
                 return Err(unknown_key(section, &keys.join("__"), origin));
@@ -185,9 +211,11 @@ fn top_level_error(name: &str, origin: Origin) -> ConfigError {
     }
 }
 
+/// The top-level sections (a table inside one, like `[scope.git]`, is named by its section).
 fn section_list() -> String {
     SCHEMA
         .iter()
+        .filter(|(s, _)| !s.contains('.'))
         .map(|(s, _)| format!("[{s}]"))
         .collect::<Vec<_>>()
         .join(", ")

@@ -16,6 +16,7 @@
 
 mod credentials;
 mod error;
+mod git;
 mod load;
 mod reader;
 mod secret_file;
@@ -23,6 +24,9 @@ mod types;
 mod validate;
 
 pub use error::{ConfigError, Origin};
+pub use git::{
+    DEFAULT_FETCH_EVERY, GitSource, GitSourceSettings, InvalidGitSource, MIN_FETCH_EVERY, Verify,
+};
 pub use load::load_for_command;
 pub use reader::{is_loopback, parse_duration};
 pub use types::*;
@@ -77,6 +81,21 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_removals",
             "propagation_grace",
             "member_resync",
+        ],
+    ),
+    // A table inside [scope]: the desired state fetched from git instead of `desired_state`.
+    (
+        "scope.git",
+        &[
+            "url",
+            "branch",
+            "path",
+            "fetch_every",
+            "stale_after",
+            "credential_file",
+            "verify",
+            "allowed_signers",
+            "known_hosts",
         ],
     ),
     (

@@ -23,11 +23,20 @@ pub(super) struct Reader {
 pub(super) type Sk = (&'static str, &'static str);
 
 impl Reader {
+    /// The value of `key` in `section`; a section `a.b` is the table `b` inside `[a]`.
     pub(super) fn get(&self, (section, key): Sk) -> Option<&Value> {
-        match &self.merged.get(section)?.kind {
-            ValueKind::Table(t) => t.get(key).filter(|v| !matches!(v.kind, ValueKind::Nil)),
-            _ => None,
+        let mut parts = section.split('.');
+        let mut table = match &self.merged.get(parts.next()?)?.kind {
+            ValueKind::Table(t) => t,
+            _ => return None,
+        };
+        for part in parts {
+            table = match &table.get(part)?.kind {
+                ValueKind::Table(t) => t,
+                _ => return None,
+            };
         }
+        table.get(key).filter(|v| !matches!(v.kind, ValueKind::Nil))
     }
 
     pub(super) fn origin(&self, (section, key): Sk) -> Origin {

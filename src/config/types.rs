@@ -196,6 +196,17 @@ pub struct Scope {
     pub propagation_grace: Duration,
     /// How old the stored member snapshot (its UPNs) may get before a full read replaces it.
     pub member_resync: Duration,
+    /// `[scope.git]`: the desired state fetched from git; `desired_state` is then unused.
+    pub git: Option<ScopeGit>,
+}
+
+/// `[scope.git]`: where the desired state is fetched from, and when failing fetches alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeGit {
+    pub source: super::GitSource,
+    /// How long fetches may fail before `desired_state_stale` fires; the last good state is
+    /// applied meanwhile (and after).
+    pub stale_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,7 +60,8 @@ pub(super) fn build(
 
     let tenant = read_tenant(&r, credential)?;
     let endpoints = read_endpoints(&r, tenant.cloud)?;
-    let scope = read_scope(&r, &config_dir, &mut warnings)?;
+    let mut scope = read_scope(&r, &config_dir, &mut warnings)?;
+    scope.git = super::git::read_scope_git(&r, &lookup)?;
     let incidents = read_incidents(&r, &mut warnings)?;
     let one_second = Duration::from_secs(1);
     let schedule = Schedule {
@@ -238,6 +239,7 @@ fn read_scope(
         max_removals: r.uint(("scope", "max_removals"), 0)?,
         propagation_grace: r.duration(("scope", "propagation_grace"), Duration::ZERO)?,
         member_resync: r.duration(("scope", "member_resync"), Duration::ZERO)?,
+        git: None,
     })
 }
 

@@ -1,6 +1,6 @@
 //! `dexscope run`: the daemon. Signals and config generations live here; the scheduler and
 //! its loops in `schedule`, the pass adapters in `passes`, systemd notify and the watchdog in
-//! `systemd`, the desired-state watch in `watch`.
+//! `systemd`, the desired-state watch in `watch` (files) and `gitwatch` (a git source).
 //!
 //! The daemon decides nothing about the domain: each pass returns its report and the pure
 //! functions beside the pass turn it into alert observations and recorded figures. The
@@ -12,6 +12,7 @@
 //! [`Options::shutdown_grace`]) and exit 0; SIGHUP reloads the config and the desired state
 //! (an invalid new config is logged and the running one kept).
 
+mod gitwatch;
 mod passes;
 mod schedule;
 mod systemd;
@@ -30,6 +31,7 @@ use crate::metrics::{self, Metrics};
 use crate::state::{State, StateError};
 use crate::tenant::{Tenant, TenantError};
 
+pub use gitwatch::{DesiredSource, GitRefresh, GitWatch, refresh_git};
 pub use passes::{PassContext, build_loops, incidents_pass, priority_pass, reconcile_pass};
 pub use schedule::{
     FAILURES_BEFORE_ALERT, Loop, PassError, PassFuture, PassReport, PassSummary, Scheduler,
@@ -76,6 +78,8 @@ pub enum DaemonError {
     Tenant(#[from] TenantError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot open the git source: {0}")]
+    GitSource(#[from] crate::desired::source::SourceError),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,6 +167,8 @@ struct Setup {
     state: Arc<State>,
     tenant: Tenant,
     scheduler: Arc<Scheduler>,
+    /// The git source, when `[scope.git]` replaces `desired_state`.
+    git: Option<Arc<GitWatch>>,
 }
 
 /// The loops of a generation while they run.
@@ -249,11 +255,16 @@ fn setup(config: Config, metrics: &Arc<Metrics>) -> Result<Setup, DaemonError> {
         Err(AlerterError::State(e)) => return Err(e.into()),
     };
     let scheduler = Scheduler::new(state.clone(), metrics.clone(), Arc::new(alerter));
+    let git = match &config.scope.git {
+        Some(git) => Some(Arc::new(GitWatch::open(git, state.clone())?)),
+        None => None,
+    };
     Ok(Setup {
         config,
         state,
         tenant,
         scheduler: Arc::new(scheduler),
+        git,
     })
 }
 
@@ -264,9 +275,25 @@ async fn start_loops(
     progress: &Arc<Progress>,
     options: &Options,
 ) -> Running {
-    let desired = Arc::new(DesiredWatch::new(setup.config.scope.desired_state.clone()));
     let trigger = Arc::new(Notify::new());
-    load_desired(&desired, &setup.scheduler.alerter).await;
+    let alerter = &setup.scheduler.alerter;
+    let (desired, watcher) = match &setup.git {
+        None => {
+            let desired = Arc::new(DesiredWatch::new(setup.config.scope.desired_state.clone()));
+            load_desired(&desired, alerter).await;
+            let watcher = tokio::spawn(watch_desired(
+                desired.clone(),
+                alerter.clone(),
+                trigger.clone(),
+                options.watch_every,
+            ));
+            (DesiredSource::Files(desired), watcher)
+        }
+        Some(git) => {
+            let watcher = gitwatch::start_git(git.clone(), alerter.clone(), trigger.clone()).await;
+            (DesiredSource::Git(git.clone()), watcher)
+        }
+    };
     let ctx = PassContext {
         config: setup.config.clone(),
         tenant: setup.tenant.clone(),
@@ -297,12 +324,6 @@ async fn start_loops(
             (name, task)
         })
         .collect();
-    let watcher = tokio::spawn(watch_desired(
-        desired,
-        setup.scheduler.alerter.clone(),
-        trigger,
-        options.watch_every,
-    ));
     Running {
         tasks,
         watcher,

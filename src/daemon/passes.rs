@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use tokio::sync::Notify;
 
+use super::gitwatch::DesiredSource;
 use super::schedule::{Loop, PassError, PassSummary};
-use super::watch::DesiredWatch;
 use super::{INCIDENTS, PRIORITY, RECONCILE};
 use crate::config::Config;
 use crate::incidents::{observe as incident_observe, poll};
@@ -27,7 +27,7 @@ pub struct PassContext {
     pub config: Arc<Config>,
     pub tenant: Tenant,
     pub state: Arc<State>,
-    pub desired: Arc<DesiredWatch>,
+    pub desired: DesiredSource,
 }
 
 /// The three loops with their passes: `reconcile_once`, `priority_once` and `poll_once`, each
@@ -68,7 +68,7 @@ pub async fn reconcile_pass(
     let Some(desired) = ctx.desired.current() else {
         return Err(PassError::new(format!(
             "no valid desired state yet: fix {} (dexscope validate shows why)",
-            ctx.desired.path().display()
+            ctx.desired.describe()
         )));
     };
     let scope = &ctx.config.scope;

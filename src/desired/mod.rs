@@ -33,7 +33,7 @@ use chrono::NaiveDate;
 
 use crate::model::{AadDeviceId, DnsName, MachineId, Upn, UserId};
 
-pub use validate::{ValidateFormat, validate_command};
+pub use validate::{ValidateFormat, validate_command, validate_git_command};
 
 /// How `expires` dates in the past are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

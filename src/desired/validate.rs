@@ -29,10 +29,43 @@ pub fn validate_command(
     out: &mut dyn Write,
 ) -> i32 {
     let outcome = super::evaluate(paths, today, Mode::Strict);
+    write_outcome(&outcome, format, out)
+}
+
+/// Validates the desired state at the head of a git source (`URL#branch:path`; its signature
+/// checked against `allowed_signers` when given) like [`validate_command`]. A source that
+/// cannot be read is reported on `err`, exit code 1.
+pub fn validate_git_command(
+    spec: &str,
+    allowed_signers: Option<&std::path::Path>,
+    format: ValidateFormat,
+    today: NaiveDate,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let read = super::source::source_from_spec(spec, allowed_signers)
+        .and_then(|source| Ok(super::source::read_head(&source)?));
+    let (commit, files) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            let _ = writeln!(err, "dexscope: {e}");
+            return 1;
+        }
+    };
+    let texts: Vec<(&std::path::Path, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
+    let mut outcome = super::parse_files(&texts, today, Mode::Strict);
+    outcome.state.commit = Some(commit.to_string());
+    write_outcome(&outcome, format, out)
+}
+
+fn write_outcome(outcome: &Outcome, format: ValidateFormat, out: &mut dyn Write) -> i32 {
     let written = match format {
-        ValidateFormat::Text => write_text(&outcome, out),
-        ValidateFormat::Json => write_json(&outcome, out),
-        ValidateFormat::Github => write_github(&outcome, out),
+        ValidateFormat::Text => write_text(outcome, out),
+        ValidateFormat::Json => write_json(outcome, out),
+        ValidateFormat::Github => write_github(outcome, out),
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) if outcome.is_valid() => 0,

@@ -456,8 +456,32 @@ fn prepare(
     today: NaiveDate,
     err: &mut dyn Write,
 ) -> Option<(DesiredState, Tenant, ObjectId)> {
-    let paths = [config.scope.desired_state.clone()];
-    let loaded = match desired::load(&paths, today, Mode::Runtime) {
+    let loaded = match &config.scope.git {
+        None => desired::load(
+            std::slice::from_ref(&config.scope.desired_state),
+            today,
+            Mode::Runtime,
+        ),
+        Some(git) => match desired::source::read_head(&git.source) {
+            Ok((commit, files)) => {
+                let texts: Vec<(&std::path::Path, &str)> = files
+                    .iter()
+                    .map(|(p, t)| (p.as_path(), t.as_str()))
+                    .collect();
+                desired::parse_files(&texts, today, Mode::Runtime)
+                    .into_result()
+                    .map(|mut loaded| {
+                        loaded.state.commit = Some(commit.to_string());
+                        loaded
+                    })
+            }
+            Err(e) => {
+                let _ = writeln!(err, "dexscope: {e}; nothing was changed");
+                return None;
+            }
+        },
+    };
+    let loaded = match loaded {
         Ok(l) => l,
         Err(diags) => {
             for d in &diags.0 {

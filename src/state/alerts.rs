@@ -21,16 +21,22 @@ pub enum AlertKind {
     AuthFailure,
     MissingPermission,
     LoopFailing,
+    /// The git branch head is not signed by an allowed signer; the last verified state stays.
+    UnverifiedDesiredState,
+    /// The git source has not been fetched for longer than `stale_after`.
+    DesiredStateStale,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 8] = [
         AlertKind::PriorityMisconfigured,
         AlertKind::RemovalGuardTripped,
         AlertKind::InvalidDesiredState,
         AlertKind::AuthFailure,
         AlertKind::MissingPermission,
         AlertKind::LoopFailing,
+        AlertKind::UnverifiedDesiredState,
+        AlertKind::DesiredStateStale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +47,8 @@ impl AlertKind {
             AlertKind::AuthFailure => "auth_failure",
             AlertKind::MissingPermission => "missing_permission",
             AlertKind::LoopFailing => "loop_failing",
+            AlertKind::UnverifiedDesiredState => "unverified_desired_state",
+            AlertKind::DesiredStateStale => "desired_state_stale",
         }
     }
 

@@ -27,6 +27,7 @@
 mod alerts;
 mod audit;
 mod cursors;
+mod gitsource;
 mod guard;
 mod passes;
 pub mod records;
@@ -44,6 +45,7 @@ use rusqlite::{Connection, Transaction};
 pub use alerts::{AlertKind, AlertRecord, AlertSeverity, AlertState};
 pub use audit::{AuditEntry, ChangeResult, FinishedChange, Operation, PendingChange};
 pub use cursors::PostedVerdict;
+pub use gitsource::{GitSourceRecord, RefusedHead};
 pub use guard::GuardRefusal;
 pub use passes::LoopPass;
 pub use schema::SCHEMA_VERSION;

@@ -18,6 +18,8 @@ mod export;
 mod export_links;
 mod exposition;
 mod faults;
+mod gitconfig;
+mod gitops;
 mod gitsource;
 mod graph;
 mod hostile_numbers;

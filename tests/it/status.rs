@@ -147,7 +147,7 @@ impl Env {
         PassContext {
             tenant: Tenant::from_config(&config).unwrap(),
             state: Arc::new(State::open(&config.state.path).unwrap()),
-            desired: Arc::new(desired),
+            desired: dexscope::daemon::DesiredSource::Files(Arc::new(desired)),
             config: Arc::new(config),
         }
     }

@@ -52,8 +52,8 @@
 //! - The cache repository uses SHA-1 object ids (git's default); a SHA-256 remote is refused by
 //!   git at fetch time.
 
+mod oneshot;
 mod run;
-mod settings;
 mod tree;
 mod verify;
 
@@ -64,10 +64,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 
-pub use run::GitFailure;
-pub use settings::{
+pub use crate::config::{
     DEFAULT_FETCH_EVERY, GitSource, GitSourceSettings, InvalidGitSource, MIN_FETCH_EVERY, Verify,
 };
+pub use oneshot::{OneShotError, read_head, source_from_spec};
+pub use run::GitFailure;
 pub use tree::MAX_TOTAL_BYTES;
 
 /// How long one git call may take when the caller does not say.
@@ -75,6 +76,33 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The ref the fetched branch head is kept under in the cache repository.
 const HEAD_REF: &str = "refs/dexscope/head";
+
+/// The cache directory of the daemon's git source: beside the state database, so it lives
+/// under the unit's `StateDirectory`.
+pub fn cache_dir(state_path: &Path) -> PathBuf {
+    state_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("git-source")
+}
+
+/// The desired state in `files` read from `commit`, with the commit id recorded in it.
+pub fn parse_commit(
+    commit: &CommitId,
+    files: &[(PathBuf, String)],
+    today: chrono::NaiveDate,
+    mode: crate::desired::Mode,
+) -> Result<crate::desired::Loaded, crate::desired::Diagnostics> {
+    let texts: Vec<(&Path, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
+    let mut loaded = crate::desired::parse_files(&texts, today, mode).into_result()?;
+    loaded.state.commit = Some(commit.to_string());
+    loaded.state.sources = files.iter().map(|(p, _)| p.clone()).collect();
+    Ok(loaded)
+}
 
 /// A commit id: lower-case hex, 40 (SHA-1) or 64 (SHA-256) digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,11 +1,23 @@
-//! The git source's settings ([`GitSource`]), checked when they are built: what can be wrong
-//! with a URL, a branch or a path is found at load time, not at the first fetch.
+//! The git source's settings (`[scope.git]`, [`GitSource`]), checked when they are built: what
+//! can be wrong with a URL, a branch or a path is found at load time, not at the first fetch.
+//! They live in the config so that a bad source fails loading (exit 78); the fetching is
+//! `desired::source`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
+
+use super::credentials::SecretLookup;
+use super::reader::{Reader, Sk};
+use super::{ConfigError, Origin, ScopeGit};
+
+/// How many `fetch_every` periods fetches may fail before `desired_state_stale` fires by
+/// default. One failed fetch is routine (a forge restart, a network blip) and two can be bad
+/// luck; three in a row mean the state is no longer following the branch. A multiple, not a
+/// fixed time, so the alert comes as fast relative to how often the operator chose to look.
+pub const STALE_AFTER_FETCHES: u32 = 3;
 
 /// The shortest `fetch_every`: a git host is not polled more often than this.
 pub const MIN_FETCH_EVERY: Duration = Duration::from_secs(10);
@@ -93,7 +105,7 @@ impl GitSource {
         let path = check_path(&settings.path)?;
         let fetch_every = match settings.fetch_every.as_deref() {
             None => DEFAULT_FETCH_EVERY,
-            Some(text) => crate::config::parse_duration(text)
+            Some(text) => super::reader::parse_duration(text)
                 .ok_or_else(|| invalid("fetch_every", "is not a duration such as 90s, 1m, 2h"))?,
         };
         if fetch_every < MIN_FETCH_EVERY {
@@ -282,6 +294,76 @@ fn check_path(path: &str) -> Result<String, InvalidGitSource> {
         return Err(invalid("path", "names a .git directory"));
     }
     Ok(parts.join("/"))
+}
+
+/// `[scope.git]`, when the config has it: the source checked by [`GitSource::new`] (each
+/// problem reported against its key), its files looked up like the client secret, and
+/// `stale_after`. Refuses `[scope] desired_state` set beside it: exactly one source is read.
+pub(super) fn read_scope_git(
+    r: &Reader,
+    lookup: &SecretLookup,
+) -> Result<Option<ScopeGit>, ConfigError> {
+    let key = |k: &'static str| -> Sk { ("scope.git", k) };
+    let present = super::known_keys()
+        .filter(|(section, _)| *section == "scope.git")
+        .any(|(_, k)| r.get(key(k)).is_some());
+    if !present {
+        return Ok(None);
+    }
+    let desired = ("scope", "desired_state");
+    if r.origin(desired) != Origin::Default {
+        return Err(r.invalid(
+            desired,
+            "is set together with [scope.git]".into(),
+            "keep one: desired_state for files on this host, [scope.git] to fetch them from git",
+        ));
+    }
+    let verify_text = r.req_str(key("verify"), "set verify = \"ssh\" (or \"none\")")?;
+    let verify = match verify_text.trim() {
+        "none" => Verify::None,
+        "ssh" => Verify::Ssh,
+        _ => {
+            return Err(r.invalid(
+                key("verify"),
+                format!("{} is not a verification mode", r.quote(&verify_text)),
+                "write ssh (signed heads only) or none",
+            ));
+        }
+    };
+    let file = |k: &'static str| -> Result<Option<PathBuf>, ConfigError> {
+        Ok(r.opt_str(key(k))?.map(|name| lookup.find(&name)))
+    };
+    let settings = GitSourceSettings {
+        url: r.req_str(
+            key("url"),
+            "set the repository URL (https://, ssh:// or file://)",
+        )?,
+        branch: r.req_str(key("branch"), "set the branch to follow, like main")?,
+        path: r.req_str(
+            key("path"),
+            "set the desired-state file or directory inside the repository (\".\" for its root)",
+        )?,
+        fetch_every: r.opt_str(key("fetch_every"))?,
+        credential_file: file("credential_file")?,
+        verify,
+        allowed_signers: file("allowed_signers")?,
+        known_hosts: file("known_hosts")?,
+    };
+    let source = GitSource::new(settings).map_err(|e| {
+        r.invalid(
+            key(e.field),
+            e.problem,
+            "fix it (the README's GitOps section shows a [scope.git] example)",
+        )
+    })?;
+    let stale_after = match r.get(key("stale_after")) {
+        None => source.fetch_every() * STALE_AFTER_FETCHES,
+        Some(_) => r.duration(key("stale_after"), source.fetch_every())?,
+    };
+    Ok(Some(ScopeGit {
+        source,
+        stale_after,
+    }))
 }
 
 #[cfg(test)]
