@@ -16,7 +16,7 @@ const HEAD: &str = "[tenant]\ntenant_id = \"11111111-2222-3333-4444-555555555555
 fn load(text: &str, env: &[(&str, &str)]) -> (Result<Config, String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("secret"), "s3cret-value\n").unwrap();
+    crate::support::write_secret(&d.join("secret"), "s3cret-value\n");
     std::fs::write(d.join("signers"), "x\n").unwrap();
     std::fs::create_dir(d.join("creds")).unwrap();
     std::fs::write(d.join("creds/creds_signers"), "x\n").unwrap();
