@@ -40,7 +40,8 @@
 //! - `incidents`: `verdict` (pure: `scope`, `policy`, `assets`, `coverage`, `types`) and `comment`
 //!   (pure), `observe` (pure: pass report → alert observations), `poll`, `poll_once`.
 //! - `alerts`: the one alert path, the `Alerter` (load, step, save, then every sink);
-//!   `transition` (pure) and `sinks` (log, webhook through `http`, alert figures).
+//!   `transition` (pure), `observe` (pure: the daemon's own findings as alerts) and `sinks`
+//!   (log, webhook through `http`, alert figures).
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite, one file per table family (`schema`, `audit`, `cursors`, `tags`, `alerts`,
 //!   `guard`, `passes`, `snapshot`, `gitsource`); `records`: the typed pass records and the one staleness rule.
@@ -76,7 +77,7 @@
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
 //! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
-//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`, `alerts::transition`,
+//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`, `alerts::transition`, `alerts::observe`,
 //! `state::records`.
 //!
 //! # Architecture invariants

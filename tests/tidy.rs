@@ -106,6 +106,30 @@ fn pure_modules_stay_pure() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
+/// The daemon schedules and wires; what a finding means (its alert, severity and words) is
+/// decided by a pure function beside the finding's module, as `alerts::observe`,
+/// `reconcile::observe` and `incidents::observe` do.
+#[test]
+fn the_daemon_decides_no_alert() {
+    let bad: Vec<String> = sources()
+        .iter()
+        .filter(|s| within(&s.module, "daemon"))
+        .flat_map(|s| {
+            let code = strip_comments_and_strings(&non_test(&s.text));
+            ["Observation::bad", "Observation::good", "AlertSeverity::"]
+                .into_iter()
+                .filter(move |mark| code.contains(mark))
+                .map(move |mark| {
+                    format!(
+                        "{}: `{mark}` decides an alert in the daemon: build the observation in a pure `observe` function",
+                        s.rel
+                    )
+                })
+        })
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
 #[test]
 fn module_graph_has_no_cycle_between_files() {
     let graph = file_graph(&sources());

@@ -6,6 +6,7 @@
 //! every sink (`sinks`): the log event, the webhook, the alert figures of the metrics endpoint.
 //! There is no way to observe without delivering: [`Alerter::observe`] does both.
 
+pub mod observe;
 mod sinks;
 mod transition;
 

@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::json;
 use tokio::sync::Notify;
 
 use super::lock;
 use super::watch::DesiredWatch;
-use crate::alerts::{AlertKind, AlertSeverity, Alerter, Observation};
+use crate::alerts::{Alerter, Observation, observe};
 use crate::config::{ScopeGit, Verify};
 use crate::desired::source::{
     CommitId, DEFAULT_TIMEOUT, Fetched, GitCache, SourceError, cache_dir,
@@ -232,67 +231,26 @@ impl GitWatch {
     pub fn observations(&self, now: DateTime<Utc>) -> Vec<Observation> {
         let inner = lock(&self.inner);
         let record = &inner.record;
-        let applied = record.applied.as_deref().unwrap_or("(none)");
-        let invalid = match &inner.invalid {
-            None => Observation::good(AlertKind::InvalidDesiredState, ""),
-            Some((commit, message)) => Observation::bad(
-                AlertKind::InvalidDesiredState,
-                "",
-                AlertSeverity::Critical,
-                format!(
-                    "{message} (commit {commit} of {}); keeping the last valid desired state \
-                     (commit {applied}): fix it and commit",
-                    self.describe()
-                ),
-                json!({ "commit": commit.as_str(), "applied": record.applied }),
-            ),
+        let source = self.describe();
+        let failing = match (&record.error, record.last_ok_fetch.or(inner.failing_since)) {
+            (Some(error), Some(since)) => Some((error.as_str(), since)),
+            _ => None,
         };
-        let refused = match &record.refused {
-            None => Observation::good(AlertKind::UnverifiedDesiredState, ""),
-            Some(head) => Observation::bad(
-                AlertKind::UnverifiedDesiredState,
-                "",
-                AlertSeverity::Critical,
-                format!(
-                    "head commit {} of {} refused: {}; keeping the last verified desired state \
-                     (commit {applied}): sign the commit with a key allowed_signers lists",
-                    head.commit,
-                    self.describe(),
-                    head.reason
-                ),
-                json!({ "commit": head.commit, "reason": head.reason, "applied": record.applied }),
-            ),
+        let findings = observe::GitFindings {
+            source: &source,
+            applied: record.applied.as_deref(),
+            invalid: inner
+                .invalid
+                .as_ref()
+                .map(|(c, m)| (c.as_str(), m.as_str())),
+            refused: record
+                .refused
+                .as_ref()
+                .map(|h| (h.commit.as_str(), h.reason.as_str())),
+            failing,
+            stale_after: self.stale_after,
         };
-        vec![invalid, refused, self.staleness(&inner, now)]
-    }
-
-    /// Stale once no fetch has reached the repository for `stale_after`: since the last one
-    /// that did (also before a restart), else since fetches began to fail.
-    fn staleness(&self, inner: &Inner, now: DateTime<Utc>) -> Observation {
-        let good = Observation::good(AlertKind::DesiredStateStale, "");
-        let record = &inner.record;
-        let (Some(error), Some(since)) =
-            (&record.error, record.last_ok_fetch.or(inner.failing_since))
-        else {
-            return good;
-        };
-        let age = (now - since).to_std().unwrap_or_default();
-        if age < self.stale_after {
-            return good;
-        }
-        Observation::bad(
-            AlertKind::DesiredStateStale,
-            "",
-            AlertSeverity::Warning,
-            format!(
-                "the desired state has not been fetched from {} for {}: {error}; keeping the \
-                 last good state (commit {})",
-                self.describe(),
-                crate::text::duration(age),
-                record.applied.as_deref().unwrap_or("(none)")
-            ),
-            json!({ "error": error, "applied": record.applied, "since": since }),
-        )
+        observe::desired_git(&findings, now)
     }
 }
 

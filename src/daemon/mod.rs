@@ -22,10 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::json;
 use tokio::sync::{Notify, watch as channel};
 
-use crate::alerts::{AlertKind, AlertSeverity, Alerter, AlerterError, Observation};
+use crate::alerts::{Alerter, AlerterError, Condition, observe};
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
 use crate::state::{State, StateError};
@@ -393,36 +392,21 @@ async fn first_token(tenant: &Tenant, alerter: &Alerter) {
         for (resource, result) in tenant.tokens.self_check().await {
             let name = resource.display_name();
             match result {
-                Ok(report) if report.is_complete() => {
-                    observations.push(Observation::good(AlertKind::MissingPermission, name));
-                }
                 Ok(report) => {
-                    tracing::warn!(resource = name, "{}", report.message);
-                    observations.push(Observation::bad(
-                        AlertKind::MissingPermission,
-                        name,
-                        AlertSeverity::Critical,
-                        report.message.clone(),
-                        json!({ "missing": report.missing }),
-                    ));
+                    if !report.is_complete() {
+                        tracing::warn!(resource = name, "{}", report.message);
+                    }
+                    observations.push(observe::permissions(name, &report));
                 }
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
         let got = !observations.is_empty();
-        if got {
-            observations.push(Observation::good(AlertKind::AuthFailure, ""));
-        } else {
-            let summary = format!("cannot obtain a token: {}", errors.join("; "));
+        let auth = observe::auth(got, &errors);
+        if let Condition::Bad { summary, .. } = &auth.condition {
             status(&format!("waiting for a token: {summary}"));
-            observations.push(Observation::bad(
-                AlertKind::AuthFailure,
-                "",
-                AlertSeverity::Critical,
-                summary,
-                json!({}),
-            ));
         }
+        observations.push(auth);
         alerter.observe(observations, Utc::now()).await;
         if got {
             return;

@@ -10,18 +10,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rand::Rng;
-use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use super::systemd::{Progress, status};
-use crate::alerts::{AlertKind, AlertSeverity, Alerter, Notice, Observation};
+use crate::alerts::{Alerter, Notice, Observation, observe};
 use crate::metrics::{Metrics, PassFigures};
 use crate::state::records::{PassDetails, PassFailed, PassOk};
 use crate::state::{LoopPass, State};
 
-/// Consecutive failures of a loop before its `loop_failing` alert fires: one failure is
-/// usually a transient blip the next tick heals.
-pub const FAILURES_BEFORE_ALERT: u32 = 2;
+pub use crate::alerts::observe::FAILURES_BEFORE_ALERT;
 
 /// What a successful pass reports.
 #[derive(Debug, Clone, Default)]
@@ -167,7 +164,7 @@ impl Scheduler {
                 }
                 status(&format!("{name} pass ok: {}", s.text));
                 observations.extend(s.observations.iter().cloned());
-                observations.push(Observation::good(AlertKind::LoopFailing, name));
+                observations.extend(observe::loop_failing(name, 0, ""));
             }
             Err(e) => {
                 lp.failures += 1;
@@ -175,15 +172,7 @@ impl Scheduler {
                 tracing::warn!(r#loop = name, duration_ms = ms, failures = n, error = %e, "{name} pass failed; the next tick retries");
                 status(&format!("{name} pass failed ({n} in a row): {e}"));
                 observations.extend(e.observations.iter().cloned());
-                if n >= FAILURES_BEFORE_ALERT {
-                    observations.push(Observation::bad(
-                        AlertKind::LoopFailing,
-                        name,
-                        AlertSeverity::Warning,
-                        format!("the {name} loop failed {n} times in a row: {e}"),
-                        json!({ "loop": name, "failures": n }),
-                    ));
-                }
+                observations.extend(observe::loop_failing(name, n, &e.to_string()));
             }
         }
         let previous = match &result {

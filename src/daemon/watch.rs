@@ -25,11 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
 use tokio::sync::Notify;
 
 use super::lock;
-use crate::alerts::{AlertKind, AlertSeverity, Alerter, Observation};
+use crate::alerts::{Alerter, Observation, observe};
 use crate::desired::{self, Loaded, Mode};
 
 /// Keeps the last valid desired state and notices changes by polling the files' metadata.
@@ -164,16 +163,7 @@ impl DesiredWatch {
 
     /// The `invalid_desired_state` alert as of the last refresh.
     pub fn observation(&self) -> Observation {
-        match &lock(&self.inner).error {
-            None => Observation::good(AlertKind::InvalidDesiredState, ""),
-            Some(error) => Observation::bad(
-                AlertKind::InvalidDesiredState,
-                "",
-                AlertSeverity::Critical,
-                error.clone(),
-                json!({ "path": self.path.display().to_string() }),
-            ),
-        }
+        observe::desired_files(lock(&self.inner).error.as_deref(), &self.path)
     }
 }
 
