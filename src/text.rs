@@ -1,5 +1,5 @@
-//! Small text helpers shared by messages meant for people: one-line text, "did you mean" hints
-//! and durations.
+//! Small text helpers shared by messages meant for people: one-line text, tenant labels, "did
+//! you mean" hints and durations.
 
 use std::time::Duration;
 
@@ -9,6 +9,60 @@ pub fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// The most characters a tenant label keeps, the ellipsis included.
+pub const LABEL_MAX_CHARS: usize = 120;
+
+/// Makes a label read from the tenant (a display name, a UPN, a device name) safe to print on
+/// one line for a person: control characters (ESC, CR, LF, TAB…), bidi controls and zero-width
+/// characters are escaped visibly (`\n`, `\u{1b}`, `\u{202e}`), and the result is cut to
+/// [`LABEL_MAX_CHARS`] with a trailing `…`. A backslash is kept as it is, so the helper is
+/// idempotent: a label made safe where it enters the domain stays the same when a later layer
+/// makes it safe again.
+pub fn label(s: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let piece = match c {
+            '\n' => "\\n".to_string(),
+            '\r' => "\\r".to_string(),
+            '\t' => "\\t".to_string(),
+            c if is_hidden(c) => format!("\\u{{{:x}}}", c as u32),
+            c => c.to_string(),
+        };
+        let len = piece.chars().count();
+        // Room is kept for the ellipsis unless this piece ends the label.
+        let room = if chars.peek().is_some() {
+            LABEL_MAX_CHARS - 1
+        } else {
+            LABEL_MAX_CHARS
+        };
+        if count + len > room {
+            out.push('…');
+            return out;
+        }
+        out.push_str(&piece);
+        count += len;
+    }
+    out
+}
+
+/// Characters that change how the text around them is shown without being seen: control
+/// characters, bidi embeddings, overrides, isolates and marks, and zero-width characters.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{2029}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{061c}'
+                | '\u{feff}'
+        )
 }
 
 /// Levenshtein distance, for "did you mean" hints on short keys.
@@ -73,7 +127,41 @@ pub(crate) fn age(secs: i64) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::{duration, edit_distance, one_line};
+    use super::{LABEL_MAX_CHARS, duration, edit_distance, label, one_line};
+
+    #[test]
+    fn labels_are_escaped_visibly_and_capped() {
+        for (input, expected) in [
+            ("Helpdesk", "Helpdesk"),
+            ("", ""),
+            ("two\nlines\r\ttab", "two\\nlines\\r\\ttab"),
+            ("red\x1b[31m", "red\\u{1b}[31m"),
+            (
+                "a\u{202e}b\u{2066}c\u{200e}d\u{061c}e",
+                "a\\u{202e}b\\u{2066}c\\u{200e}d\\u{61c}e",
+            ),
+            ("zero\u{200b}width\u{feff}", "zero\\u{200b}width\\u{feff}"),
+            ("nul\0del\u{7f}", "nul\\u{0}del\\u{7f}"),
+            ("ünïcödé ok", "ünïcödé ok"),
+        ] {
+            assert_eq!(label(input), expected, "{input:?}");
+            assert_eq!(label(expected), expected, "idempotent on {input:?}");
+        }
+    }
+
+    #[test]
+    fn long_labels_end_in_an_ellipsis_within_the_cap() {
+        let exact = "a".repeat(LABEL_MAX_CHARS);
+        assert_eq!(label(&exact), exact);
+        let long = label(&"b".repeat(LABEL_MAX_CHARS + 1));
+        assert_eq!(long.chars().count(), LABEL_MAX_CHARS);
+        assert!(long.ends_with("b…"), "{long}");
+        assert_eq!(label(&long), long, "idempotent");
+        // An escape is never cut in half.
+        let escapes = label(&"\x1b".repeat(LABEL_MAX_CHARS));
+        assert!(escapes.chars().count() <= LABEL_MAX_CHARS);
+        assert!(escapes.ends_with("\\u{1b}…"), "{escapes}");
+    }
 
     #[test]
     fn one_line_replaces_control_characters() {

@@ -302,7 +302,8 @@ pub(super) fn group_member(m: wire::Member) -> Option<GroupMember> {
         Ok(id) => Some(GroupMember::Other {
             id,
             odata_type,
-            display_name: m.display_name,
+            // A tenant's display name is free text; from here on it is a one-line label.
+            display_name: m.display_name.as_deref().map(crate::text::label),
         }),
         Err(e) => {
             tracing::warn!(error = %e, "group member with an id that is not a GUID is ignored");

@@ -30,12 +30,18 @@ const MAX_ID: usize = 40;
 /// Lines shown per list before "+N more", even when there is room: a comment is read by people.
 const MAX_LIST_ITEMS: usize = 15;
 
-/// The marker of a verdict comment: the outcome and the digest of the verdict's inputs.
+/// Hex characters of a marker's tag.
+const TAG_LEN: usize = 16;
+
+/// The marker of a verdict comment: the outcome, the digest of the verdict's inputs and, on
+/// markers written since tags exist, the tag that shows this installation wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Marker {
     pub in_scope: bool,
     /// Lower-case hex, 16 to 64 characters.
     pub digest: String,
+    /// [`marker_tag`] of the incident and digest: 16 lower-case hex characters.
+    pub tag: Option<String>,
 }
 
 impl Marker {
@@ -49,8 +55,53 @@ impl Marker {
         Some(Marker {
             in_scope,
             digest: verdict.digest.clone(),
+            tag: None,
         })
     }
+
+    /// The same marker carrying `tag`.
+    pub fn tagged(self, tag: String) -> Marker {
+        Marker {
+            tag: Some(tag),
+            ..self
+        }
+    }
+}
+
+/// The tag that proves a marker was written by the holder of `key`: the first 16 hex characters
+/// of HMAC-SHA256 (RFC 2104) over the incident id, a NUL byte and the digest. Anyone may write
+/// a marker line in a comment; only this installation can tag one.
+pub fn marker_tag(key: &[u8], incident_id: &str, digest: &str) -> String {
+    let mut message = Vec::with_capacity(incident_id.len() + 1 + digest.len());
+    message.extend_from_slice(incident_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(digest.as_bytes());
+    hmac_sha256(key, &message)[..TAG_LEN / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// HMAC-SHA256 as RFC 2104 defines it, with SHA-256's 64-byte block.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|k| k ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 impl fmt::Display for Marker {
@@ -64,7 +115,11 @@ impl fmt::Display for Marker {
             f,
             "{MARKER_PREFIX} {MARKER_VERSION} {outcome} {}",
             self.digest
-        )
+        )?;
+        match &self.tag {
+            Some(tag) => write!(f, " {tag}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -77,6 +132,11 @@ pub fn comment(verdict: &Verdict, incident: &Incident) -> Option<String> {
 /// this is the one line `skipped: redirected to <id>` for the CLI, with no marker: use
 /// [`comment`] to decide whether to post.
 pub fn render(verdict: &Verdict, incident: &Incident) -> String {
+    render_tagged(verdict, incident, None)
+}
+
+/// [`render`] with the marker carrying `tag` (from [`marker_tag`]), as posted on incidents.
+pub fn render_tagged(verdict: &Verdict, incident: &Incident, tag: Option<String>) -> String {
     let Some(marker) = Marker::of(verdict) else {
         let to = match &verdict.outcome {
             Outcome::Skipped {
@@ -85,6 +145,10 @@ pub fn render(verdict: &Verdict, incident: &Incident) -> String {
             _ => "an unnamed incident".to_owned(),
         };
         return format!("skipped: redirected to {to}");
+    };
+    let marker = match tag {
+        Some(tag) => marker.tagged(tag),
+        None => marker,
     };
     let in_scope = marker.in_scope;
     let headline = if in_scope { HEADLINE_IN } else { HEADLINE_OUT };
@@ -145,14 +209,22 @@ pub fn render(verdict: &Verdict, incident: &Incident) -> String {
 }
 
 /// Reads the marker from a comment's last line, strictly: `dexscope-verdict: v1`, the outcome
-/// and a 16–64 character lower-case hex digest, nothing else on the line. Trailing whitespace
-/// after the line (a final newline) is tolerated.
+/// a 16–64 character lower-case hex digest and optionally a 16 character lower-case hex tag,
+/// nothing else on the line. Trailing whitespace after the line (a final newline) is tolerated.
 pub fn parse_marker(comment: &str) -> Option<Marker> {
     let text = comment.trim_end_matches([' ', '\t', '\r', '\n']);
     let last = text.rsplit('\n').next()?;
     let rest = last.strip_prefix(MARKER_PREFIX)?.strip_prefix(' ')?;
     let rest = rest.strip_prefix(MARKER_VERSION)?.strip_prefix(' ')?;
-    let (outcome, digest) = rest.split_once(' ')?;
+    let (outcome, rest) = rest.split_once(' ')?;
+    let (digest, tag) = match rest.split_once(' ') {
+        Some((digest, tag)) => (digest, Some(tag)),
+        None => (rest, None),
+    };
+    let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if tag.is_some_and(|t| t.len() != TAG_LEN || !hex(t)) {
+        return None;
+    }
     let in_scope = match outcome {
         "in_scope" => true,
         "out_of_scope" => false,
@@ -165,6 +237,7 @@ pub fn parse_marker(comment: &str) -> Option<Marker> {
     digest_ok.then(|| Marker {
         in_scope,
         digest: digest.to_owned(),
+        tag: tag.map(str::to_owned),
     })
 }
 
@@ -391,6 +464,27 @@ fn cut(s: &str, max_chars: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test cases 2 and 6 of RFC 4231 (a short key; a key longer than the block).
+        let hex = |b: [u8; 32]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(super::hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(super::hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        let tag = super::marker_tag(&[7; 32], "42", "0123456789abcdef");
+        assert_eq!(tag.len(), 16);
+        assert_ne!(tag, super::marker_tag(&[8; 32], "42", "0123456789abcdef"));
+        assert_ne!(tag, super::marker_tag(&[7; 32], "4", "20123456789abcdef"));
+    }
     use super::*;
 
     #[test]
@@ -437,10 +531,23 @@ mod tests {
             parse_marker(&good),
             Some(Marker {
                 in_scope: true,
-                digest: digest.into()
+                digest: digest.into(),
+                tag: None,
             })
         );
         assert!(parse_marker(&format!("{good}\n")).is_some());
+        assert_eq!(
+            parse_marker(&format!("{good} 0123456789abcdef")).and_then(|m| m.tag),
+            Some("0123456789abcdef".to_owned())
+        );
+        for tag in [
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "0123456789ABCDEF",
+            "x",
+        ] {
+            assert_eq!(parse_marker(&format!("{good} {tag}")), None, "{tag}");
+        }
         let bad = [
             format!("dexscope-verdict: v1 in_scope {digest}\nmore"),
             format!(" dexscope-verdict: v1 in_scope {digest}"),

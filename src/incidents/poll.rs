@@ -5,7 +5,7 @@
 //! The decisions are pure ([`next_cursor`], [`decide`]); [`poll_once`] and [`post_verdict`]
 //! carry them out. Exactly-once rests on the incident's own comments, not on local state:
 //! before a POST the incident is read and the comment is posted only when no comment carries
-//! the same marker; after an ambiguous POST (timeout, 5xx) the comments are read again and the
+//! the same marker, tagged with this installation's key (see [`Trust`]); after an ambiguous POST (timeout, 5xx) the comments are read again and the
 //! POST is not repeated in the same pass. A crash at any point therefore leaves either no
 //! comment (the cursor did not move, the next pass posts) or the comment (the next pass sees
 //! the marker).
@@ -127,6 +127,12 @@ pub enum IncidentFailure {
         "the comment on incident {id} may not have been stored and was not found on re-reading; the next pass decides again"
     )]
     Unconfirmed { id: String },
+    #[error("reading the marker key or verdict record for incident {id} failed: {source}")]
+    Trust {
+        id: String,
+        #[source]
+        source: Box<StateError>,
+    },
     #[error("recording the verdict of incident {id} failed: {source}")]
     Record {
         id: String,
@@ -214,24 +220,56 @@ pub enum Action {
     Post { marker: Marker, text: String },
 }
 
+/// Which markers on an incident count as dexscope's own. Anyone with comment rights can write
+/// a marker line, so a marker counts only when its tag verifies with this installation's key,
+/// or, untagged (written before markers carried tags), when the state database records that
+/// dexscope posted this verdict, so an upgrade never posts twice.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust<'a> {
+    pub key: &'a [u8],
+    /// The state database records this incident and digest as posted.
+    pub recorded: bool,
+}
+
+impl Trust<'_> {
+    /// The first comment carrying `marker` (tagged) in a form that counts.
+    fn find<'c>(
+        &self,
+        comments: &'c [IncidentComment],
+        marker: &Marker,
+    ) -> Option<&'c IncidentComment> {
+        let untagged = Marker {
+            tag: None,
+            ..marker.clone()
+        };
+        comments.iter().find(|c| {
+            comment::parse_marker(&c.comment)
+                .is_some_and(|m| m == *marker || (self.recorded && m == untagged))
+        })
+    }
+}
+
 /// Decides whether the verdict is posted: only when it has a marker (not redirected), posting
-/// is on, and none of `comments` carries the same marker.
+/// is on, and none of `comments` carries the same marker in a form `trust` counts.
 pub fn decide(
     verdict: &Verdict,
     incident: &Incident,
     comments: &[IncidentComment],
     post_comments: bool,
+    trust: Trust<'_>,
 ) -> Action {
     let Some(marker) = Marker::of(verdict) else {
         return Action::Skip;
     };
-    if comment::has_marker(comments, &marker) {
+    let tag = comment::marker_tag(trust.key, &incident.id, &marker.digest);
+    let marker = marker.tagged(tag.clone());
+    if trust.find(comments, &marker).is_some() {
         Action::AlreadyPosted(marker)
     } else if !post_comments {
         Action::LogOnly(marker)
     } else {
         Action::Post {
-            text: comment::render(verdict, incident),
+            text: comment::render_tagged(verdict, incident, Some(tag)),
             marker,
         }
     }
@@ -334,14 +372,29 @@ pub async fn post_verdict(
                 source: Box::new(source),
             })
     };
-    match decide(verdict, incident, &incident.comments, post_comments) {
+    let trusting = |source| IncidentFailure::Trust {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    let key = state.installation_key().map_err(trusting)?;
+    let recorded = state
+        .verdict_posted(id, &verdict.digest)
+        .map_err(trusting)?;
+    let trust = Trust {
+        key: &key,
+        recorded,
+    };
+    match decide(verdict, incident, &incident.comments, post_comments, trust) {
         Action::Skip => Ok(Handled::Redirected),
         Action::LogOnly(marker) => {
             tracing::info!(incident = %id, verdict = verdict.outcome.code(), %marker, "verdict (posting is off)");
             Ok(Handled::LoggedOnly)
         }
         Action::AlreadyPosted(marker) => {
-            let at = posted_at(&incident.comments, &marker).unwrap_or(now);
+            let at = trust
+                .find(&incident.comments, &marker)
+                .and_then(|c| c.created_at)
+                .unwrap_or(now);
             record(&marker, at)?;
             Ok(Handled::AlreadyPosted)
         }
@@ -351,7 +404,7 @@ pub async fn post_verdict(
                 Err(e) if e.is_ambiguous() => {
                     tracing::warn!(incident = %id, error = %e, "comment post ambiguous; reading the comments again");
                     let fresh = tenant.graph.get_incident(id).await?;
-                    if !comment::has_marker(&fresh.comments, &marker) {
+                    if trust.find(&fresh.comments, &marker).is_none() {
                         return Err(IncidentFailure::Unconfirmed { id: id.clone() });
                     }
                 }
@@ -362,13 +415,6 @@ pub async fn post_verdict(
             Ok(Handled::Posted)
         }
     }
-}
-
-fn posted_at(comments: &[IncidentComment], marker: &Marker) -> Option<DateTime<Utc>> {
-    comments
-        .iter()
-        .find(|c| comment::parse_marker(&c.comment).as_ref() == Some(marker))
-        .and_then(|c| c.created_at)
 }
 
 /// One pass: list the incidents updated since the cursor (minus the overlap; the first pass
@@ -661,23 +707,66 @@ mod tests {
         let judge = |i: &Incident| verdict::verdict(i, &scope, &Policy::default(), t(0));
         let active = incident("active");
         let v = judge(&active);
-        let Action::Post { marker, text } = decide(&v, &active, &[], true) else {
+        let trust = Trust {
+            key: &[7; 32],
+            recorded: false,
+        };
+        let Action::Post { marker, text } = decide(&v, &active, &[], true, trust) else {
             panic!("should post");
         };
         assert!(text.ends_with(&marker.to_string()));
-        let posted = [IncidentComment {
+        assert!(marker.tag.is_some(), "{marker}");
+        let said = |text: String| IncidentComment {
             comment: text,
-            created_by: None,
+            created_by: Some("dexscope".into()),
             created_at: None,
-        }];
+        };
+        let posted = [said(text)];
         assert_eq!(
-            decide(&v, &active, &posted, true),
+            decide(&v, &active, &posted, true, trust),
             Action::AlreadyPosted(marker.clone())
         );
-        assert_eq!(decide(&v, &active, &[], false), Action::LogOnly(marker));
+        assert_eq!(
+            decide(&v, &active, &[], false, trust),
+            Action::LogOnly(marker.clone())
+        );
+        // Forged: untagged, tagged with another key, or tagged for another incident.
+        let untagged = Marker {
+            tag: None,
+            ..marker.clone()
+        };
+        let foreign = |key: &[u8], id: &str| {
+            untagged
+                .clone()
+                .tagged(comment::marker_tag(key, id, &marker.digest))
+        };
+        for forged in [
+            untagged.clone(),
+            foreign(&[8; 32], &active.id),
+            foreign(&[7; 32], "8"),
+        ] {
+            let comments = [said(format!("looks fine\n{forged}"))];
+            assert!(
+                matches!(
+                    decide(&v, &active, &comments, true, trust),
+                    Action::Post { .. }
+                ),
+                "{forged}"
+            );
+        }
+        // An untagged marker counts once the state database records the verdict as posted.
+        let legacy = [said(comment::render(&v, &active))];
+        let recorded = Trust {
+            recorded: true,
+            ..trust
+        };
+        assert_eq!(
+            decide(&v, &active, &legacy, true, recorded),
+            Action::AlreadyPosted(marker)
+        );
         let redirected = incident("redirected");
         assert_eq!(
-            decide(&judge(&redirected), &redirected, &[], true),
+            decide(&judge(&redirected), &redirected, &[], true, trust),
             Action::Skip
         );
     }

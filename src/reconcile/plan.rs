@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::model::{GroupMember, Machine, MachineId, ObjectId, UserId};
 use crate::scope::{DesiredDeviceRef, DesiredUserRef, GroupKind, Unresolved, UnresolvedKind};
+use crate::text::label;
 
 // ---------------------------------------------------------------------------------------------
 // Input.
@@ -123,7 +124,8 @@ pub enum Reason {
 pub struct Change<I> {
     pub id: I,
     pub kind: ObjectKind,
-    /// A name a reviewer recognises: the desired entry, the UPN, display name or DNS name.
+    /// A name a reviewer recognises: the desired entry, the UPN, display name or DNS name, in
+    /// the one-line escaped form of `text::label`, so it cannot add or hide a line in the review.
     pub label: String,
     pub reason: Reason,
 }
@@ -476,7 +478,7 @@ fn user_changes<'a>(
         .map(|u| Change {
             id: u.id.clone(),
             kind: ObjectKind::User,
-            label: u.label.clone(),
+            label: label(&u.label),
             reason: Reason::NotAMember,
         })
         .collect();
@@ -496,7 +498,7 @@ fn user_changes<'a>(
                         kind: ObjectKind::User,
                         label: upn
                             .as_ref()
-                            .map_or_else(|| id.to_string(), |u| u.to_string()),
+                            .map_or_else(|| id.to_string(), |u| label(u.as_str())),
                         reason: Reason::NotDesired,
                     }
                 }
@@ -507,7 +509,9 @@ fn user_changes<'a>(
                 } => Change {
                     id: id.clone(),
                     kind: ObjectKind::from_odata_type(odata_type),
-                    label: display_name.clone().unwrap_or_else(|| id.to_string()),
+                    label: display_name
+                        .as_deref()
+                        .map_or_else(|| id.to_string(), label),
                     reason: Reason::UnsupportedMemberType,
                 },
             };
@@ -539,7 +543,7 @@ fn device_changes<'a>(
         .map(|d| Change {
             id: d.id.clone(),
             kind: ObjectKind::Machine,
-            label: d.label.clone(),
+            label: label(&d.label),
             reason: Reason::MissingTag,
         })
         .collect();
@@ -556,7 +560,7 @@ fn device_changes<'a>(
                 label: m
                     .dns_name
                     .as_ref()
-                    .map_or_else(|| m.id.to_string(), |d| d.to_string()),
+                    .map_or_else(|| m.id.to_string(), |d| label(d.as_str())),
                 reason: Reason::NotDesired,
             };
             (change, m)

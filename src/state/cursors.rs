@@ -1,9 +1,13 @@
-//! The incident poll cursor and the verdicts posted on incidents.
+//! The incident poll cursor, the verdicts posted on incidents and the installation key that
+//! signs their markers.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::{State, StateError, ts};
+
+/// The `cursor` row that holds the installation key, hex-encoded.
+const INSTALLATION_KEY: &str = "installation-key";
 
 /// A verdict comment posted on an incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +55,63 @@ impl State {
         })
     }
 
+    /// This installation's secret key for verdict marker tags: 32 random bytes made on first
+    /// use and kept in the `cursor` table, so a restart signs and verifies with the same key.
+    pub fn installation_key(&self) -> Result<[u8; 32], StateError> {
+        let stored: Option<String> = self.read("read the installation key", |conn| {
+            conn.query_row(
+                "select value from cursor where name = ?1",
+                [INSTALLATION_KEY],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        let hex: String = match stored {
+            Some(hex) => hex,
+            None => self.create_installation_key()?,
+        };
+        let mut key = [0u8; 32];
+        let valid = hex.len() == 64
+            && hex.is_ascii()
+            && key.iter_mut().enumerate().all(|(i, b)| {
+                u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map(|v| *b = v)
+                    .is_ok()
+            });
+        if valid {
+            Ok(key)
+        } else {
+            Err(self.query(
+                "read the installation key",
+                rusqlite::Error::InvalidColumnType(
+                    0,
+                    INSTALLATION_KEY.into(),
+                    rusqlite::types::Type::Text,
+                ),
+            ))
+        }
+    }
+
+    fn create_installation_key(&self) -> Result<String, StateError> {
+        self.write("create the installation key", |tx| {
+            let fresh: [u8; 32] = rand::random();
+            let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+            // Two processes on one file keep whichever key was stored first.
+            tx.execute(
+                "insert or ignore into cursor (name, value) values (?1, ?2)",
+                params![INSTALLATION_KEY, fresh],
+            )?;
+            tx.query_row(
+                "select value from cursor where name = ?1",
+                [INSTALLATION_KEY],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// Whether this verdict (incident + marker digest) was recorded as posted. The incident's
-    /// own comments stay the authority for exactly-once posting; this is a fast path.
+    /// own comments stay the authority for exactly-once posting; this record lets a marker
+    /// written before markers carried a tag count as dexscope's own.
     pub fn verdict_posted(&self, incident_id: &str, digest: &str) -> Result<bool, StateError> {
         self.read("look up a posted verdict", |conn| {
             conn.query_row(

@@ -452,6 +452,67 @@ async fn a_changed_verdict_gets_a_new_comment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_marker_does_not_stop_the_verdict_and_our_own_does_across_a_restart() {
+    let sim = start_sim(0, FaultConfig::default()).await;
+    let picks = picks(&sim);
+    let id = sim.create_incident(&IncidentSpec {
+        users: vec![picks.unscoped_upn.clone()],
+        ..IncidentSpec::default()
+    });
+    // Another installation (its own state database, so its own key) posts first; someone with
+    // comment rights then copies its marker line without the tag.
+    let other = tempfile::tempdir().unwrap();
+    let report = poller(&sim, &write_config(&sim, other.path(), true, "30s"))
+        .pass()
+        .await;
+    assert_eq!(report.count(Handled::Posted), 1, "{report:?}");
+    let posted = sim.comments(&id).pop().unwrap();
+    let marker = parse_marker(&posted).unwrap();
+    assert!(marker.tag.is_some(), "{posted}");
+    let forged = dexscope::incidents::comment::Marker {
+        tag: None,
+        ..marker
+    };
+    {
+        let s = sim.state();
+        let mut t = s.lock().unwrap();
+        let n: u64 = id.parse().unwrap();
+        t.incidents
+            .get_mut(n)
+            .unwrap()
+            .comments
+            .push(dexscope::sim::model::Comment {
+                comment: format!("already handled\n{forged}"),
+                created_by: "dexscope".into(),
+                created_at: Utc::now(),
+            });
+    }
+    let markers = || {
+        sim.comments(&id)
+            .iter()
+            .filter_map(|c| parse_marker(c))
+            .count()
+    };
+    assert_eq!(markers(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, dir.path(), true, "30s");
+    let report = poller(&sim, &config).pass().await;
+    assert_eq!(
+        report.count(Handled::Posted),
+        1,
+        "forged markers do not count: {report:?}"
+    );
+    assert_eq!(markers(), 3);
+    // A restart keeps the key in the state database: its own marker counts, nothing is posted.
+    let report = poller(&sim, &config).pass().await;
+    assert_eq!(report.count(Handled::Posted), 0, "{report:?}");
+    assert_eq!(report.count(Handled::AlreadyPosted), 1, "{report:?}");
+    assert_eq!(markers(), 3);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_posting_off_verdicts_are_logged_only_and_the_cursor_moves() {
     let sim = start_sim(10, FaultConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();

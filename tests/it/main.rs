@@ -25,6 +25,7 @@ mod graph;
 mod hostile_numbers;
 mod http;
 mod incidents;
+mod labels;
 mod metrics;
 mod priority;
 mod proxy;

@@ -1470,6 +1470,7 @@ fn has_marker_finds_only_the_same_marker() {
     let other = Marker {
         in_scope: !marker.in_scope,
         digest: marker.digest.clone(),
+        tag: None,
     };
     comments.push(posted(format!("old verdict\n{other}")));
     assert!(!has_marker(&comments, &marker));
