@@ -106,6 +106,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "graph_security_per_minute",
             "defender_per_minute",
             "defender_per_hour",
+            "pass_deadline",
         ],
     ),
     ("http", &["timeout", "max_attempts", "max_retry_time"]),
@@ -163,6 +164,7 @@ graph_directory_write_batches_in_flight = 4
 graph_security_per_minute = 150
 defender_per_minute = 100
 defender_per_hour = 1500
+pass_deadline = "30m"
 
 [http]
 timeout = "30s"
