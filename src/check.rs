@@ -378,6 +378,10 @@ fn pass_problem(p: &LoopPass, schedule: Option<&Schedule>, now: DateTime<Utc>) -
         ));
     }
     if p.loop_name == "reconcile" {
+        // A pass the service's throttling outlasted says so, with what it granted.
+        if let Some(t) = p.reconcile_figures().and_then(|f| f.throttled) {
+            return Some(t.line());
+        }
         // The reconcile loop records the changes it could not make in its figures.
         let pending = p.reconcile_figures().map(|f| f.pending_changes);
         if let Some(n) = pending.filter(|n| *n > 0) {

@@ -94,6 +94,7 @@ pub struct Metrics {
     http_requests: Family<Labels, Counter>,
     throttled: Family<Labels, Counter>,
     throttle_wait: Family<Labels, Counter<f64, AtomicU64>>,
+    adaptive: AdaptiveFigures,
     http: Mutex<HttpSource>,
     /// The alert path's figures, read at scrape time like the HTTP figures.
     alert_source: Mutex<Option<Arc<AlertMetrics>>>,
@@ -243,6 +244,7 @@ impl Metrics {
             "The running dexscope build",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
         );
+        let adaptive = AdaptiveFigures::register(&mut registry);
         let metrics = Metrics {
             registry,
             passes,
@@ -257,6 +259,7 @@ impl Metrics {
             http_requests,
             throttled,
             throttle_wait,
+            adaptive,
             http: Mutex::new(HttpSource::default()),
             alert_source: Mutex::new(None),
             health: Mutex::new(Health::default()),
@@ -441,7 +444,49 @@ impl Metrics {
             if secs > waited.get() {
                 waited.inc_by(secs - waited.get());
             }
+            if let Some(stats) = &live {
+                self.adaptive.set(s, stats.surface(s));
+            }
         }
+    }
+}
+
+/// The send rate each surface learned from the service's answers, and the `$batch`
+/// envelopes it may have in flight.
+struct AdaptiveFigures {
+    granted_rate: Family<Labels, Gauge<f64, AtomicU64>>,
+    envelopes_in_flight: Family<Labels, Gauge>,
+}
+
+impl AdaptiveFigures {
+    fn register(registry: &mut Registry) -> Self {
+        let granted_rate = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "granted_rate_per_second",
+            "Requests (graph_read: resource units) per second the service grants, as learned \
+             from its answers; the configured rate until it throttles, by API surface",
+            granted_rate.clone(),
+        );
+        let envelopes_in_flight = Family::<Labels, Gauge>::default();
+        registry.register(
+            "batch_envelopes_in_flight_allowed",
+            "$batch envelopes allowed in flight at once, fewer while the service throttles",
+            envelopes_in_flight.clone(),
+        );
+        Self {
+            granted_rate,
+            envelopes_in_flight,
+        }
+    }
+
+    fn set(&self, s: Surface, stats: &http::SurfaceStats) {
+        let labels = vec![("surface", s.as_str().to_string())];
+        self.granted_rate
+            .get_or_create(&labels)
+            .set(stats.granted_per_s);
+        self.envelopes_in_flight
+            .get_or_create(&labels)
+            .set(i64::try_from(stats.envelopes_in_flight).unwrap_or(i64::MAX));
     }
 }
 

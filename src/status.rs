@@ -89,6 +89,9 @@ pub struct Coverage {
     pub pending_changes: u64,
     /// The desired state's commit the pass applied.
     pub commit: Option<String>,
+    /// "not converged: throttled (…)" when the service's throttling outlasted the last pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -260,6 +263,7 @@ fn coverage(f: &ReconcileFigures) -> Coverage {
         unresolved: f.unresolved_lines().collect(),
         pending_changes: f.pending_changes,
         commit: f.commit.clone(),
+        throttled: f.throttled.as_ref().map(|t| t.line()),
     }
 }
 
@@ -346,6 +350,9 @@ impl Status {
                     );
                 }
                 let _ = writeln!(s, "pending changes:  {}", c.pending_changes);
+                if let Some(t) = &c.throttled {
+                    let _ = writeln!(s, "                  {t}");
+                }
                 let _ = writeln!(s, "unresolved:       {}", c.unresolved.len());
                 for u in &c.unresolved {
                     let _ = writeln!(s, "  - {u}");

@@ -95,5 +95,6 @@ pub fn http_settings(config: &Config) -> http::Settings {
         defender_per_hour: Rate::new(l.defender_per_hour, Duration::from_secs(3_600)),
     };
     settings.write_batches_in_flight = l.graph_directory_write_batches_in_flight as usize;
+    settings.pass_deadline = l.pass_deadline;
     settings
 }

@@ -127,6 +127,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "graph_security_per_minute",
             "defender_per_minute",
             "defender_per_hour",
+            "pass_deadline",
         ],
     ),
     ("http", &["timeout", "max_attempts", "max_retry_time"]),
@@ -185,6 +186,7 @@ graph_directory_write_batches_in_flight = 4
 graph_security_per_minute = 150
 defender_per_minute = 100
 defender_per_hour = 1500
+pass_deadline = "30m"
 
 [http]
 timeout = "30s"

@@ -308,6 +308,9 @@ pub struct Limits {
     pub graph_security_per_minute: u32,
     pub defender_per_minute: u32,
     pub defender_per_hour: u32,
+    /// How long one reconcile pass may wait out throttling before it ends as "not converged:
+    /// throttled"; the daemon caps it at `reconcile_every`.
+    pub pass_deadline: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,6 +93,7 @@ pub(super) fn build(
         graph_security_per_minute: r.uint(("limits", "graph_security_per_minute"), 1)?,
         defender_per_minute: r.uint(("limits", "defender_per_minute"), 1)?,
         defender_per_hour: r.uint(("limits", "defender_per_hour"), 1)?,
+        pass_deadline: r.duration(("limits", "pass_deadline"), one_second)?,
     };
     let http = Http {
         timeout: r.duration(("http", "timeout"), one_second)?,

@@ -80,7 +80,10 @@ pub async fn reconcile_pass(
         member_resync: scope.member_resync,
     };
     let settings = reconcile::settings_from_config(&ctx.config, false);
-    let report = reconcile::reconcile_once(rctx, &desired.state, &settings, now)
+    // A pass never runs into the next one's slot.
+    let deadline = tokio::time::Instant::now() + ctx.config.schedule.reconcile_every;
+    let pass = reconcile::reconcile_once(rctx, &desired.state, &settings, now);
+    let report = crate::http::with_deadline(deadline, pass)
         .await
         .map_err(|e| PassError::new(format!("reconcile pass failed: {e}")))?;
     let plan = &report.plan;

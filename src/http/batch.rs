@@ -130,6 +130,11 @@ impl Client {
         let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; items.len()];
         let mut pending: Vec<usize> = (0..items.len()).collect();
         let mut round = 0u32;
+        // Rounds with an item failed other than by throttling: only those count against the
+        // attempt cap (throttling means "later", bounded by the deadline).
+        let mut other_rounds = 0u32;
+        // Envelopes of a surface in flight at once, fewer while the service throttles.
+        let _slot = self.inner_limits().slots(items[0].surface).acquire().await;
         loop {
             round += 1;
             let answers = self.send_envelope(items, &pending, &url).await?;
@@ -137,12 +142,22 @@ impl Client {
             if left.still.is_empty() {
                 break;
             }
+            if !left.only_throttled {
+                other_rounds += 1;
+            }
             let wait = match left.longest_retry_after {
                 Some(ra) => ra + rs.retry_after_margin,
                 None => backoff.next_delay(),
             };
             if !self
-                .wait_for_next_round(items, &left, round, wait, started, &mut outcomes)
+                .wait_for_next_round(
+                    items,
+                    &left,
+                    (round, other_rounds),
+                    wait,
+                    started,
+                    &mut outcomes,
+                )
                 .await
             {
                 break;
@@ -208,12 +223,17 @@ impl Client {
         let mut left = Left {
             still: Vec::new(),
             longest_retry_after: None,
+            only_throttled: true,
         };
+        // Cells per surface: accepted (answered, not throttled) and throttled.
+        let mut accepted: Vec<(Surface, u32)> = Vec::new();
+        let mut throttled: Vec<(Surface, u32)> = Vec::new();
         for &i in pending {
             let item = &items[i];
             let Some(r) = answers.by_item.remove(&i) else {
                 // No answer for this item: it was not executed as far as we know.
                 left.still.push(i);
+                left.only_throttled = false;
                 continue;
             };
             let request_id = r
@@ -225,16 +245,21 @@ impl Client {
                    attempt = round, surface = %item.surface,
                    request_id = request_id.as_deref().unwrap_or("-"), "batch item");
             if is_retryable_status(r.status) {
-                if matches!(r.status, 429 | 503 | 424) {
-                    self.recorder().throttled(item.surface);
-                }
                 let ra = r
                     .header("retry-after")
                     .and_then(|v| parse_retry_after(&v, SystemTime::now()));
+                if r.status == 429 || r.status == 424 || ra.is_some() {
+                    self.recorder().throttled(item.surface);
+                    add_cells(&mut throttled, item);
+                } else {
+                    left.only_throttled = false;
+                }
                 if let Some(ra) = ra {
                     left.longest_retry_after = left.longest_retry_after.max(Some(ra));
                 }
                 left.still.push(i);
+            } else {
+                add_cells(&mut accepted, item);
             }
             outcomes[i] = Some(BatchOutcome {
                 status: r.status,
@@ -242,6 +267,14 @@ impl Client {
                 request_id,
                 attempts: round,
             });
+        }
+        // Refused cells leave the windows and the surface slows down; accepted ones let it
+        // grow back.
+        for (surface, cells) in throttled {
+            self.inner_limits().throttled(surface, cells);
+        }
+        for (surface, cells) in accepted {
+            self.inner_limits().accepted(surface, cells);
         }
         left
     }
@@ -254,7 +287,7 @@ impl Client {
         &self,
         items: &[BatchItem],
         left: &Left,
-        round: u32,
+        (round, other_rounds): (u32, u32),
         wait: Duration,
         started: Instant,
         outcomes: &mut [Option<BatchOutcome>],
@@ -268,7 +301,15 @@ impl Client {
                 self.inner_limits().hold_until(items[i].surface, until);
             }
         }
-        if round >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
+        let give_up = if left.only_throttled {
+            Instant::now() + wait > super::throttle_deadline(started, rs)
+        } else {
+            other_rounds >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time
+        };
+        if give_up {
+            if left.only_throttled {
+                self.recorder().throttled_at_deadline();
+            }
             warn!(
                 items = still.len(),
                 attempts = round,
@@ -314,6 +355,15 @@ struct Left {
     /// Indexes of the items to send again.
     still: Vec<usize>,
     longest_retry_after: Option<Duration>,
+    /// Every item left was throttled (429, 424, or a `Retry-After`): retried without a cap.
+    only_throttled: bool,
+}
+
+fn add_cells(by: &mut Vec<(Surface, u32)>, item: &BatchItem) {
+    match by.iter_mut().find(|(s, _)| *s == item.surface) {
+        Some((_, c)) => *c += item.cost,
+        None => by.push((item.surface, item.cost)),
+    }
 }
 
 fn envelope_body(items: &[BatchItem], pending: &[usize]) -> serde_json::Value {

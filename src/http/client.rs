@@ -192,7 +192,7 @@ impl Client {
         Self {
             inner: Arc::new(Inner {
                 http,
-                limits: Limits::new(&settings.quotas),
+                limits: Limits::new(&settings.quotas, settings.write_batches_in_flight),
                 stats: Recorder::default(),
                 settings,
                 bearer,
@@ -211,7 +211,15 @@ impl Client {
     }
 
     pub fn stats(&self) -> Stats {
-        self.inner.stats.snapshot()
+        let mut stats = self.inner.stats.snapshot();
+        for surface in Surface::ALL {
+            let (rate, budget, in_flight) = self.inner.limits.learned(surface);
+            let s = &mut stats.surfaces[surface.index()];
+            s.granted_per_s = rate;
+            s.budget_per_s = budget;
+            s.envelopes_in_flight = in_flight;
+        }
+        stats
     }
 
     /// `{graph_root}/v1.0{path_and_query}`; `path_and_query` starts with `/` and is encoded.
@@ -325,6 +333,8 @@ impl Client {
         let started = Instant::now();
         let mut backoff = Backoff::new(rs);
         let mut attempt = 0u32;
+        // Attempts throttled: those do not count against the attempt cap.
+        let mut throttled_attempts = 0u32;
         let mut refreshed = false;
         let mut force_refresh = false;
         loop {
@@ -336,7 +346,7 @@ impl Client {
                 Ok(answer) => self.classify_answer(req, gates, answer, attempt, count),
                 Err(e) => self.classify_failure(req, &e, attempt, count),
             };
-            let (failure, retry_after) = match outcome {
+            let (failure, retry_after, throttled) = match outcome {
                 Outcome::Done(result) => return result,
                 Outcome::Unauthorized(err) if refreshed => return Err(err),
                 Outcome::Unauthorized(_) => {
@@ -349,17 +359,22 @@ impl Client {
                 Outcome::Retry {
                     failure,
                     retry_after,
-                } => (failure, retry_after),
+                    throttled,
+                } => (failure, retry_after, throttled),
             };
             let wait = match retry_after {
                 Some(ra) => ra + rs.retry_after_margin,
                 None => backoff.next_delay(),
             };
+            if throttled {
+                throttled_attempts += 1;
+            }
             let pause = Pause {
                 failure,
                 wait,
                 retry_after: retry_after.is_some(),
-                attempt,
+                throttled,
+                attempt: attempt - throttled_attempts,
                 started,
             };
             self.wait_or_give_up(req, gates, pause).await?;
@@ -431,6 +446,11 @@ impl Client {
             "http request"
         );
         if (200..300).contains(&status) {
+            if count {
+                for (surface, cells) in gates {
+                    inner.limits.accepted(*surface, *cells);
+                }
+            }
             return Outcome::Done(Ok(Response {
                 status,
                 request_id,
@@ -477,12 +497,17 @@ impl Client {
                 detail: format!("status {status}"),
             }));
         }
-        if status == 429 || ra.is_some() {
+        let throttled = status == 429 || ra.is_some();
+        if throttled {
             inner.stats.throttled(req.surface);
+            for (surface, cells) in gates {
+                inner.limits.throttled(*surface, *cells);
+            }
         }
         Outcome::Retry {
             failure: err,
             retry_after: ra,
+            throttled,
         }
     }
 
@@ -520,6 +545,7 @@ impl Client {
                 timeout: e.is_timeout(),
             },
             retry_after: None,
+            throttled: false,
         }
     }
 
@@ -537,6 +563,7 @@ impl Client {
             failure,
             wait,
             retry_after,
+            throttled,
             attempt,
             started,
         } = pause;
@@ -548,7 +575,16 @@ impl Client {
                 inner.limits.hold_until(*surface, until);
             }
         }
-        if attempt >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time {
+        let give_up = if throttled {
+            // Throttling means "later", not "failed": no attempt cap, only the deadline.
+            Instant::now() + wait > super::throttle_deadline(started, rs)
+        } else {
+            attempt >= rs.max_attempts || started.elapsed() + wait > rs.max_retry_time
+        };
+        if give_up {
+            if throttled {
+                inner.stats.throttled_at_deadline();
+            }
             warn!(method = %method, path = %path, surface = %req.surface, attempt,
                   error = %failure, "giving up");
             return Err(Error::Exhausted {
@@ -646,6 +682,8 @@ enum Outcome {
     Retry {
         failure: Error,
         retry_after: Option<Duration>,
+        /// A 429, or a 503 with `Retry-After`: retried without an attempt cap.
+        throttled: bool,
     },
 }
 
@@ -655,6 +693,8 @@ struct Pause {
     wait: Duration,
     /// The wait comes from the server's `Retry-After`, not from the backoff.
     retry_after: bool,
+    throttled: bool,
+    /// Attempts that failed other than by throttling, this one included when it did.
     attempt: u32,
     started: Instant,
 }

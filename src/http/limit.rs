@@ -16,6 +16,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
+use tracing::info;
+
+use super::adapt::{Pace, Slots};
 use super::{Quotas, Rate, Surface};
 
 type Direct = RateLimiter<
@@ -128,7 +131,6 @@ impl Window {
     /// clamped to it (it could never pass otherwise). The cells count as in flight until the
     /// returned permit is dropped, which stamps them with that instant.
     pub(crate) async fn acquire(self: &Arc<Self>, n: u32) -> Permit {
-        let n = n.clamp(1, self.limit);
         loop {
             // Registered before the state is read, so a permit dropped in between still wakes us.
             let freed = self.freed.notified();
@@ -138,6 +140,7 @@ impl Window {
                 let mut st = self.state.lock().expect("window lock");
                 let now = Instant::now();
                 st.expire(now, self.per);
+                let n = n.clamp(1, self.limit);
                 if st.in_flight + st.done_cells + n <= self.limit {
                     st.in_flight += n;
                     return Permit {
@@ -158,6 +161,28 @@ impl Window {
                 None => freed.await,
             }
         }
+    }
+
+    /// Takes back up to `n` of the newest answered cells: the service refused those calls, so
+    /// they do not count against its window.
+    fn refund(&self, n: u32) {
+        {
+            let mut st = self.state.lock().expect("window lock");
+            let mut left = n;
+            while left > 0 {
+                let Some(last) = st.done.back_mut() else {
+                    break;
+                };
+                let take = last.1.min(left);
+                last.1 -= take;
+                left -= take;
+                if last.1 == 0 {
+                    st.done.pop_back();
+                }
+                st.done_cells -= take;
+            }
+        }
+        self.freed.notify_waiters();
     }
 
     fn stamp(&self, n: u32) {
@@ -206,18 +231,32 @@ pub(crate) struct Limits {
     graph_security: Limiter,
     defender_minute: Limiter,
     defender_hour: Limiter,
+    /// The rate each surface has learned the service grants (see `adapt`), by [`Surface::index`].
+    paces: [Pace; 4],
     not_before: [Mutex<Option<Instant>>; 4],
+    /// `$batch` envelopes in flight per surface.
+    slots: [Slots; 4],
 }
 
 impl Limits {
-    pub(crate) fn new(q: &Quotas) -> Self {
+    pub(crate) fn new(q: &Quotas, envelopes_in_flight: usize) -> Self {
         Self {
             graph_reads: Window::new(q.graph_reads),
             graph_writes: Window::new(q.graph_writes),
             graph_security: Limiter::new(q.graph_security),
             defender_minute: Limiter::new(q.defender_per_minute),
             defender_hour: Limiter::new(q.defender_per_hour),
+            paces: Surface::ALL.map(|s| {
+                let r = match s {
+                    Surface::GraphRead => q.graph_reads,
+                    Surface::GraphWrite => q.graph_writes,
+                    Surface::GraphSecurity => q.graph_security,
+                    Surface::Defender => q.defender_per_minute,
+                };
+                Pace::new(r.count, r.per)
+            }),
             not_before: Default::default(),
+            slots: std::array::from_fn(|_| Slots::new(envelopes_in_flight)),
         }
     }
 
@@ -226,25 +265,75 @@ impl Limits {
     /// Keep the permit until the answer has arrived (see [`Window`]).
     pub(crate) async fn acquire(&self, surface: Surface, cost: u32) -> Permit {
         self.wait_not_before(surface).await;
-        let mut permit = Permit::none();
-        match surface {
-            Surface::GraphRead => permit = self.graph_reads.acquire(cost).await,
+        self.paces[surface.index()].acquire(cost).await;
+        let permit = match surface {
+            Surface::GraphRead => self.graph_reads.acquire(cost).await,
             Surface::GraphWrite => {
                 // Graph's identity throttling charges a write one resource unit besides its
                 // write.
                 let write = self.graph_writes.acquire(cost).await;
-                permit = write.and(self.graph_reads.acquire(cost).await);
+                write.and(self.graph_reads.acquire(cost).await)
             }
-            Surface::GraphSecurity => self.graph_security.acquire(cost).await,
+            Surface::GraphSecurity => {
+                self.graph_security.acquire(cost).await;
+                Permit::none()
+            }
             Surface::Defender => {
                 // The hourly window binds first; each cell is taken once from each window.
                 self.defender_hour.acquire(cost).await;
                 self.defender_minute.acquire(cost).await;
+                Permit::none()
             }
-        }
+        };
         // A Retry-After may have arrived while waiting for the limiter.
         self.wait_not_before(surface).await;
         permit
+    }
+
+    /// The rate the service grants `surface` as learned and the configured rate, per second,
+    /// and the `$batch` envelopes it may have in flight.
+    pub(crate) fn learned(&self, surface: Surface) -> (f64, f64, usize) {
+        let (rate, budget) = self.paces[surface.index()].rates();
+        (rate, budget, self.slots[surface.index()].cap())
+    }
+
+    pub(crate) fn slots(&self, surface: Surface) -> &Slots {
+        &self.slots[surface.index()]
+    }
+
+    /// The service throttled `cells` of `surface`: they are taken back from the windows they
+    /// were charged to (the service did not count them), and the surface slows down. One INFO
+    /// line when it drops below the configured rate.
+    pub(crate) fn throttled(&self, surface: Surface, cells: u32) {
+        match surface {
+            Surface::GraphRead => self.graph_reads.refund(cells),
+            Surface::GraphWrite => {
+                self.graph_writes.refund(cells);
+                self.graph_reads.refund(cells);
+            }
+            Surface::GraphSecurity | Surface::Defender => {}
+        }
+        let (old, new) = self.paces[surface.index()].throttled();
+        self.slots[surface.index()].throttled();
+        let (_, budget) = self.paces[surface.index()].rates();
+        if old >= budget && new < old {
+            info!(surface = %surface, rate_per_s = new, budget_per_s = budget,
+                  "the service throttles below the configured budget; slowing down");
+        }
+    }
+
+    /// `cells` of `surface` were accepted: the surface grows back toward its budget. One INFO
+    /// line when it is back at the budget.
+    pub(crate) fn accepted(&self, surface: Surface, cells: u32) {
+        let (old, new) = self.paces[surface.index()].accepted(cells);
+        let (_, budget) = self.paces[surface.index()].rates();
+        if old < new {
+            self.slots[surface.index()].quiet();
+        }
+        if new >= budget && old < budget {
+            info!(surface = %surface, budget_per_s = budget,
+                  "the service accepts the configured budget again");
+        }
     }
 
     async fn wait_not_before(&self, surface: Surface) {
@@ -286,7 +375,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_holds_back_the_whole_surface() {
-        let limits = Limits::new(&Quotas::default().scaled(1000));
+        let limits = Limits::new(&Quotas::default().scaled(1000), 1);
         let start = Instant::now();
         limits.hold_until(Surface::Defender, start + Duration::from_millis(300));
         // An earlier hold never shortens a later one.
@@ -357,10 +446,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_takes_a_resource_unit_so_reads_cannot_fill_the_window_under_it() {
-        let limits = Limits::new(&Quotas {
-            graph_reads: Rate::new(100, Duration::from_secs(10)),
-            ..Quotas::default()
-        });
+        let limits = Limits::new(
+            &Quotas {
+                graph_reads: Rate::new(100, Duration::from_secs(10)),
+                ..Quotas::default()
+            },
+            1,
+        );
         let start = Instant::now();
         let reads = limits.acquire(Surface::GraphRead, 90).await;
         let writes = limits.acquire(Surface::GraphWrite, 10).await;

@@ -5,6 +5,7 @@
 //! surface. Transient or permanent is decided here once ([`Error::is_transient`]); nothing above
 //! this layer retries.
 
+mod adapt;
 mod batch;
 mod client;
 mod error;
@@ -23,6 +24,37 @@ pub use error::{ApiError, Error};
 pub use outbound::{OutboundError, post_json};
 pub use retry::parse_retry_after;
 pub use stats::{Stats, SurfaceStats};
+
+tokio::task_local! {
+    /// The instant the current pass must end by (see [`with_deadline`]).
+    static PASS_DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `pass` with `deadline` as the bound of every throttled retry inside it: a throttled
+/// request or `$batch` item is retried without an attempt cap until the next wait would end
+/// past the deadline, and then returned as it last failed (status 429 or 503).
+pub async fn with_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    pass: F,
+) -> F::Output {
+    PASS_DEADLINE.scope(deadline, pass).await
+}
+
+/// The deadline of the pass running in this task, if any.
+pub fn current_deadline() -> Option<tokio::time::Instant> {
+    PASS_DEADLINE.try_with(|d| *d).ok()
+}
+
+/// The bound of throttled retries: the pass deadline, or outside a pass the retry time from
+/// `started`.
+pub(crate) fn throttle_deadline(
+    started: tokio::time::Instant,
+    rs: &RetrySettings,
+) -> tokio::time::Instant {
+    PASS_DEADLINE
+        .try_with(|d| *d)
+        .unwrap_or(started + rs.max_retry_time)
+}
 
 /// The API surfaces dexscope talks to, each with its own documented quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -207,7 +239,16 @@ pub struct Settings {
     /// The largest response body read; a longer one is an error naming the endpoint. A page of
     /// 10,000 MDE machines is tens of megabytes, so the default leaves room several times over.
     pub max_body_bytes: u64,
+    /// How long a reconcile pass may keep retrying throttled requests before it ends as
+    /// "not converged: throttled" (the next pass carries on).
+    pub pass_deadline: Duration,
 }
+
+/// The default pass deadline: a first reconcile of 100,000 users is 5,000 `$batch` PATCHes of
+/// 20, which Graph's 3,000 writes per 150 s allow in a little over 4 minutes, and 50,000
+/// devices are 100 tag calls, well inside MDE's 100 per minute; half an hour leaves room for
+/// a service granting a fraction of that. The daemon caps it at the reconcile interval.
+pub const DEFAULT_PASS_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl Settings {
     /// Documented defaults for the given roots.
@@ -221,6 +262,7 @@ impl Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             loopback_only: crate::config::is_loopback(&graph_root)
                 && crate::config::is_loopback(&defender_root),
+            pass_deadline: DEFAULT_PASS_DEADLINE,
             graph_root,
             defender_root,
         }

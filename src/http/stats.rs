@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Surface;
 
 /// A point-in-time copy of the counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Indexed like [`Surface::ALL`].
     pub surfaces: [SurfaceStats; 4],
@@ -14,6 +14,8 @@ pub struct Stats {
     pub batch_envelopes: u64,
     /// Retries of any kind (a whole request, or the failed items of a batch).
     pub retries: u64,
+    /// Throttled requests or `$batch` envelopes given up because the pass deadline came.
+    pub throttled_at_deadline: u64,
 }
 
 impl Stats {
@@ -26,7 +28,7 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SurfaceStats {
     pub status_2xx: u64,
     pub status_3xx: u64,
@@ -38,6 +40,13 @@ pub struct SurfaceStats {
     pub throttled: u64,
     /// Time waited because of `Retry-After`, in milliseconds.
     pub retry_after_wait_ms: u64,
+    /// Calls (or resource units) per second the service grants, as learned from its
+    /// answers: the configured rate until it throttles.
+    pub granted_per_s: f64,
+    /// The configured rate per second.
+    pub budget_per_s: f64,
+    /// `$batch` envelopes allowed in flight at once.
+    pub envelopes_in_flight: usize,
 }
 
 impl SurfaceStats {
@@ -62,6 +71,7 @@ pub(crate) struct Recorder {
     surfaces: [Counters; 4],
     batch_envelopes: AtomicU64,
     retries: AtomicU64,
+    throttled_at_deadline: AtomicU64,
 }
 
 impl Recorder {
@@ -91,6 +101,10 @@ impl Recorder {
         self.batch_envelopes.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn throttled_at_deadline(&self) {
+        self.throttled_at_deadline.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn retry(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
@@ -99,6 +113,7 @@ impl Recorder {
         let mut out = Stats {
             batch_envelopes: self.batch_envelopes.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            throttled_at_deadline: self.throttled_at_deadline.load(Relaxed),
             ..Stats::default()
         };
         for (c, s) in self.surfaces.iter().zip(out.surfaces.iter_mut()) {
@@ -111,6 +126,7 @@ impl Recorder {
                 transport_errors: n(4),
                 throttled: c.throttled.load(Relaxed),
                 retry_after_wait_ms: c.retry_after_wait_ms.load(Relaxed),
+                ..SurfaceStats::default()
             };
         }
         out

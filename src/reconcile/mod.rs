@@ -36,6 +36,8 @@ pub const EXIT_NO_CHANGES: u8 = 0;
 pub const EXIT_CHANGES: u8 = 2;
 /// `apply`: the removal guard refused removals.
 pub const EXIT_GUARD: u8 = 3;
+/// `apply` exit code: not converged because the service throttled until the pass deadline.
+pub const EXIT_THROTTLED: u8 = 4;
 
 /// Why a pass failed. Writes already made stay made; the next pass picks up from the tenant.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,43 @@ pub struct ReconcileReport {
     pub commit: Option<String>,
     /// Group sizes the pass saw before its changes (for `status`).
     pub counts: PassCounts,
+    /// Set when the pass deadline came while the service was still throttling.
+    pub throttled: Option<ThrottledEnd>,
+}
+
+/// A pass ended by its deadline while the service throttled: "not converged: throttled".
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThrottledEnd {
+    /// Changes that did not land (failed or do not show).
+    pub remaining: usize,
+    /// Per surface the service throttled: what it granted per window, as learned.
+    pub granted: Vec<Granted>,
+}
+
+/// The rate one API surface was granted, as learned from the service's answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Granted {
+    pub surface: String,
+    /// Calls (or resource units) per second granted.
+    pub per_second: f64,
+    /// The configured rate per second.
+    pub budget_per_second: f64,
+}
+
+impl Granted {
+    /// Every surface of `stats` the service throttles below the budget.
+    pub fn below_budget(stats: &crate::http::Stats) -> Vec<Granted> {
+        crate::http::Surface::ALL
+            .iter()
+            .map(|s| (s, stats.surface(*s)))
+            .filter(|(_, st)| st.granted_per_s < st.budget_per_s)
+            .map(|(s, st)| Granted {
+                surface: s.as_str().to_string(),
+                per_second: st.granted_per_s,
+                budget_per_second: st.budget_per_s,
+            })
+            .collect()
+    }
 }
 
 /// Group sizes one pass saw: desired entries resolved, and what the tenant held before the pass.
@@ -112,7 +151,9 @@ impl ReconcileReport {
     /// `apply`'s exit code: 1 when something did not converge, else 3 when the guard refused
     /// removals, else 0.
     pub fn exit_code(&self) -> u8 {
-        if !self.converged() {
+        if !self.converged() && self.throttled.is_some() {
+            EXIT_THROTTLED
+        } else if !self.converged() {
             1
         } else if self.plan.guard_tripped() {
             EXIT_GUARD
@@ -157,6 +198,28 @@ impl std::fmt::Display for ReconcileReport {
         )?;
         if self.converged() {
             writeln!(f, "converged")
+        } else if let Some(t) = &self.throttled {
+            let granted: Vec<String> = t
+                .granted
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} {:.2}/s of {:.2}/s configured",
+                        g.surface, g.per_second, g.budget_per_second
+                    )
+                })
+                .collect();
+            writeln!(
+                f,
+                "not converged: throttled ({} changes remain; the service granted {}); the next \
+                 pass carries on",
+                t.remaining,
+                if granted.is_empty() {
+                    "the configured budgets".to_string()
+                } else {
+                    granted.join(", ")
+                }
+            )
         } else {
             writeln!(
                 f,
@@ -232,6 +295,33 @@ pub async fn reconcile_once(
     settings: &PlanSettings,
     now: DateTime<Utc>,
 ) -> Result<ReconcileReport, ReconcileError> {
+    // Throttled requests are retried without an attempt cap until this deadline (an outer
+    // one, the daemon's interval, wins when earlier).
+    let own = tokio::time::Instant::now() + ctx.tenant.http.settings().pass_deadline;
+    let deadline = crate::http::current_deadline().map_or(own, |outer| outer.min(own));
+    let before = ctx.tenant.http.stats().throttled_at_deadline;
+    let mut report = crate::http::with_deadline(
+        deadline,
+        reconcile_within_deadline(ctx, desired, settings, now),
+    )
+    .await?;
+    let stats = ctx.tenant.http.stats();
+    if !report.converged() && stats.throttled_at_deadline > before {
+        let remaining = report.failed().count() + report.not_converged.len();
+        let granted = Granted::below_budget(&stats);
+        tracing::warn!(remaining, granted = ?granted,
+                       "pass deadline reached while the service throttles: not converged: throttled");
+        report.throttled = Some(ThrottledEnd { remaining, granted });
+    }
+    Ok(report)
+}
+
+async fn reconcile_within_deadline(
+    ctx: Context<'_>,
+    desired: &DesiredState,
+    settings: &PlanSettings,
+    now: DateTime<Utc>,
+) -> Result<ReconcileReport, ReconcileError> {
     let source = MemberSource {
         state: Some(ctx.state),
         store: true,
@@ -273,6 +363,7 @@ pub async fn reconcile_once(
         not_converged,
         commit: desired.commit.clone(),
         counts,
+        throttled: None,
     };
     tracing::info!(
         changes = report.applied.len(),

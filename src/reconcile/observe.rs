@@ -9,7 +9,9 @@ use super::plan::Plan;
 use crate::alerts::{AlertKind, AlertSeverity, Observation};
 use crate::scope::GroupKind;
 use crate::state::Operation;
-use crate::state::records::{GroupFigures, ReconcileFigures, UnresolvedEntry};
+use crate::state::records::{
+    GrantedRate, GroupFigures, ReconcileFigures, ThrottledPass, UnresolvedEntry,
+};
 
 /// The alert subject of the removal guard.
 pub const GUARD_SUBJECT: &str = "reconcile";
@@ -62,6 +64,18 @@ pub fn figures(report: &ReconcileReport) -> ReconcileFigures {
                 problem: serde_json::to_value(&u.problem).unwrap_or_default(),
             })
             .collect(),
+        throttled: report.throttled.as_ref().map(|t| ThrottledPass {
+            remaining: t.remaining as u64,
+            granted: t
+                .granted
+                .iter()
+                .map(|g| GrantedRate {
+                    surface: g.surface.clone(),
+                    per_second: g.per_second,
+                    budget_per_second: g.budget_per_second,
+                })
+                .collect(),
+        }),
     }
 }
 

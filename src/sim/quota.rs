@@ -49,6 +49,31 @@ pub struct QuotaConfig {
     pub mde_per_min: u64,
     /// MDE calls per hour.
     pub mde_per_hour: u64,
+    /// What the service really grants, as a share of the budgets above (a service throttling
+    /// harder than documented: 0.25 grants a quarter). Windows keep their length.
+    pub factor: f64,
+    /// The share of every window other applications of the tenant use up (a busy tenant):
+    /// this client gets `factor × (1 − busy_share)` of each budget.
+    pub busy_share: f64,
+    /// Changes of `factor` during a run, each from the moment its condition is met; the last
+    /// step reached wins.
+    pub schedule: Vec<QuotaStep>,
+    /// Bounds of the `Retry-After` values given, in milliseconds: every value is sent as
+    /// fractional seconds (e.g. `0.734`) and clamped into the range. `None` gives the exact
+    /// wait, alternating whole and fractional seconds.
+    pub retry_after_ms: Option<(i64, i64)>,
+}
+
+/// A change of the granted share during a run: from the `after_requests`-th request on, or
+/// from `after_ms` after the first call, whichever is set (both: whichever comes first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaStep {
+    #[serde(default)]
+    pub after_requests: Option<u64>,
+    #[serde(default)]
+    pub after_ms: Option<i64>,
+    pub factor: f64,
 }
 
 impl Default for QuotaConfig {
@@ -61,8 +86,21 @@ impl Default for QuotaConfig {
             security_per_min: 150,
             mde_per_min: 100,
             mde_per_hour: 1_500,
+            factor: 1.0,
+            busy_share: 0.0,
+            schedule: Vec::new(),
+            retry_after_ms: None,
         }
     }
+}
+
+/// Hands out arrival tickets: a request takes one the moment it reaches the server, before it
+/// waits for the tenant's lock. Process-wide (only the order matters).
+static ARRIVALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The ticket of a request that just arrived.
+pub fn arrival_ticket() -> u64 {
+    ARRIVALS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }
 
 /// What one call costs: Graph resource units and writes; every call costs one on the other
@@ -88,6 +126,8 @@ pub struct QuotaViolation {
 struct Window {
     /// What the window counts, for a violation's detail.
     name: &'static str,
+    /// The budget at the granted share 1.
+    base: u64,
     limit: u64,
     window_ms: i64,
     events: VecDeque<(i64, u64)>,
@@ -100,11 +140,17 @@ impl Window {
         let window_ms = ((window_ms as f64) * scale).round().max(1.0) as i64;
         Self {
             name,
+            base: limit,
             limit,
             window_ms,
             events: VecDeque::new(),
             used: 0,
         }
+    }
+
+    /// Grants `share` of the budget from now on (at least one unit).
+    fn grant(&mut self, share: f64) {
+        self.limit = ((self.base as f64) * share).floor().max(1.0) as u64;
     }
 
     fn expire(&mut self, now: i64) {
@@ -158,6 +204,12 @@ pub struct Quotas {
     not_before: HashMap<(String, Surface), (i64, u64)>,
     /// The top-level HTTP request being served; `$batch` items share their envelope's.
     current_request: u64,
+    /// The arrival ticket of the request being served (see [`arrival_ticket`]).
+    current_ticket: u64,
+    /// The simulated instant of the first call (the origin of `QuotaStep::after_ms`).
+    first_call_ms: Option<i64>,
+    /// The granted share in force.
+    share: f64,
     throttle_count: u64,
     /// Violations not yet taken into the tenant's statistics.
     violations: Vec<QuotaViolation>,
@@ -166,7 +218,7 @@ pub struct Quotas {
 impl Quotas {
     pub fn new(config: QuotaConfig) -> Self {
         let s = config.scale;
-        Self {
+        let mut q = Self {
             graph_ru: Window::new("graph resource units", config.graph_ru_per_10s, 10_000, s),
             graph_writes: Window::new("graph writes", config.graph_writes_per_150s, 150_000, s),
             security: Window::new("graph security calls", config.security_per_min, 60_000, s),
@@ -175,9 +227,61 @@ impl Quotas {
             config,
             not_before: HashMap::new(),
             current_request: 0,
+            current_ticket: 0,
+            first_call_ms: None,
+            share: 1.0,
             throttle_count: 0,
             violations: Vec::new(),
+        };
+        q.regrant(0);
+        q
+    }
+
+    /// The share granted at `now`: `factor` or the last schedule step reached, less the busy
+    /// share.
+    fn share_at(&self, now: i64) -> f64 {
+        let elapsed = self.first_call_ms.map_or(0, |t| now - t);
+        let factor = self
+            .config
+            .schedule
+            .iter()
+            .rev()
+            .find(|s| {
+                s.after_requests.is_some_and(|n| self.current_request >= n)
+                    || s.after_ms.is_some_and(|ms| elapsed >= ms)
+            })
+            .map_or(self.config.factor, |s| s.factor);
+        (factor * (1.0 - self.config.busy_share.clamp(0.0, 1.0))).max(0.0)
+    }
+
+    /// Applies the share in force at `now` to every window.
+    fn regrant(&mut self, now: i64) {
+        let share = self.share_at(now);
+        if share != self.share || self.first_call_ms.is_none() {
+            self.share = share;
+            for w in [
+                &mut self.graph_ru,
+                &mut self.graph_writes,
+                &mut self.security,
+                &mut self.mde_min,
+                &mut self.mde_hour,
+            ] {
+                w.grant(share);
+            }
         }
+    }
+
+    /// Budgets per window in force now: (graph resource units, graph writes, security, MDE
+    /// per minute, MDE per hour), for tests and benchmarks that compare with what the client
+    /// learned.
+    pub fn granted(&self) -> [u64; 5] {
+        [
+            self.graph_ru.limit,
+            self.graph_writes.limit,
+            self.security.limit,
+            self.mde_min.limit,
+            self.mde_hour.limit,
+        ]
     }
 
     pub fn config(&self) -> &QuotaConfig {
@@ -192,6 +296,8 @@ impl Quotas {
         if !self.config.enabled {
             return Ok(());
         }
+        self.regrant(now);
+        self.first_call_ms.get_or_insert(now);
         let windows: Vec<(&mut Window, u64)> = match surface {
             Surface::Token => return Ok(()),
             Surface::GraphDirectory => {
@@ -244,13 +350,17 @@ impl Quotas {
     ) -> String {
         self.throttle_count += 1;
         let wait_ms = wait_ms.max(1);
-        let (text, given_ms) = if self.throttle_count.is_multiple_of(2) {
+        let (text, given_ms) = if let Some((lo, hi)) = self.config.retry_after_ms {
+            let ms = wait_ms.clamp(lo.max(1), hi.max(lo).max(1));
+            (format!("{:.3}", ms as f64 / 1000.0), ms)
+        } else if self.throttle_count.is_multiple_of(2) {
             (format!("{:.3}", wait_ms as f64 / 1000.0), wait_ms)
         } else {
             let secs = (wait_ms + 999) / 1000;
             (secs.to_string(), secs * 1000)
         };
-        let request = self.current_request;
+        // Requests that arrived before this answer existed cannot have heard of it.
+        let request = ARRIVALS.load(std::sync::atomic::Ordering::SeqCst);
         let slot = self
             .not_before
             .entry((client.to_string(), surface))
@@ -264,16 +374,24 @@ impl Quotas {
     /// Marks the start of a top-level HTTP request. Items of one `$batch` arrive together, so
     /// a `Retry-After` given to one item cannot make its siblings early.
     pub fn begin_request(&mut self) {
+        self.begin_arrived(arrival_ticket());
+    }
+
+    /// Like [`Quotas::begin_request`], for a request that took `ticket` when it arrived.
+    pub fn begin_arrived(&mut self, ticket: u64) {
         self.current_request += 1;
+        self.current_ticket = ticket;
     }
 
     /// True when this call comes before a `Retry-After` given to the same client and surface
-    /// has elapsed; such a call is also recorded as a violation.
+    /// has elapsed, and the call arrived after that `Retry-After` was given (a call already on
+    /// its way when the answer was written cannot have heeded it); such a call is also
+    /// recorded as a violation.
     pub fn is_early(&mut self, client: &str, surface: Surface, now: i64) -> bool {
         let Some(&(t, told)) = self.not_before.get(&(client.to_string(), surface)) else {
             return false;
         };
-        let early = now < t && told < self.current_request;
+        let early = now < t && told <= self.current_ticket;
         if early {
             self.violations.push(QuotaViolation {
                 kind: "early_retry",

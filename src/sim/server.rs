@@ -132,6 +132,9 @@ async fn entry(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Taken before the tenant's lock: a call that arrived before a Retry-After was written
+    // is not early, however long it then waited for the lock.
+    let ticket = super::quota::arrival_ticket();
     let path = uri.path().to_string();
     let host = headers
         .get("host")
@@ -186,7 +189,7 @@ async fn entry(
         base,
     };
     let client_request_id = req.header("client-request-id").map(str::to_string);
-    let (reply, delay) = serve_api(&shared, service, &req);
+    let (reply, delay) = serve_api(&shared, service, &req, ticket);
     if let Some(ms) = delay {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
@@ -217,9 +220,14 @@ fn route_label(service: Service, req: &ApiReq) -> &'static str {
 
 /// Auth, faults and the call itself, under the lock. Returns the reply (None = drop the
 /// connection) and a delay to apply before answering.
-fn serve_api(shared: &Shared, service: Service, req: &ApiReq) -> (Option<Reply>, Option<u64>) {
+fn serve_api(
+    shared: &Shared,
+    service: Service,
+    req: &ApiReq,
+    ticket: u64,
+) -> (Option<Reply>, Option<u64>) {
     let mut t = lock(shared);
-    t.quotas.begin_request();
+    t.quotas.begin_arrived(ticket);
     count_http(&mut t, route_label(service, req));
     let surface = match service {
         Service::Mde => Surface::Mde,

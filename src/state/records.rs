@@ -88,6 +88,52 @@ pub struct ReconcileFigures {
     pub users: GroupFigures,
     pub devices: GroupFigures,
     pub unresolved_entries: Vec<UnresolvedEntry>,
+    /// Set when the pass deadline came while the service was throttling: "not converged:
+    /// throttled", not failed; the next pass carries on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<ThrottledPass>,
+}
+
+/// A reconcile pass the service's throttling outlasted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThrottledPass {
+    /// Changes that did not land.
+    pub remaining: u64,
+    /// Per surface throttled below its budget: the rate the service granted, per second.
+    pub granted: Vec<GrantedRate>,
+}
+
+/// The rate one API surface was granted, as learned from the service's answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantedRate {
+    pub surface: String,
+    pub per_second: f64,
+    pub budget_per_second: f64,
+}
+
+impl ThrottledPass {
+    /// One line for people: "not converged: throttled (N changes remain; …)".
+    pub fn line(&self) -> String {
+        let granted: Vec<String> = self
+            .granted
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} {:.2}/s of {:.2}/s configured",
+                    g.surface, g.per_second, g.budget_per_second
+                )
+            })
+            .collect();
+        format!(
+            "not converged: throttled ({} changes remain; the service granted {})",
+            self.remaining,
+            if granted.is_empty() {
+                "the configured budgets".to_string()
+            } else {
+                granted.join(", ")
+            }
+        )
+    }
 }
 
 /// One group's figures after a reconcile pass.

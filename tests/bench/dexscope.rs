@@ -7,6 +7,7 @@
 //! of the NAMEs. Without `--bench` on its command line (as under `cargo test --all-targets`) it
 //! exits at once: it is a benchmark, not a test.
 
+mod adaptive;
 mod env;
 mod incidents;
 mod naive;
@@ -76,6 +77,12 @@ fn benches() -> Vec<Bench> {
         }),
         b("throttled_converge", 120, || {
             reconcile::throttled_converge().boxed()
+        }),
+        b("adaptive_quarter_of_budget", 180, || {
+            adaptive::quarter_of_budget().boxed()
+        }),
+        b("adaptive_quota_changes_mid_run", 180, || {
+            adaptive::quota_changes_mid_run().boxed()
         }),
         b("naive_comparison_1000", 120, || {
             reconcile::naive_comparison(1_000).boxed()

@@ -43,6 +43,7 @@ pub fn sim_quotas(k: u32) -> QuotaConfig {
         security_per_min: d.security_per_min * k64,
         mde_per_min: d.mde_per_min * k64,
         mde_per_hour: d.mde_per_hour * k64,
+        ..d
     }
 }
 

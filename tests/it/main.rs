@@ -1,5 +1,6 @@
 //! Integration tests, compiled into one binary: one module per area of dexscope.
 
+mod adaptive;
 mod alert_path;
 mod alerts;
 mod auth;

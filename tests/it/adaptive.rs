@@ -1,0 +1,216 @@
+//! A service that grants a quarter of the budget dexscope is configured with, answering with
+//! fractional `Retry-After` values of 0.5 to 2 s: `dexscope apply` (the real binary) and
+//! `dexscope poll --once` still converge exactly, never call before a `Retry-After` elapsed and
+//! never call into a surface the service holds. Counts come from the simulator; nothing here
+//! measures wall-clock time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dexscope::sim::{self, QuotaConfig, SeedSpec, SimHandle, SimOptions};
+use secrecy::ExposeSecret;
+
+const TAG: &str = "DEX-Scoped";
+const PATCH_GROUP: &str = "PATCH /v1.0/groups/{id}";
+
+/// The simulator's windows are the documented ones shrunk by this factor in budget and length
+/// alike (150 s becomes 0.6 s), so a test waits for many windows in a few seconds.
+const SCALE: f64 = 0.004;
+
+/// The service's budgets before `factor`: its rate then equals the configured one
+/// (dexscope's windows are the documented lengths, the simulator's `SCALE` of them).
+fn service(factor: f64) -> QuotaConfig {
+    QuotaConfig {
+        enabled: true,
+        scale: SCALE,
+        graph_ru_per_10s: 100_000_000,
+        graph_writes_per_150s: 12_000,
+        security_per_min: 2_000,
+        mde_per_min: 2_000,
+        mde_per_hour: 120_000,
+        factor,
+        retry_after_ms: Some((500, 2_000)),
+        ..QuotaConfig::default()
+    }
+}
+
+/// dexscope's `[limits]`: the same rates as `service(1.0)`. One write envelope in flight: with
+/// several, those already on their way when the first throttled answer is written arrive
+/// after it, and the simulator cannot tell them from a client that ignored it.
+const LIMITS: &str = "[limits]\ngraph_directory_writes_per_150s = 12000\n\
+                      graph_directory_write_batches_in_flight = 1\n\
+                      graph_directory_reads_per_10s = 100000\n\
+                      graph_security_per_minute = 2000\ndefender_per_minute = 2000\n\
+                      defender_per_hour = 120000\npass_deadline = \"5m\"\n";
+
+fn options(users: usize, devices: usize, incidents: usize, quotas: QuotaConfig) -> SimOptions {
+    SimOptions {
+        seed: 5,
+        generate: SeedSpec {
+            users,
+            devices,
+            incidents,
+            scoped_users: 0,
+            tagged_share: 0.0,
+            nested: false,
+        },
+        quotas,
+        ..SimOptions::default()
+    }
+}
+
+/// Writes config.toml and desired.toml into `dir`; returns the config path.
+fn write_config(dir: &Path, sim: &SimHandle, users: &[String], devices: &[String]) -> PathBuf {
+    let head = super::support::sim_config_head(sim);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}device_tag = \"{TAG}\"\ndesired_state = \"{}\"\nprune = false\n\
+             [state]\npath = \"{}\"\n[incidents]\npost_comments = true\nlookback = \"8760h\"\n{LIMITS}",
+            dir.join("desired.toml").display(),
+            dir.join("state.db").display()
+        ),
+    )
+    .unwrap();
+    let list = |v: &[String]| v.iter().map(|u| format!("  {u:?},\n")).collect::<String>();
+    std::fs::write(
+        dir.join("desired.toml"),
+        format!(
+            "users = [\n{}]\ndevices = [\n{}]\n",
+            list(users),
+            list(devices)
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Runs `dexscope --config <config> ARGS`; returns the exit code and stdout.
+async fn run(sim: &SimHandle, config: &Path, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env(
+            "DEXSCOPE_CLIENT_SECRET",
+            sim.client_secret().expose_secret(),
+        )
+        .env_remove("DEXSCOPE_CONFIG")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the command finishes")
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(sim.client_secret().expose_secret()),
+        "the secret leaked"
+    );
+    (
+        out.status.code().unwrap(),
+        format!("{stdout}\n--- stderr ---\n{stderr}"),
+    )
+}
+
+fn upns(sim: &SimHandle, n: usize) -> Vec<String> {
+    let state = sim.state();
+    let t = state.lock().unwrap();
+    t.directory
+        .users
+        .iter()
+        .flatten()
+        .take(n)
+        .map(|u| u.upn.to_string())
+        .collect()
+}
+
+fn machine_ids(sim: &SimHandle, n: usize) -> Vec<String> {
+    let state = sim.state();
+    let t = state.lock().unwrap();
+    (0..t.mde.machines.len().min(n) as u32)
+        .map(|i| t.view_of(i).id)
+        .collect()
+}
+
+/// The service was made to throttle, and the client never called early or into a hold.
+fn assert_polite(sim: &SimHandle, what: &str) {
+    let s = sim.stats();
+    assert!(
+        s.throttled_total() > 0,
+        "{what}: the service throttled: {s:?}"
+    );
+    assert_eq!(s.early_retries_total(), 0, "{what}: early calls: {s:?}");
+    assert!(s.violations.is_empty(), "{what}: violations: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_adds_converge_when_the_service_grants_a_quarter_of_the_budget() {
+    let sim = sim::start(options(2_100, 5, 0, service(0.25)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = upns(&sim, 2_000);
+    let config = write_config(dir.path(), &sim, &users, &[]);
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(sim.group_members(&sim.user_group_id()).len(), 2_000);
+    // 2,000 members at 20 per PATCH: 100 PATCHes admitted, each member once.
+    let s = sim.stats();
+    let admitted = s.calls(PATCH_GROUP) - s.throttled.get("graph_directory").copied().unwrap_or(0);
+    assert!(admitted >= 100, "{s:?}");
+    assert_polite(&sim, "user adds");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_writes_converge_when_the_service_grants_a_quarter_of_the_budget() {
+    // MDE at a quarter of 8 calls per 0.24 s: 2 per window, so the reads and the tag calls
+    // meet the window again and again.
+    let quotas = QuotaConfig {
+        mde_per_min: 2_000,
+        ..service(0.25)
+    };
+    let sim = sim::start(options(10, 1_200, 0, quotas)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = machine_ids(&sim, 1_200);
+    let config = write_config(dir.path(), &sim, &[], &ids);
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(sim.machines_with_tag(TAG).len(), 1_200, "{out}");
+    assert_polite(&sim, "tag writes");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_posts_converge_when_the_service_grants_a_quarter_of_the_budget() {
+    let sim = sim::start(options(10, 10, 30, service(0.25)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, &[], &[]);
+    let (code, out) = run(&sim, &config, &["poll", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    let incidents: Vec<String> = {
+        let state = sim.state();
+        let t = state.lock().unwrap();
+        t.incidents.list.iter().map(|i| i.id.to_string()).collect()
+    };
+    let commented = incidents
+        .iter()
+        .filter(|id| !sim.comments(id).is_empty())
+        .count();
+    // Every incident in the lookback got its verdict once (redirected shells get none).
+    assert!(commented >= 20, "{commented} of {}: {out}", incidents.len());
+    for id in &incidents {
+        assert!(
+            sim.comments(id).len() <= 1,
+            "incident {id}: duplicate comment"
+        );
+    }
+    assert_polite(&sim, "comment posts");
+    sim.shutdown().await;
+}
