@@ -26,7 +26,8 @@
 //! - `auth`: token sources: `settings` (credential), `cache`, `endpoint` (transport, refusals),
 //!   `assertion` (certificate), `roles` (self-check).
 //! - `retry_after`: `Retry-After` header values read into a bounded wait (pure), for `auth` and `http`.
-//! - `http`: the HTTP client, limiters, retry, paging, `$batch`, error classification.
+//! - `http`: the HTTP client, limiters and the send rate each surface learns from throttling
+//!   (`adapt`), retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `source`
 //!   (a git branch head fetched into a private cache, its signature verified, its tree read).
@@ -46,7 +47,8 @@
 //! - `state`: SQLite, one file per table family (`schema`, `audit`, `cursors`, `tags`, `alerts`,
 //!   `guard`, `passes`, `snapshot`, `gitsource`); `records`: the typed pass records and the one staleness rule.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
-//! - `text`: small text helpers for messages to people ("did you mean", durations like `1h 30m`).
+//! - `text`: small text helpers for messages to people ("did you mean", durations like `1h 30m`,
+//!   tenant labels escaped onto one line).
 //! - `tenant`: the connection to one tenant built once from the config (tokens, HTTP, clients).
 //! - `metrics`: the registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - `daemon`: `run` (signals, generations), `schedule` (loops, back-off, the scheduler),
@@ -77,8 +79,8 @@
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
 //! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
-//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`, `alerts::transition`, `alerts::observe`,
-//! `state::records`.
+//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`,
+//! `alerts::transition`, `alerts::observe`, `state::records`.
 //!
 //! # Architecture invariants
 //!
