@@ -1,4 +1,5 @@
-//! The benchmarks: `cargo bench --bench dexscope` measures the figures of DESIGN.md section 10
+//! The benchmarks: `cargo bench --bench dexscope` measures the performance targets the README
+//! lists (requests, time under throttling, CPU, peak memory)
 //! and prints one table (figure, measured, target, ok). Everything runs against the simulated
 //! tenant over loopback; CPU and memory figures come from the real binary run as a child
 //! process and reaped with `wait4`.

@@ -62,8 +62,8 @@ pub fn client_quotas(k: u32) -> Quotas {
 }
 
 /// The `[limits]` of a large tenant (more than 500 users), as its operator would configure
-/// them: the read budget Graph documents for that size (api-facts C.2: 8,000 resource units per
-/// 10 s), everything else at the shipped defaults.
+/// them: the read budget Graph documents for that size (8,000 resource units per 10 s for a tenant
+/// of more than 500 users, Microsoft Graph throttling limits, identity and access service), everything else at the shipped defaults.
 pub const LARGE_TENANT_LIMITS: &str = "[limits]\ngraph_directory_reads_per_10s = 8000\n";
 
 /// `q` with every rate multiplied by `k` (windows `k` times shorter, budgets unchanged).
