@@ -450,7 +450,9 @@ pub async fn run_with(config: &Config, now: DateTime<Utc>) -> Outcome {
     if let Some(problem) = credential_problem(&tenant).await {
         return problem;
     }
-    let state = match State::open(&config.state.path) {
+    // Read-only: `check` runs beside the daemon (often as another user, from NRPE) and must
+    // never create, migrate or write the daemon's database.
+    let state = match State::open_read_only(&config.state.path) {
         Ok(s) => s,
         Err(e) => return Outcome::unknown(e.to_string()),
     };
@@ -544,7 +546,7 @@ async fn gather(
         desired_devices: desired_devices.as_deref(),
         sightings: &[],
     };
-    let report = priority::priority_once(&tenant.defender, state, &config.scope, input, now)
+    let report = priority::priority_peek(&tenant.defender, state, &config.scope, input, now)
         .await
         .map_err(|e| e.to_string())?;
     let read = |e: crate::state::StateError| e.to_string();

@@ -94,6 +94,37 @@ pub async fn priority_once(
     input: PriorityInput<'_>,
     now: DateTime<Utc>,
 ) -> Result<PriorityReport, PriorityError> {
+    priority_pass(defender, state, scope, input, now, FirstSeen::Record).await
+}
+
+/// The same pass for a reader beside the daemon (`check`), on a read-only state database:
+/// nothing is written, and a tagged machine the daemon has not seen yet counts as first seen
+/// `now` (inside the propagation grace), exactly as the daemon's next pass would record it.
+pub async fn priority_peek(
+    defender: &DefenderClient,
+    state: &State,
+    scope: &Scope,
+    input: PriorityInput<'_>,
+    now: DateTime<Utc>,
+) -> Result<PriorityReport, PriorityError> {
+    priority_pass(defender, state, scope, input, now, FirstSeen::Assume).await
+}
+
+/// Whether a pass records the first-seen tag times it learns or only assumes them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstSeen {
+    Record,
+    Assume,
+}
+
+async fn priority_pass(
+    defender: &DefenderClient,
+    state: &State,
+    scope: &Scope,
+    input: PriorityInput<'_>,
+    now: DateTime<Utc>,
+    first_seen: FirstSeen,
+) -> Result<PriorityReport, PriorityError> {
     let machines = defender
         .machines_by_tag(&scope.device_tag)
         .await
@@ -109,10 +140,14 @@ pub async fn priority_once(
         .cloned()
         .collect();
     if !unseen.is_empty() {
-        state.note_tagged_many(&unseen, now)?;
+        if first_seen == FirstSeen::Record {
+            state.note_tagged_many(&unseen, now)?;
+        }
         since.extend(unseen.iter().map(|id| (id.clone(), now)));
     }
-    state.forget_untagged(&ids)?;
+    if first_seen == FirstSeen::Record {
+        state.forget_untagged(&ids)?;
+    }
     let placement = placement(scope, &machines, &since, input);
     let findings = check::check_priority(&placement, now);
     Ok(PriorityReport {

@@ -13,7 +13,16 @@ use dexscope::state::{GuardRefusal, State};
 use super::priority::{TAG, add_servers_group, secret, start_sim, write_config};
 
 /// Runs `dexscope --config <path> check [args]` with the sim's secret; returns (code, stdout).
+///
+/// The daemon creates its state database when it starts; `check` only reads it, so the
+/// database is created here first, as a running daemon would have.
 async fn check(sim: &SimHandle, config: &Path, args: &[&str]) -> (i32, String) {
+    drop(State::open(config.with_file_name("state.db")).unwrap());
+    check_as_is(sim, config, args).await
+}
+
+/// [`check`] without creating the state database first.
+async fn check_as_is(sim: &SimHandle, config: &Path, args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
         .arg("--config")
         .arg(config)
@@ -299,5 +308,72 @@ async fn warning_while_a_desired_user_is_unknown_after_a_pass() {
         "{line}"
     );
     assert_eq!(code, 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_on_a_missing_database_and_creates_nothing() {
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let (code, line) = check_as_is(&sim, &config, &[]).await;
+    assert!(
+        line.starts_with("DEXSCOPE UNKNOWN - no state database at ")
+            && line.contains("has the daemon run?"),
+        "{line}"
+    );
+    assert_eq!(code, 3);
+    assert!(
+        !dir.path().join("state.db").exists(),
+        "check must not create the daemon's database"
+    );
+    sim.shutdown().await;
+}
+
+/// `check` runs beside the daemon, often as another user: with the database and its directory
+/// read-only it still answers, and the file is byte for byte what it was, though the tenant has
+/// tagged machines the database has never seen (which the daemon's own pass would record).
+#[tokio::test]
+async fn reads_a_read_only_database_and_writes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = start_sim(SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, "");
+    let db = dir.path().join("state.db");
+    drop(State::open(&db).unwrap());
+    // Fold the WAL into the file so the bytes compared are the whole database.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("pragma wal_checkpoint(truncate); pragma journal_mode = delete;")
+        .unwrap();
+    let _ = std::fs::remove_file(dir.path().join("state.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("state.db-shm"));
+    let before = std::fs::read(&db).unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(&db, 0o444).unwrap();
+    mode(dir.path(), 0o555).unwrap();
+
+    let (code, line) = check_as_is(&sim, &config, &[]).await;
+
+    mode(dir.path(), 0o755).unwrap();
+    assert!(
+        line.starts_with("DEXSCOPE WARNING - ") || line.starts_with("DEXSCOPE OK - "),
+        "{line}"
+    );
+    assert!(line.contains("| tagged=5 in_group=5 "), "{line}");
+    assert!(code <= 1, "{code}: {line}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "check changed the state database"
+    );
+    let first_seen = State::open_read_only(&db)
+        .unwrap()
+        .tagged_since_all()
+        .unwrap();
+    assert!(
+        first_seen.is_empty(),
+        "check recorded tag times: {first_seen:?}"
+    );
     sim.shutdown().await;
 }
