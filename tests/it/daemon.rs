@@ -3,7 +3,6 @@
 //! invalid change alerting, SIGTERM exiting 0 with a consistent state database; SIGHUP reloading
 //! the config and desired state, and keeping the running config when the new one is broken.
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use secrecy::ExposeSecret;
 use tokio::net::UnixDatagram;
 
 use super::metrics::{check_openmetrics, client};
+use super::support::{collect_lines, daemon_command};
 
 /// Waits until a notify datagram with the line `want` has been received (bounded).
 async fn wait_for(seen: &Mutex<Vec<String>>, want: &str, limit: Duration) {
@@ -374,35 +374,13 @@ impl Daemon {
                 }
             })
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dexscope"))
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("DEXSCOPE_CONFIG")
+        let mut child = daemon_command(sim, config)
             .env("NOTIFY_SOCKET", socket)
             .envs(env.iter().copied())
-            .env(
-                "DEXSCOPE_CLIENT_SECRET",
-                sim.client_secret().expose_secret(),
-            )
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        let stderr = child.stderr.take().unwrap();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    log.lock().unwrap().push(line);
-                }
-            })
-        };
+        let (log, reader) = collect_lines(child.stderr.take().unwrap());
         Daemon {
             child,
             seen,

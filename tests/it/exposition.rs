@@ -2,14 +2,12 @@
 //! real Prometheus tools: `promtool check metrics` on the classic text format. The tools come
 //! from Debian's `prometheus` package; a missing tool fails the test with how to install it.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dexscope::sim::{self, SimHandle, SimOptions};
-use secrecy::ExposeSecret;
 
 /// A Prometheus tool from `PATH`, or a failure that says how to install it.
 pub fn tool(name: &str) -> PathBuf {
@@ -65,34 +63,11 @@ impl RunningDaemon {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dexscope"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("DEXSCOPE_CONFIG")
-            .env_remove("NOTIFY_SOCKET")
-            .env(
-                "DEXSCOPE_CLIENT_SECRET",
-                sim.client_secret().expose_secret(),
-            )
-            .stdout(Stdio::null())
+        let mut child = super::support::daemon_command(&sim, &config)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (log, _reader) = super::support::collect_lines(child.stderr.take().unwrap());
         let mut daemon = RunningDaemon {
             child,
             base: String::new(),

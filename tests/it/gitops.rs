@@ -6,7 +6,6 @@
 //!
 //! Every change is observed by polling the simulator or the log with generous bounds.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,8 @@ use dexscope::sim::{self, SimHandle, SimOptions};
 use dexscope::state::State;
 use secrecy::ExposeSecret;
 use tempfile::TempDir;
+
+use super::support::{collect_lines, daemon_command};
 
 /// Long enough for a fetch (every 10 s, the shortest allowed) and a reconcile pass on a
 /// loaded machine.
@@ -182,35 +183,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(sim: &SimHandle, config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dexscope"))
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("DEXSCOPE_CONFIG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env(
-                "DEXSCOPE_CLIENT_SECRET",
-                sim.client_secret().expose_secret(),
-            )
-            .stdout(Stdio::null())
+        let mut child = daemon_command(sim, config)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        let stderr = child.stderr.take().unwrap();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    log.lock().unwrap().push(line);
-                }
-            })
-        };
+        let (log, reader) = collect_lines(child.stderr.take().unwrap());
         Daemon {
             child,
             log,

@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dexscope::sim::{self, SimOptions};
-use secrecy::ExposeSecret;
 
 /// Stalled connections held at once: a good share of the server's cap, never above it.
 const STALLED: usize = 32;
@@ -29,18 +28,7 @@ fn start_daemon(sim: &sim::SimHandle, dir: &std::path::Path) -> Child {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_dexscope"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .env_remove("DEXSCOPE_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .env(
-            "DEXSCOPE_CLIENT_SECRET",
-            sim.client_secret().expose_secret(),
-        )
-        .stdout(Stdio::null())
+    super::support::daemon_command(sim, &config)
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap()

@@ -110,3 +110,49 @@ pub fn write_secret(path: &std::path::Path, content: impl AsRef<[u8]>) {
         .unwrap();
     f.write_all(content.as_ref()).unwrap();
 }
+
+/// `dexscope --config CONFIG run` against the simulated tenant: the sim's secret in the
+/// environment, nothing inherited that would change the daemon (`RUST_LOG`, `DEXSCOPE_CONFIG`,
+/// `NOTIFY_SOCKET`, `CREDENTIALS_DIRECTORY`), stdout discarded. Callers add to the environment,
+/// choose stderr and spawn.
+pub fn daemon_command(sim: &SimHandle, config: &std::path::Path) -> std::process::Command {
+    use secrecy::ExposeSecret;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dexscope"));
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("DEXSCOPE_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env(
+            "DEXSCOPE_CLIENT_SECRET",
+            sim.client_secret().expose_secret(),
+        )
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// The lines a child writes to `stream`, collected as they come on a thread of their own (the
+/// thread ends when the child closes the stream).
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+pub fn collect_lines(
+    stream: impl std::io::Read + Send + 'static,
+) -> (Lines, std::thread::JoinHandle<()>) {
+    use std::io::BufRead;
+    let lines = Lines::default();
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    (lines, reader)
+}

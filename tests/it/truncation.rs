@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use dexscope::sim::seed::SeedSpec;
 use dexscope::sim::{self, SimHandle, SimOptions};
-use secrecy::ExposeSecret;
 
 const TAG: &str = "DEX-Scoped";
 
@@ -108,18 +107,7 @@ fn start_daemon(sim: &SimHandle, dir: &std::path::Path) -> Child {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_dexscope"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .env_remove("DEXSCOPE_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .env(
-            "DEXSCOPE_CLIENT_SECRET",
-            sim.client_secret().expose_secret(),
-        )
-        .stdout(Stdio::null())
+    super::support::daemon_command(sim, &config)
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
