@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dexscope: {}", one_line(&format!("{e:#}")));
+            telemetry::fatal(&one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -234,18 +234,18 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
 }
 
 /// Loads the config for a command that talks to the tenant, sets up logging in the configured
-/// format and logs the load warnings. A bad config prints one line and yields exit 78, before
-/// any request.
+/// format and logs the load warnings. A bad config is logged as an error (in text: its format
+/// is not known) and yields exit 78, before any request.
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
     let config = match config::load_for_command(&cli.config, std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("dexscope: {e}");
+            telemetry::fatal(&e.to_string());
             return Err(ExitCode::from(config::EXIT_CONFIG));
         }
     };
     if let Err(e) = telemetry::init(config.log.format, cli.verbose) {
-        eprintln!("dexscope: {e}");
+        telemetry::fatal(&e.to_string());
         return Err(ExitCode::FAILURE);
     }
     for warning in &config.warnings {
