@@ -27,6 +27,7 @@ mod hostile_numbers;
 mod http;
 mod incidents;
 mod labels;
+mod logs;
 mod metrics;
 mod priority;
 mod proxy;
