@@ -63,6 +63,27 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => with_config(cli, |config| run_apply(&config, args)),
         Command::Export(args) => with_config(cli, |config| run_export(&config, args)),
         Command::Status(args) => with_config(cli, |config| run_status(&config, args)),
+        Command::Completions(args) => {
+            dexscope::cli::write_completions(args.shell, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => {
+            match &args.dir {
+                Some(dir) => {
+                    for page in dexscope::cli::write_man_pages(dir).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot write the man pages into {}: {e}; create the directory or \
+                             pick one you can write to",
+                            dir.display()
+                        )
+                    })? {
+                        println!("{}", page.display());
+                    }
+                }
+                None => dexscope::cli::write_man(&mut std::io::stdout().lock())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Poll(args) => with_config(cli, |config| {
             let runtime = tokio::runtime::Runtime::new()?;
             let out = &mut std::io::stdout().lock();

@@ -35,6 +35,7 @@ mod readonly_state;
 mod reconcile;
 mod redirects;
 mod secret_files;
+mod shell;
 mod sim;
 mod slowloris;
 mod staleness;
