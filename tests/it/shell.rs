@@ -44,16 +44,25 @@ fn found(tool: &str) -> bool {
 fn completions_for_bash_zsh_and_fish_name_every_command() {
     let names = commands();
     assert!(names.len() >= 13, "{names:?}");
-    for (shell, marker) in [
-        ("bash", "complete -F _dexscope"),
-        ("zsh", "#compdef dexscope"),
-        ("fish", "complete -c dexscope"),
-    ] {
+    // How each shell's script offers a command: bash's case arm, zsh's `name:about` entry,
+    // fish's `-a name` candidate.
+    type Offer = fn(&str) -> String;
+    let shells: [(&str, &str, Offer); 3] = [
+        ("bash", "complete -F _dexscope", |n| {
+            format!("dexscope,{n})")
+        }),
+        ("zsh", "#compdef dexscope", |n| format!("'{n}:")),
+        ("fish", "complete -c dexscope", |n| format!("-a \"{n}\"")),
+    ];
+    for (shell, marker, offer) in shells {
         let (code, script, err) = dexscope(&["completions", shell]);
         assert_eq!(code, Some(0), "{shell}: {err}");
         assert!(script.contains(marker), "{shell}: no {marker:?}");
         for name in &names {
-            assert!(script.contains(name.as_str()), "{shell}: no {name}");
+            assert!(
+                script.contains(&offer(name)),
+                "{shell}: {name} is not offered"
+            );
         }
         // Flags of commands too, not only their names.
         for flag in ["allow-mass-removal", "timeout", "format", "config"] {
