@@ -198,3 +198,63 @@ fn config_help_names_the_commands_that_read_it() {
         "{config}"
     );
 }
+
+#[test]
+fn the_unit_documents_what_the_install_steps_install() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/dexscope.service")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let docs: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(docs.contains(&"man:dexscope(1)"), "{docs:?}");
+    // The man pages as the README's install step writes them.
+    let step = "dexscope man --dir /usr/local/share/man/man1";
+    assert!(
+        readme.contains(step),
+        "the README installs the man pages with `{step}`"
+    );
+    let man = tempfile::tempdir().unwrap();
+    let man1 = man.path().join("man1");
+    std::fs::create_dir(&man1).unwrap();
+    let (code, _, err) = dexscope(&["man", "--dir", man1.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    for doc in &docs {
+        if let Some(page) = doc.strip_prefix("man:") {
+            let name = page.strip_suffix("(1)").expect("section 1");
+            assert!(
+                man1.join(format!("{name}.1")).is_file(),
+                "{doc} is not written"
+            );
+        } else if let Some(path) = doc.strip_prefix("file://") {
+            let installs = readme
+                .lines()
+                .any(|l| l.starts_with("install ") && l.trim_end().ends_with(path));
+            assert!(installs, "{doc}: no README install step puts a file there");
+        } else {
+            panic!("{doc}: neither a man page nor an installed file");
+        }
+    }
+    if !found("systemd-analyze") {
+        println!("systemd-analyze not found: the unit is not verified (apt-get install systemd)");
+        return;
+    }
+    // The unit as installed: the binary where ExecStart says, the pages where man finds them.
+    let installed = man.path().join("dexscope.service");
+    std::fs::write(
+        &installed,
+        unit.replace("/usr/local/bin/dexscope", env!("CARGO_BIN_EXE_dexscope")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&installed)
+        .env("MANPATH", man.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.trim().is_empty(), "systemd-analyze verify: {err}");
+}
