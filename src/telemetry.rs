@@ -385,6 +385,63 @@ mod tests {
     }
 
     #[test]
+    fn every_line_of_an_event_carries_its_priority_however_it_is_written() {
+        let mut out = Vec::new();
+        {
+            let mut w = PrefixedLines::new(&mut out, priority_prefix(&Level::ERROR));
+            // One event's text arriving in pieces that cut lines anywhere.
+            for piece in ["ERROR first", " line\nsecond", "\n", "third\n"] {
+                w.write_all(piece.as_bytes()).unwrap();
+            }
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<3>ERROR first line\n<3>second\n<3>third\n"
+        );
+        let levels = [
+            Level::ERROR,
+            Level::WARN,
+            Level::INFO,
+            Level::DEBUG,
+            Level::TRACE,
+        ];
+        let prefixes: Vec<&str> = levels.iter().map(priority_prefix).collect();
+        assert_eq!(prefixes, ["<3>", "<4>", "<6>", "<7>", "<7>"]);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_outside_the_journal_without_no_color() {
+        use std::ffi::OsStr;
+        let set = Some(OsStr::new("1"));
+        let empty = Some(OsStr::new(""));
+        // (journal, terminal, NO_COLOR, ansi)
+        let cases = [
+            (false, true, None, true),
+            (false, true, empty, true),
+            (false, true, set, false),
+            (false, false, None, false),
+            (true, true, None, false),
+        ];
+        for (journal, terminal, no_color, ansi) in cases {
+            let got = Output::decide(journal, terminal, no_color);
+            assert_eq!(
+                got,
+                Output { journal, ansi },
+                "{journal} {terminal} {no_color:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn journal_stream_must_name_the_file_stderr_is() {
+        // Whatever fd 2 is here, it is not inode 0 of device 0, and junk is not a stream.
+        let stderr = std::io::stderr();
+        for value in ["0:0", "", "12", "a:b", "1:2:3"] {
+            assert!(!stderr_is_stream(&stderr, value), "{value}");
+        }
+    }
+
+    #[test]
     fn bad_rust_log_is_reported() {
         let err = filter(0, Some("dexscope=loud")).unwrap_err();
         assert!(
