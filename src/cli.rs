@@ -17,7 +17,9 @@ pub const EXIT_USAGE: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(name = "dexscope", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The config file (TOML). Commands that need no tenant access ignore it.
+    /// The config file (TOML). Read by plan, apply, check, poll, run and export, by status (for
+    /// the state database's path) and by verdict unless it is given both --file and --desired;
+    /// validate, sim, demo, completions and man ignore it.
     #[arg(
         long,
         global = true,
@@ -63,6 +65,66 @@ pub enum Command {
     Export(ExportArgs),
     /// Summary of coverage health from the state database (no tenant calls).
     Status(StatusArgs),
+    /// Print the completion script for a shell to stdout (see the README for where it goes).
+    Completions(CompletionsArgs),
+    /// Print the man page dexscope(1) (roff) to stdout, or write it and one page per command
+    /// into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write dexscope.1 and dexscope-<command>.1 for every command into this directory (e.g.
+    /// /usr/local/share/man/man1) instead of printing dexscope.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `shell`, generated from the command definition itself so it
+/// offers exactly the commands and flags this binary has.
+///
+/// A subcommand rather than a build-time generator: the installed binary writes the files at
+/// install time (README), they always match that binary, and the build stays as it is.
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut command, "dexscope", &mut buf);
+    out.write_all(&buf)
+}
+
+/// Writes the man page dexscope(1), rendered by `clap_mangen` from the command definition:
+/// name, synopsis, description, global options and the list of commands, each named as its
+/// own page dexscope-<command>(1).
+pub fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(man_command()).render(out)
+}
+
+/// Writes dexscope.1 and one dexscope-<command>.1 per command into `dir`, the pages that
+/// dexscope(1) refers to; returns the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    clap_mangen::generate_to(man_command(), dir)?;
+    let mut pages = vec![dir.join("dexscope.1")];
+    pages.extend(
+        man_command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| dir.join(format!("dexscope-{}.1", c.get_name()))),
+    );
+    Ok(pages)
+}
+
+fn man_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().disable_help_subcommand(true)
 }
 
 #[derive(Debug, Args)]

@@ -64,12 +64,8 @@ pub fn init_logging(verbosity: u8) -> Result<(), crate::telemetry::TelemetryErro
     if verbosity == 0 && std::env::var_os("RUST_LOG").is_none() {
         // The narration already shows alerts; the log keeps only other warnings and errors.
         let filter = crate::telemetry::filter(0, Some("warn,dexscope::alerts=off"))?;
-        return crate::telemetry::builder(filter, std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-            .map_err(|e| crate::telemetry::TelemetryError::Install {
-                reason: e.to_string(),
-            });
+        let output = crate::telemetry::Output::detect();
+        return crate::telemetry::init_with(crate::config::LogFormat::Text, filter, output);
     }
     crate::telemetry::init(crate::config::LogFormat::Text, verbosity)
 }

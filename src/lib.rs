@@ -17,11 +17,12 @@
 //!
 //! # Codemap
 //!
-//! - `cli`: clap definitions of the commands and flags.
+//! - `cli`: clap definitions of the commands and flags; the shell completions and man pages
+//!   written from them.
 //! - `config`: settings (defaults → file → `DEXSCOPE__…` environment) → validated [`config::Config`];
 //!   `load` (syntax, unknown keys, merge), `reader`, `credentials`, `validate`, `types`, `error`,
 //!   `git` (the `[scope.git]` source, checked at load).
-//! - `telemetry`: tracing setup (text or JSON).
+//! - `telemetry`: tracing setup (text or JSON; journald priorities, `NO_COLOR`, fatal errors).
 //! - `model`: domain types with validating constructors; pure.
 //! - `auth`: token sources: `settings` (credential), `cache`, `endpoint` (transport, refusals),
 //!   `assertion` (certificate), `roles` (self-check).

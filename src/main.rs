@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dexscope: {}", one_line(&format!("{e:#}")));
+            telemetry::fatal(&one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -63,6 +63,27 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => with_config(cli, |config| run_apply(&config, args)),
         Command::Export(args) => with_config(cli, |config| run_export(&config, args)),
         Command::Status(args) => with_config(cli, |config| run_status(&config, args)),
+        Command::Completions(args) => {
+            dexscope::cli::write_completions(args.shell, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => {
+            match &args.dir {
+                Some(dir) => {
+                    for page in dexscope::cli::write_man_pages(dir).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot write the man pages into {}: {e}; create the directory or \
+                             pick one you can write to",
+                            dir.display()
+                        )
+                    })? {
+                        println!("{}", page.display());
+                    }
+                }
+                None => dexscope::cli::write_man(&mut std::io::stdout().lock())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Poll(args) => with_config(cli, |config| {
             let runtime = tokio::runtime::Runtime::new()?;
             let out = &mut std::io::stdout().lock();
@@ -234,18 +255,18 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
 }
 
 /// Loads the config for a command that talks to the tenant, sets up logging in the configured
-/// format and logs the load warnings. A bad config prints one line and yields exit 78, before
-/// any request.
+/// format and logs the load warnings. A bad config is logged as an error (in text: its format
+/// is not known) and yields exit 78, before any request.
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
     let config = match config::load_for_command(&cli.config, std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("dexscope: {e}");
+            telemetry::fatal(&e.to_string());
             return Err(ExitCode::from(config::EXIT_CONFIG));
         }
     };
     if let Err(e) = telemetry::init(config.log.format, cli.verbose) {
-        eprintln!("dexscope: {e}");
+        telemetry::fatal(&e.to_string());
         return Err(ExitCode::FAILURE);
     }
     for warning in &config.warnings {

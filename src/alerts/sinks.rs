@@ -37,14 +37,19 @@ pub fn webhook_body(notice: &Notice, tenant_id: &str) -> Value {
     if notice.notice == NoticeKind::Repeat {
         details.insert("repeat".into(), Value::Bool(true));
     }
+    // A chat message shows `text` alone, so it says that the alert is over.
+    let text = match notice.state() {
+        AlertState::Firing => notice.summary.clone(),
+        AlertState::Resolved => format!("resolved: {}", notice.summary),
+    };
     serde_json::json!({
         "source": "dexscope",
         "tenant_id": tenant_id,
         "alert": notice.alert.as_str(),
         "state": notice.state().as_str(),
         "severity": notice.severity.as_str(),
-        "summary": notice.summary,
-        "text": notice.summary,
+        "summary": text,
+        "text": text,
         "details": details,
         "at": notice.at.to_rfc3339_opts(SecondsFormat::Secs, true),
     })
@@ -416,5 +421,9 @@ mod tests {
         assert_eq!(events[0]["fields"]["summary"], "guard");
         assert_eq!(events[1]["level"], "INFO");
         assert_eq!(events[1]["fields"]["state"], "resolved");
+        // The line says "resolved" once: the summary is the alert's own, the verb the line's.
+        assert_eq!(events[0]["fields"]["message"], "alert firing: guard");
+        assert_eq!(events[1]["fields"]["message"], "alert resolved: guard");
+        assert_eq!(events[1]["fields"]["summary"], "guard");
     }
 }

@@ -211,7 +211,15 @@ async fn generation(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("running{reloaded}")),
     ]);
-    tracing::info!(loops = ?running.tasks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "dexscope running");
+    tracing::info!(
+        loops = running
+            .tasks
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(","),
+        "dexscope running"
+    );
 
     let next = loop {
         if let Some(next) = on_signal(signals.recv().await, &setup.config) {

@@ -131,7 +131,11 @@ pub async fn priority_pass(
     let report = priority::priority_once(&ctx.tenant.defender, &ctx.state, scope, input, now)
         .await
         .map_err(|e| PassError::new(format!("priority pass failed: {e}")))?;
-    let worst = priority_check::worst(&report.findings);
+    let worst = match priority_check::worst(&report.findings) {
+        priority_check::Severity::Ok => "ok",
+        priority_check::Severity::Warning => "warning",
+        priority_check::Severity::Critical => "critical",
+    };
     let figures = PriorityFigures {
         findings: serde_json::to_value(&report.findings)
             .and_then(serde_json::from_value)
@@ -140,10 +144,9 @@ pub async fn priority_pass(
     };
     Ok(PassSummary {
         text: format!(
-            "{} tagged machines checked; worst finding: {worst:?}",
+            "{} tagged machines checked; worst finding: {worst}",
             report.tagged
-        )
-        .to_lowercase(),
+        ),
         lines: report.findings.iter().map(|f| f.summary.clone()).collect(),
         observations: vec![priority_check::observation(&report.findings)],
         details: PassDetails::Priority(figures),
@@ -175,7 +178,7 @@ pub async fn incidents_pass(
             .iter()
             .filter_map(|i| {
                 i.verdict
-                    .map(|v| format!("incident {}: {v} ({:?})", i.id, i.handled))
+                    .map(|v| format!("incident {}: {v} ({})", i.id, handled_words(i.handled)))
             })
             .collect(),
         verdicts: incident_observe::verdicts(&report),
@@ -183,4 +186,16 @@ pub async fn incidents_pass(
         details: PassDetails::Incidents(incident_observe::figures(&report)),
         ..PassSummary::default()
     })
+}
+
+/// What became of an incident's comment, in the words of `poll`'s summary line.
+fn handled_words(handled: poll::Handled) -> &'static str {
+    match handled {
+        poll::Handled::Posted => "comment posted",
+        poll::Handled::AlreadyPosted => "comment already posted",
+        poll::Handled::LoggedOnly => "logged only, posting is off",
+        poll::Handled::Redirected => "merged into another incident",
+        poll::Handled::Gone => "incident gone",
+        poll::Handled::Malformed => "malformed, skipped",
+    }
 }

@@ -158,7 +158,14 @@ impl Scheduler {
         match &result {
             Ok(s) => {
                 lp.failures = 0;
-                tracing::info!(r#loop = name, duration_ms = ms, changes = s.changes_applied, drift = ?s.drift, "{name} pass: {}", s.text);
+                tracing::info!(
+                    r#loop = name,
+                    duration_ms = ms,
+                    changes = s.changes_applied,
+                    drift = s.drift,
+                    "{name} pass: {}",
+                    s.text
+                );
                 for line in &s.lines {
                     tracing::debug!(r#loop = name, "{line}");
                 }

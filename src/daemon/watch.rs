@@ -266,7 +266,7 @@ async fn report(
         Ok(Refresh::Unchanged | Refresh::Settling) | Err(_) => return,
         Ok(Refresh::Loaded) => {
             if let Some(loaded) = desired.current() {
-                tracing::info!(path = %desired.path().display(), users = loaded.state.users.len(), devices = loaded.state.devices.len(), commit = ?loaded.state.commit, "desired state read");
+                tracing::info!(path = %desired.path().display(), users = loaded.state.users.len(), devices = loaded.state.devices.len(), commit = loaded.state.commit.as_deref(), "desired state read");
                 if let Some(files) = &loaded.state.removals_held {
                     tracing::error!(path = %desired.path().display(), "desired-state entries vanished with their file ({files}); nothing is removed until it is back");
                 }

@@ -309,8 +309,20 @@ pub async fn reconcile_once(
     if !report.converged() && stats.throttled_at_deadline > before {
         let remaining = report.failed().count() + report.not_converged.len();
         let granted = Granted::below_budget(&stats);
-        tracing::warn!(remaining, granted = ?granted,
-                       "pass deadline reached while the service throttles: not converged: throttled");
+        let rates: Vec<String> = granted
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} {:.2}/s of {:.2}/s configured",
+                    g.surface, g.per_second, g.budget_per_second
+                )
+            })
+            .collect();
+        tracing::warn!(
+            remaining,
+            granted = rates.join(", "),
+            "pass deadline reached while the service throttles: not converged: throttled"
+        );
         report.throttled = Some(ThrottledEnd { remaining, granted });
     }
     Ok(report)
@@ -370,7 +382,7 @@ async fn reconcile_within_deadline(
         failed = report.failed().count(),
         not_converged = report.not_converged.len(),
         unresolved = report.plan.unresolved.len(),
-        members_read = ?read.how,
+        members_read = %read.how,
         "reconcile pass done"
     );
     Ok(report)
@@ -410,7 +422,7 @@ fn record_guard(state: &State, plan: &Plan, now: DateTime<Utc>) -> Result<(), St
                 });
         if let Some(r) = &refusal {
             tracing::error!(
-                alert = "removal_guard",
+                alert = "removal_guard_tripped",
                 group = %group,
                 removals = r.removals,
                 max_removals = r.max_removals,

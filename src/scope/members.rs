@@ -38,6 +38,18 @@ pub enum MembersRead {
     Full(FullRead),
 }
 
+/// For logs: "delta round: 1 pages, 0 changes" or "full read: no snapshot".
+impl std::fmt::Display for MembersRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembersRead::Delta { pages, changes } => {
+                write!(f, "delta round: {pages} pages, {changes} changes")
+            }
+            MembersRead::Full(why) => write!(f, "full read: {}", why.as_str()),
+        }
+    }
+}
+
 /// The members as read, and whether the state database now holds a snapshot of them.
 #[derive(Debug, Clone)]
 pub struct Members {
