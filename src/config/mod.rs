@@ -112,6 +112,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "platforms",
             "overlap",
             "pickup_assignee",
+            "pickup_within",
         ],
     ),
     ("alerts", &["webhook_url_file", "renotify_every"]),
@@ -166,6 +167,7 @@ excluded_sources = [
 platforms = ["windows", "linux", "macos"]
 overlap = "5m"
 pickup_assignee = "Defender Experts"
+pickup_within = "2h"
 
 [alerts]
 renotify_every = "6h"

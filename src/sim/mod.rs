@@ -230,6 +230,36 @@ impl SimHandle {
         self.with(|t| seed::create_incident(t, spec).to_string())
     }
 
+    /// Makes `change` to an incident before the `after_polls`-th incident poll from now is
+    /// served (1: the next poll sees it); 0 makes it at once. False when there is no such
+    /// incident.
+    pub fn plan_incident_change(
+        &self,
+        incident: &str,
+        after_polls: u64,
+        change: model::IncidentChange,
+    ) -> bool {
+        let Ok(id) = incident.parse::<u64>() else {
+            return false;
+        };
+        self.with(|t| {
+            if t.incidents.get(id).is_none() {
+                return false;
+            }
+            if after_polls == 0 {
+                let now = t.now();
+                return t.incidents.change(id, &change, now);
+            }
+            let at_poll = t.incidents.polls + after_polls;
+            t.incidents.planned.push(model::PlannedChange {
+                incident: id,
+                at_poll,
+                change,
+            });
+            true
+        })
+    }
+
     /// The comment texts of an incident, oldest first.
     pub fn comments(&self, incident: &str) -> Vec<String> {
         self.with(|t| {
