@@ -266,9 +266,11 @@ pub fn evaluate(inputs: &Inputs, now: DateTime<Utc>) -> Outcome {
         add(
             Status::Warning,
             format!(
-                "{n} IN SCOPE incidents not taken by Defender Experts within pickup_within ({}); \
-                 raise them with Defender Experts",
-                with_more(&ids, n)
+                "{n} IN SCOPE {} not taken by Defender Experts within pickup_within ({}); \
+                 raise {} with Defender Experts",
+                if n == 1 { "incident" } else { "incidents" },
+                with_more(&ids, n),
+                if n == 1 { "it" } else { "them" }
             ),
         );
     }

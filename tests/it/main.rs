@@ -28,6 +28,7 @@ mod http;
 mod incidents;
 mod labels;
 mod metrics;
+mod pickup;
 mod priority;
 mod proxy;
 mod readonly_state;
