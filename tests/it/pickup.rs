@@ -419,3 +419,52 @@ async fn check_warns_while_a_coverage_gap_fires() {
         out.line
     );
 }
+
+#[test]
+fn pickup_within_is_validated_against_the_poll_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let load = |every: &str, within: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[tenant]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\n\
+                 client_id = \"00000000-0000-0000-0000-000000000002\"\n\
+                 [scope]\nuser_group_id = \"00000000-0000-0000-0000-000000000003\"\n\
+                 device_tag = \"DEX-Scoped\"\n\
+                 [schedule]\nincidents_every = \"{every}\"\n\
+                 [incidents]\npickup_within = \"{within}\"\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&path, [("DEXSCOPE_CLIENT_SECRET", "s")]).map(|c| c.incidents.pickup_within)
+    };
+    assert_eq!(load("1m", "2m").unwrap(), Duration::from_secs(120));
+    let err = load("1m", "90s").unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "[incidents] pickup_within is 1m 30s, less than twice [schedule] incidents_every (1m)"
+        ) && err.contains("use at least 2m"),
+        "{err}"
+    );
+    let err = load("1s", "30s").unwrap_err().to_string();
+    assert!(err.contains("below the minimum of 1m"), "{err}");
+    let err = load("1m", "soon").unwrap_err().to_string();
+    assert!(
+        err.contains("[incidents] pickup_within") && err.contains("is not a duration"),
+        "{err}"
+    );
+    // The default: 2 hours.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("pickup_within"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&path, without).unwrap();
+    let config = Config::load(&path, [("DEXSCOPE_CLIENT_SECRET", "s")]).unwrap();
+    assert_eq!(
+        config.incidents.pickup_within,
+        Duration::from_secs(2 * 3600)
+    );
+}
