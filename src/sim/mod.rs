@@ -243,20 +243,8 @@ impl SimHandle {
             return false;
         };
         self.with(|t| {
-            if t.incidents.get(id).is_none() {
-                return false;
-            }
-            if after_polls == 0 {
-                let now = t.now();
-                return t.incidents.change(id, &change, now);
-            }
-            let at_poll = t.incidents.polls + after_polls;
-            t.incidents.planned.push(model::PlannedChange {
-                incident: id,
-                at_poll,
-                change,
-            });
-            true
+            let now = t.now();
+            t.incidents.plan(id, after_polls, change, now)
         })
     }
 

@@ -468,3 +468,65 @@ fn pickup_within_is_validated_against_the_poll_interval() {
         Duration::from_secs(2 * 3600)
     );
 }
+
+/// `dexscope sim` users plan the same changes over HTTP: at once, or before a later poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_takes_planned_changes_over_http() {
+    let sim = sim::start(SimOptions {
+        generate: SeedSpec {
+            incidents: 0,
+            ..SeedSpec::default()
+        },
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let id = sim.create_incident(&IncidentSpec::default());
+    let http = super::support::shared_reqwest();
+    let base = sim.base_url();
+    let change = |id: &str, body: serde_json::Value| {
+        http.post(format!("{base}/_sim/incidents/{id}/change"))
+            .json(&body)
+            .send()
+    };
+    let incident = || {
+        let s = sim.state();
+        let t = s.lock().unwrap();
+        let i = t.incidents.get(id.parse().unwrap()).unwrap();
+        (i.assigned_to.clone(), i.status.clone(), i.last_update)
+    };
+    let before = incident();
+    let r = change(&id, serde_json::json!({"assigned_to": "Defender Experts"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let now = incident();
+    assert_eq!(now.0.as_deref(), Some("Defender Experts"));
+    assert!(now.2 > before.2, "the change moves lastUpdateDateTime");
+    // Planned for the second poll from now: a poll is a listing's first page.
+    let r = change(
+        &id,
+        serde_json::json!({"after_polls": 2, "status": "awaitingAction"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    let polls = sim.state().lock().unwrap().incidents.polls;
+    for _ in 0..2 {
+        assert_eq!(incident().1, "active");
+        sim.state().lock().unwrap().incidents.poll(Utc::now());
+    }
+    assert_eq!(incident().1, "awaitingAction");
+    assert_eq!(sim.state().lock().unwrap().incidents.polls, polls + 2);
+    // Unknown incidents and fields are refused, saying what is wrong.
+    let r = change("999999", serde_json::json!({"status": "resolved"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = change(&id, serde_json::json!({"assignee": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("assignee"));
+    sim.shutdown().await;
+}

@@ -161,6 +161,29 @@ impl Incidents {
         true
     }
 
+    /// Makes `change` before the `after_polls`-th incident poll from now is served (1: the
+    /// next poll sees it), or at once with 0. False when there is no such incident.
+    pub fn plan(
+        &mut self,
+        id: u64,
+        after_polls: u64,
+        change: IncidentChange,
+        now: DateTime<Utc>,
+    ) -> bool {
+        if self.get(id).is_none() {
+            return false;
+        }
+        if after_polls == 0 {
+            return self.change(id, &change, now);
+        }
+        self.planned.push(PlannedChange {
+            incident: id,
+            at_poll: self.polls + after_polls,
+            change,
+        });
+        true
+    }
+
     /// Counts one incident poll and applies the changes planned up to it, so the poll sees
     /// them.
     pub fn poll(&mut self, now: DateTime<Utc>) {
