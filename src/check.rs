@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::alerts::AlertState;
+use crate::alerts::{AlertKind, AlertState};
 use crate::config::{Config, Schedule};
 use crate::desired::{self, Mode};
 use crate::priority::check::{Finding, FindingKind};
@@ -76,6 +76,9 @@ pub struct Inputs {
     pub users: Option<GroupFigures>,
     pub guard_refusals: Vec<GuardRefusal>,
     pub alerts_firing: usize,
+    /// Incidents whose `coverage_gap` alert fires: IN SCOPE, not taken by Defender Experts in
+    /// time.
+    pub coverage_gaps: Vec<String>,
     pub passes: Vec<LoopPass>,
     pub schedule: Option<Schedule>,
 }
@@ -249,6 +252,25 @@ pub fn evaluate(inputs: &Inputs, now: DateTime<Utc>) -> Outcome {
                 "{} unresolved desired entries ({})",
                 inputs.unresolved.len(),
                 with_more(&names, inputs.unresolved.len())
+            ),
+        );
+    }
+    if !inputs.coverage_gaps.is_empty() {
+        let n = inputs.coverage_gaps.len();
+        let ids: Vec<&str> = inputs
+            .coverage_gaps
+            .iter()
+            .take(3)
+            .map(String::as_str)
+            .collect();
+        add(
+            Status::Warning,
+            format!(
+                "{n} IN SCOPE {} not taken by Defender Experts within pickup_within ({}); \
+                 raise {} with Defender Experts",
+                if n == 1 { "incident" } else { "incidents" },
+                with_more(&ids, n),
+                if n == 1 { "it" } else { "them" }
             ),
         );
     }
@@ -555,12 +577,18 @@ async fn gather(
         .iter()
         .find(|p| p.loop_name == "reconcile")
         .and_then(LoopPass::reconcile_figures);
-    let alerts_firing = state
+    let firing: Vec<_> = state
         .alerts()
         .map_err(read)?
-        .iter()
+        .into_iter()
         .filter(|a| a.state == AlertState::Firing)
-        .count();
+        .collect();
+    let alerts_firing = firing.len();
+    let coverage_gaps = firing
+        .into_iter()
+        .filter(|a| a.kind == AlertKind::CoverageGap)
+        .map(|a| a.subject)
+        .collect();
     Ok(Inputs {
         device_group_name: config.scope.device_group_name.clone(),
         tagged: report.tagged,
@@ -570,6 +598,7 @@ async fn gather(
         users: reconciled.map(|f| f.users),
         guard_refusals: state.guard_refusals().map_err(read)?,
         alerts_firing,
+        coverage_gaps,
         passes,
         schedule: Some(config.schedule.clone()),
     })

@@ -40,13 +40,14 @@
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` (pure: `scope`, `policy`, `assets`, `coverage`, `types`) and `comment`
-//!   (pure), `observe` (pure: pass report → alert observations), `poll`, `poll_once`.
+//!   (pure), `observe` (pure: pass report → alert observations), `pickup` (pure: what Defender
+//!   Experts did with each judged incident, coverage gaps, scope mismatches), `poll`, `poll_once`.
 //! - `alerts`: the one alert path, the `Alerter` (load, step, save, then every sink);
 //!   `transition` (pure), `observe` (pure: the daemon's own findings as alerts) and `sinks`
 //!   (log, webhook through `http`, alert figures).
 //! - `check`: the `check` monitoring probe (status decided by the pure `evaluate`).
 //! - `state`: SQLite, one file per table family (`schema`, `audit`, `cursors`, `tags`, `alerts`,
-//!   `guard`, `passes`, `snapshot`, `gitsource`); `records`: the typed pass records and the one staleness rule.
+//!   `guard`, `passes`, `snapshot`, `gitsource`, `pickup`); `records`: the typed pass records and the one staleness rule.
 //! - `sim`: the simulated tenant (model, routes, seed, faults).
 //! - `text`: small text helpers for messages to people ("did you mean", durations like `1h 30m`,
 //!   tenant labels escaped onto one line).
@@ -80,7 +81,7 @@
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
 //! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
-//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`,
+//! `incidents::verdict`, `incidents::comment`, `incidents::pickup`, `scope::vocab`, `scope::snapshot`,
 //! `alerts::transition`, `alerts::observe`, `state::records`.
 //!
 //! # Architecture invariants

@@ -50,6 +50,26 @@ pub const VERDICT_KINDS: [&str; 3] = ["in_scope", "out_of_scope", "skipped"];
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The verdicts `dexscope_pickup_agreement_total` is counted by (a closed set).
+pub const PICKUP_VERDICTS: [&str; 2] = ["in_scope", "out_of_scope"];
+
+/// Upper bounds (seconds) of the pickup latency buckets: from a minute (an analyst on the
+/// incident at once) through the hours a queue takes on a busy day to three days (a weekend);
+/// the `pickup_within` default, 2 hours, is a bucket edge.
+const PICKUP_BUCKETS: [f64; 10] = [
+    60.0, 300.0, 900.0, 1_800.0, 3_600.0, 7_200.0, 14_400.0, 28_800.0, 86_400.0, 259_200.0,
+];
+
+/// What an incident pass saw of Defender Experts' pickups.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PickupFigures {
+    /// Agreements settled in the pass, each incident once: (verdict, taken within
+    /// `pickup_within`).
+    pub settled: Vec<(String, bool)>,
+    /// Pickups the pass saw happen: time from the incident's creation.
+    pub latencies: Vec<Duration>,
+}
+
 /// How long a counted verdict is remembered after its incident was last listed. An incident
 /// is listed again only while its last update is inside the poll overlap (minutes), so a day
 /// covers every re-listing while keeping the memory to a day's incidents.
@@ -86,6 +106,8 @@ pub struct Metrics {
     drift: Family<Labels, Gauge>,
     coverage: Family<Labels, Gauge>,
     verdicts: Family<Labels, Counter>,
+    pickup_agreement: Family<Labels, Counter>,
+    pickup_latency: Histogram,
     /// The verdicts already counted, by (incident, digest), with when each was last listed: a
     /// verdict is counted once however often its incident is listed again.
     counted: Mutex<HashMap<(String, String), DateTime<Utc>>>,
@@ -163,6 +185,8 @@ pub struct PassFigures {
     pub coverage: Vec<(&'static str, u64, u64)>,
     /// Verdicts reached by the pass, the ones counted before included.
     pub verdicts: Vec<VerdictReached>,
+    /// Defender Experts' pickups the pass saw.
+    pub pickups: PickupFigures,
 }
 
 impl Metrics {
@@ -201,12 +225,7 @@ impl Metrics {
              (desired: entries resolved; effective: in the group)",
             coverage.clone(),
         );
-        let verdicts = Family::<Labels, Counter>::default();
-        registry.register(
-            "verdicts",
-            "Incident verdicts reached, by verdict",
-            verdicts.clone(),
-        );
+        let (verdicts, pickup_agreement, pickup_latency) = register_incident_figures(&mut registry);
         let alerts = Family::<Labels, Gauge>::default();
         registry.register(
             "alerts_firing",
@@ -253,6 +272,8 @@ impl Metrics {
             drift,
             coverage,
             verdicts,
+            pickup_agreement,
+            pickup_latency,
             counted: Mutex::new(HashMap::new()),
             alerts,
             last_success,
@@ -272,6 +293,13 @@ impl Metrics {
     fn with_closed_labels(self) -> Self {
         for kind in VERDICT_KINDS {
             let _ = self.verdicts.get_or_create(&vec![("verdict", kind.into())]);
+        }
+        for verdict in PICKUP_VERDICTS {
+            for taken in [true, false] {
+                let _ = self
+                    .pickup_agreement
+                    .get_or_create(&agreement_labels(verdict, taken));
+            }
         }
         for kind in AlertKind::ALL {
             let _ = self
@@ -346,6 +374,16 @@ impl Metrics {
             set("effective", *effective);
         }
         self.count_verdicts(&p.verdicts, p.finished);
+        for (verdict, taken) in &p.pickups.settled {
+            if let Some(verdict) = PICKUP_VERDICTS.into_iter().find(|v| v == verdict) {
+                self.pickup_agreement
+                    .get_or_create(&agreement_labels(verdict, *taken))
+                    .inc();
+            }
+        }
+        for latency in &p.pickups.latencies {
+            self.pickup_latency.observe(latency.as_secs_f64());
+        }
         if p.ok {
             self.last_success
                 .get_or_create(&by_loop)
@@ -502,6 +540,39 @@ fn pass_histogram() -> Histogram {
     // priority pass at 100k users and 50k machines takes minutes; the lowest buckets split
     // the first and the highest still see the second.
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+/// The incident figures: verdicts, the pickup agreement and the pickup latency.
+fn register_incident_figures(
+    registry: &mut Registry,
+) -> (Family<Labels, Counter>, Family<Labels, Counter>, Histogram) {
+    let verdicts = Family::<Labels, Counter>::default();
+    registry.register(
+        "verdicts",
+        "Incident verdicts reached, by verdict",
+        verdicts.clone(),
+    );
+    let agreement = Family::<Labels, Counter>::default();
+    registry.register(
+        "pickup_agreement",
+        "Judged incidents by verdict and whether Defender Experts took them within \
+         pickup_within (taken, not_taken), each incident counted once",
+        agreement.clone(),
+    );
+    let latency = Histogram::new(PICKUP_BUCKETS);
+    registry.register_with_unit(
+        "pickup_latency",
+        "Time from an incident's creation to Defender Experts taking it, for pickups seen \
+         happening",
+        Unit::Seconds,
+        latency.clone(),
+    );
+    (verdicts, agreement, latency)
+}
+
+fn agreement_labels(verdict: &str, taken: bool) -> Labels {
+    let pickup = if taken { "taken" } else { "not_taken" };
+    vec![("verdict", verdict.into()), ("pickup", pickup.into())]
 }
 
 fn coverage_labels(group: &str, side: &str) -> Labels {
@@ -815,6 +886,7 @@ mod tests {
                 drift: Some(2),
                 coverage: vec![("users", 40, 38)],
                 verdicts: vec![reached("in_scope", "1")],
+                pickups: PickupFigures::default(),
             },
         );
         let priority = PassFigures {

@@ -1,6 +1,7 @@
 //! `dexscope status`: one screen that says whether scoped coverage is healthy, read from the
 //! state database only (no tenant call, no token): the last pass of each loop and its summary,
-//! the alert records, the removal guard's refusals and the posted verdicts.
+//! the alert records, the removal guard's refusals, the posted verdicts and how Defender
+//! Experts' pickups agreed with them over the last 7 days.
 //!
 //! [`gather`] reads the database into [`Inputs`]; [`summarize`] decides everything from them
 //! and `now` (pure); [`Status`] prints as text for a terminal or as JSON for scripts.
@@ -17,7 +18,7 @@ use crate::config::Config;
 use crate::state::GitSourceRecord;
 use crate::state::records::{self, PriorityFigures, ReconcileFigures};
 use crate::state::records::{INCIDENTS, PRIORITY, RECONCILE};
-use crate::state::{GuardRefusal, LoopPass, State, StateError};
+use crate::state::{AgreementCount, GuardRefusal, LoopPass, State, StateError};
 
 pub use crate::state::records::GroupFigures;
 
@@ -37,6 +38,8 @@ pub struct Inputs {
     pub refusals: Vec<GuardRefusal>,
     /// Verdicts posted in the last 24 hours, by verdict.
     pub verdicts_24h: Vec<(String, u64)>,
+    /// Pickup agreements settled in the last 7 days: (verdict, `taken`|`not_taken`, count).
+    pub pickup_7d: Vec<AgreementCount>,
     /// The git source's last fetch, when the daemon reads one.
     pub git: Option<GitSourceRecord>,
 }
@@ -76,6 +79,9 @@ pub struct Status {
     pub guard_refusals: Vec<Refusal>,
     pub loops: Vec<LoopStatus>,
     pub verdicts_24h: Vec<VerdictCount>,
+    /// Judged incidents of the last 7 days by verdict and whether Defender Experts took them
+    /// within `pickup_within`.
+    pub pickup_7d: Vec<Agreement>,
     /// The git source: applied commit, verified or refused head, last fetch.
     pub git_source: Option<GitSourceRecord>,
 }
@@ -136,6 +142,18 @@ pub struct LoopStatus {
     pub stale: bool,
 }
 
+/// How many incidents of one verdict Defender Experts took (or did not) within `pickup_within`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agreement {
+    pub verdict: String,
+    /// `taken` | `not_taken`.
+    pub pickup: String,
+    pub count: u64,
+}
+
+/// The window of the pickup agreement `status` shows.
+pub const AGREEMENT_WINDOW: TimeDelta = TimeDelta::days(7);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerdictCount {
     pub verdict: String,
@@ -149,6 +167,7 @@ pub fn gather(state: &State, now: DateTime<Utc>) -> Result<Inputs, StateError> {
         alerts: state.alerts()?,
         refusals: state.guard_refusals()?,
         verdicts_24h: state.verdict_counts(now - TimeDelta::hours(24))?,
+        pickup_7d: state.pickup_agreement(now - AGREEMENT_WINDOW)?,
         git: state.git_source()?,
     })
 }
@@ -248,8 +267,20 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
                 count: *count,
             })
             .collect(),
+        pickup_7d: agreements(&inputs.pickup_7d),
         git_source: inputs.git.clone(),
     }
+}
+
+fn agreements(counts: &[AgreementCount]) -> Vec<Agreement> {
+    counts
+        .iter()
+        .map(|(verdict, pickup, count)| Agreement {
+            verdict: verdict.clone(),
+            pickup: pickup.clone(),
+            count: *count,
+        })
+        .collect()
 }
 
 fn priority_critical(priority: &Option<Priority>) -> bool {
@@ -318,6 +349,7 @@ impl std::fmt::Display for Status {
         self.write_guard_and_alerts(&mut s);
         self.write_loops(&mut s);
         self.write_verdicts(&mut s);
+        self.write_pickups(&mut s);
         f.write_str(&s)
     }
 }
@@ -491,6 +523,30 @@ impl Status {
                 .join(", ")
         };
         let _ = writeln!(s, "verdicts (24h):   {verdicts}");
+    }
+
+    /// Whether Defender Experts took what dexscope judged, over the last 7 days: per verdict,
+    /// taken and not taken within `pickup_within`.
+    fn write_pickups(&self, s: &mut String) {
+        if self.pickup_7d.is_empty() {
+            let _ = writeln!(s, "pickups (7d):     none settled");
+            return;
+        }
+        let count = |verdict: &str, pickup: &str| {
+            self.pickup_7d
+                .iter()
+                .filter(|a| a.verdict == verdict && a.pickup == pickup)
+                .map(|a| a.count)
+                .sum::<u64>()
+        };
+        let _ = writeln!(
+            s,
+            "pickups (7d):     in scope {} taken, {} not taken; out of scope {} taken, {} not taken",
+            count("in_scope", "taken"),
+            count("in_scope", "not_taken"),
+            count("out_of_scope", "taken"),
+            count("out_of_scope", "not_taken"),
+        );
     }
 }
 

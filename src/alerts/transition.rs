@@ -338,7 +338,9 @@ mod tests {
                 "missing_permission",
                 "loop_failing",
                 "unverified_desired_state",
-                "desired_state_stale"
+                "desired_state_stale",
+                "coverage_gap",
+                "scope_mismatch"
             ]
         );
         for k in AlertKind::ALL {

@@ -112,6 +112,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "platforms",
             "overlap",
             "pickup_assignee",
+            "pickup_within",
         ],
     ),
     ("alerts", &["webhook_url_file", "renotify_every"]),
@@ -166,6 +167,9 @@ excluded_sources = [
 platforms = ["windows", "linux", "macos"]
 overlap = "5m"
 pickup_assignee = "Defender Experts"
+# An analyst queue normally takes minutes to an hour: two hours pages no one for a busy hour
+# and still finds an untaken IN SCOPE incident within the same shift.
+pickup_within = "2h"
 
 [alerts]
 renotify_every = "6h"

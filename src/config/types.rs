@@ -248,6 +248,9 @@ pub struct IncidentPolicy {
     pub overlap: Duration,
     /// The `assignedTo` value of an incident Defender Experts took on.
     pub pickup_assignee: String,
+    /// How long after its creation an IN SCOPE incident may stay untaken by Defender Experts
+    /// before `coverage_gap` fires.
+    pub pickup_within: Duration,
 }
 
 impl IncidentPolicy {

@@ -69,6 +69,7 @@ pub(super) fn build(
         priority_every: r.duration(("schedule", "priority_every"), one_second)?,
         incidents_every: r.duration(("schedule", "incidents_every"), one_second)?,
     };
+    check_pickup_within(&r, &incidents, &schedule)?;
     let alerts = Alerts {
         webhook_url,
         renotify_every: r.duration(("alerts", "renotify_every"), one_second)?,
@@ -259,6 +260,31 @@ pub fn device_tag_problem(tag: &str) -> Option<&'static str> {
     }
 }
 
+/// `[incidents] pickup_within` against the poll interval.
+fn check_pickup_within(
+    r: &Reader,
+    incidents: &IncidentPolicy,
+    schedule: &Schedule,
+) -> Result<(), ConfigError> {
+    // A pickup is seen by the first incident pass after it: a bound shorter than two poll
+    // intervals would call an incident untaken that a pass simply had not read yet.
+    let at_least = schedule.incidents_every.saturating_mul(2);
+    if incidents.pickup_within < at_least {
+        let text = crate::text::duration;
+        return Err(r.invalid(
+            ("incidents", "pickup_within"),
+            format!(
+                "is {}, less than twice [schedule] incidents_every ({}): a pickup is only seen \
+                 by the next incident pass",
+                text(incidents.pickup_within),
+                text(schedule.incidents_every)
+            ),
+            format!("use at least {}", text(at_least)),
+        ));
+    }
+    Ok(())
+}
+
 fn read_incidents(r: &Reader, warnings: &mut Vec<String>) -> Result<IncidentPolicy, ConfigError> {
     let sk = ("incidents", "severities");
     let severities = r
@@ -318,6 +344,7 @@ fn read_incidents(r: &Reader, warnings: &mut Vec<String>) -> Result<IncidentPoli
             ("incidents", "pickup_assignee"),
             "set it to the assignedTo value Defender Experts use, \"Defender Experts\"",
         )?,
+        pickup_within: r.duration(("incidents", "pickup_within"), Duration::from_secs(60))?,
     })
 }
 

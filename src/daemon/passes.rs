@@ -155,7 +155,8 @@ pub async fn priority_pass(
 }
 
 /// One incident pass: new and updated incidents judged, each verdict posted once. Evidence that
-/// shows an in-scope device in another group raises the priority alert too.
+/// shows an in-scope device in another group raises the priority alert too; Defender Experts'
+/// pickups raise and resolve `coverage_gap` and `scope_mismatch`.
 pub async fn incidents_pass(
     ctx: &PassContext,
     now: DateTime<Utc>,
@@ -166,6 +167,11 @@ pub async fn incidents_pass(
         .map_err(|e| PassError::new(format!("incident pass failed: {e}")))?;
     let evidence =
         incident_observe::evidence_observation(&report, &ctx.config.scope.device_group_name);
+    let mut observations = vec![evidence];
+    observations.extend(incident_observe::pickup_observations(
+        &report,
+        settings.pickup_within,
+    ));
     Ok(PassSummary {
         text: format!(
             "{} incidents listed, {} handled, {} failed",
@@ -182,7 +188,8 @@ pub async fn incidents_pass(
             })
             .collect(),
         verdicts: incident_observe::verdicts(&report),
-        observations: vec![evidence],
+        pickups: incident_observe::pickups(&report),
+        observations,
         details: PassDetails::Incidents(incident_observe::figures(&report)),
         ..PassSummary::default()
     })

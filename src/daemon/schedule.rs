@@ -32,6 +32,8 @@ pub struct PassSummary {
     pub drift: Option<u64>,
     /// Verdicts reached, the ones reached before included (the metrics count each once).
     pub verdicts: Vec<crate::metrics::VerdictReached>,
+    /// Defender Experts' pickups the incident pass saw (agreements settled, latencies).
+    pub pickups: crate::metrics::PickupFigures,
     /// Alerts the pass observed (good or bad); the daemon folds them into the alert state.
     pub observations: Vec<Observation>,
     /// Recorded with the pass in the state database (read by `status` and `check`).
@@ -199,6 +201,7 @@ impl Scheduler {
                 drift: s.drift,
                 coverage: coverage(&s.details),
                 verdicts: s.verdicts.clone(),
+                pickups: s.pickups.clone(),
             },
             Err(_) => PassFigures {
                 ok: false,

@@ -1,11 +1,13 @@
 //! Incident coverage verdicts: poll, decide (pure), render (pure), post exactly once.
 //!
 //! `verdict` and `comment` are pure; `poll` is the pass ([`poll_once`]) and the exactly-once
-//! post; `command` holds the `verdict` and `poll` commands.
+//! post; `pickup` (pure) follows what Defender Experts did with each judged incident;
+//! `command` holds the `verdict` and `poll` commands.
 
 pub mod command;
 pub mod comment;
 pub mod observe;
+pub mod pickup;
 pub mod poll;
 pub mod verdict;
 

@@ -1,12 +1,14 @@
 //! What an incident pass's report means beyond the pass: the evidence alert (an in-scope
-//! device seen in another device group) and the figures recorded with the pass. Pure
-//! functions of the report.
+//! device seen in another device group), the pickup alerts (`coverage_gap`, `scope_mismatch`)
+//! and the figures recorded with the pass. Pure functions of the report.
+
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::PollReport;
 use crate::alerts::{AlertKind, AlertSeverity, Observation};
-use crate::metrics::VerdictReached;
+use crate::metrics::{PickupFigures, VerdictReached};
 use crate::state::records::IncidentFigures;
 
 /// The alert subject of the incident evidence (beside the priority pass's own).
@@ -33,6 +35,84 @@ pub fn evidence_observation(report: &PollReport, device_group_name: &str) -> Obs
         ),
         json!({ "findings": report.priority_findings }),
     )
+}
+
+/// `coverage_gap` and `scope_mismatch`, one alert per incident: bad for each open gap and
+/// mismatch, good for each incident whose alert was firing and whose gap or mismatch ended.
+pub fn pickup_observations(report: &PollReport, within: Duration) -> Vec<Observation> {
+    let p = &report.pickup;
+    let within = crate::text::duration(within);
+    let mut out: Vec<Observation> = p
+        .gaps
+        .iter()
+        .map(|g| {
+            Observation::bad(
+                AlertKind::CoverageGap,
+                &g.incident_id,
+                AlertSeverity::Critical,
+                format!(
+                    "incident {} was judged IN SCOPE but Defender Experts have not taken it \
+                     within {within} of its creation ({}, status {}): open it in the Defender \
+                     portal and raise it with Defender Experts",
+                    g.incident_id,
+                    g.created_at.format("%Y-%m-%d %H:%M UTC"),
+                    g.status
+                ),
+                json!({ "incident": g.incident_id, "created": g.created_at,
+                        "status": g.status, "pickup_within": within }),
+            )
+        })
+        .collect();
+    out.extend(p.mismatches.iter().map(|m| {
+        Observation::bad(
+            AlertKind::ScopeMismatch,
+            &m.incident_id,
+            AlertSeverity::Warning,
+            format!(
+                "Defender Experts took incident {}, which dexscope judged OUT OF SCOPE: \
+                 dexscope's picture of the scope or the service's is wrong (propagation, device \
+                 group priority, or a bug); check the incident's assets against the scoped groups",
+                m.incident_id
+            ),
+            json!({ "incident": m.incident_id, "taken": m.taken_at, "status": m.status }),
+        )
+    }));
+    let ended = |firing: &[String], open: &dyn Fn(&str) -> bool, kind| {
+        firing
+            .iter()
+            .filter(|id| !open(id))
+            .map(|id| Observation::good(kind, id))
+            .collect::<Vec<_>>()
+    };
+    out.extend(ended(
+        &p.firing_gaps,
+        &|id| p.gaps.iter().any(|g| g.incident_id == id),
+        AlertKind::CoverageGap,
+    ));
+    out.extend(ended(
+        &p.firing_mismatches,
+        &|id| p.mismatches.iter().any(|m| m.incident_id == id),
+        AlertKind::ScopeMismatch,
+    ));
+    out
+}
+
+/// The pickup figures of the pass: agreements settled (each incident once) and the pickups
+/// this pass saw happen, with their latency.
+pub fn pickups(report: &PollReport) -> PickupFigures {
+    PickupFigures {
+        settled: report
+            .pickup
+            .settled
+            .iter()
+            .map(|s| (s.verdict.clone(), s.taken))
+            .collect(),
+        latencies: report
+            .incidents
+            .iter()
+            .filter_map(|i| i.picked_up_after)
+            .collect(),
+    }
 }
 
 /// Verdicts reached in the pass, each with the incident and digest that identify it: an

@@ -19,12 +19,13 @@ use serde::Serialize;
 use crate::config::{self, Config};
 use crate::graph::{self, IncidentQuery};
 use crate::incidents::comment::{self, Marker};
+use crate::incidents::pickup;
 use crate::incidents::verdict::{
     self, ExcludedKind, Outcome, PlatformClass, Policy, PriorityFinding, Scope, Verdict,
 };
 use crate::model::{Incident, IncidentComment, ObjectId};
 use crate::scope::{MemberSource, ResolveError, read_members};
-use crate::state::{PostedVerdict, State, StateError};
+use crate::state::{AlertKind, AlertState, PostedVerdict, State, StateError};
 use crate::telemetry::trace_memory;
 use crate::tenant::Tenant;
 use crate::{defender, model};
@@ -46,6 +47,8 @@ pub struct PollSettings {
     pub overlap: Duration,
     pub post_comments: bool,
     pub policy: Policy,
+    /// `[incidents] pickup_within`: how long an IN SCOPE incident may wait for Defender Experts.
+    pub pickup_within: Duration,
 }
 
 impl PollSettings {
@@ -60,6 +63,7 @@ impl PollSettings {
             overlap: config.incidents.overlap,
             post_comments: config.incidents.post_comments,
             policy: policy_from_config(&config.incidents),
+            pickup_within: config.incidents.pickup_within,
         }
     }
 }
@@ -115,6 +119,10 @@ pub enum PollError {
         "storing the incident cursor failed: {0}; the next pass reads the same incidents again"
     )]
     StoreCursor(#[source] StateError),
+    #[error(
+        "reviewing what Defender Experts took failed: {0}; the cursor is unchanged, the next pass tries again"
+    )]
+    Pickup(#[source] StateError),
 }
 
 /// Why one incident could not be handled in this pass; it holds the cursor and is tried again
@@ -174,6 +182,9 @@ pub struct PolledIncident {
     /// `in_scope`, `out_of_scope` or `skipped`, when a verdict was made.
     pub verdict: Option<&'static str>,
     pub digest: Option<String>,
+    /// This pass saw Defender Experts take the incident: how long after its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub picked_up_after: Option<Duration>,
 }
 
 /// A priority finding from incident evidence: raise the priority alert for it.
@@ -196,6 +207,23 @@ pub struct PollReport {
     /// Incidents that could not be handled: (id, one-line error). They hold the cursor.
     pub failed: Vec<(String, String)>,
     pub priority_findings: Vec<EvidenceFinding>,
+    /// What Defender Experts did with the judged incidents, reviewed at the end of the pass.
+    pub pickup: PickupReview,
+}
+
+/// The pickup records reviewed at the end of a pass (no request: from the state database).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PickupReview {
+    /// Agreements settled in this pass (each incident once, ever).
+    pub settled: Vec<pickup::Settled>,
+    /// IN SCOPE incidents not taken within `pickup_within`, open now.
+    pub gaps: Vec<pickup::Gap>,
+    /// Incidents taken by Defender Experts that dexscope judges OUT OF SCOPE, open now.
+    pub mismatches: Vec<pickup::Mismatch>,
+    /// Incidents whose `coverage_gap` alert was firing before this pass.
+    pub firing_gaps: Vec<String>,
+    /// Incidents whose `scope_mismatch` alert was firing before this pass.
+    pub firing_mismatches: Vec<String>,
 }
 
 impl PollReport {
@@ -488,6 +516,8 @@ pub async fn poll_once(
     }
     trace_memory("incident pass listed and judged");
     let mut report = pass.report;
+    report.pickup =
+        review_pickups(state, settings.pickup_within, now).map_err(PollError::Pickup)?;
     report.cursor = stored;
     if let Some(next) = next_cursor(stored, &pass.times) {
         state
@@ -538,6 +568,7 @@ impl Pass {
                     handled: Handled::Malformed,
                     verdict: None,
                     digest: None,
+                    picked_up_after: None,
                 });
                 return Ok(());
             }
@@ -596,9 +627,11 @@ async fn handle(
         handled,
         verdict: v.map(|v| v.outcome.code()),
         digest: v.map(|v| v.digest.clone()),
+        picked_up_after: None,
     };
     if summary.status == model::IncidentStatus::Redirected {
-        return Ok(Ok((polled(Handled::Redirected, None), Vec::new())));
+        let closed = close_pickup(state, &summary.id, summary.last_update_at.min(now));
+        return Ok(closed.map(|()| (polled(Handled::Redirected, None), Vec::new())));
     }
     if !detail {
         return judge(tenant, state, settings, summary, scope, now).await;
@@ -611,7 +644,8 @@ async fn handle(
         }
         Err(e) if e.http_source().and_then(|h| h.status()) == Some(404) => {
             tracing::info!(incident = %summary.id, "incident no longer exists; skipped");
-            return Ok(Ok((polled(Handled::Gone, None), Vec::new())));
+            let closed = close_pickup(state, &summary.id, now);
+            return Ok(closed.map(|()| (polled(Handled::Gone, None), Vec::new())));
         }
         Err(e) => return Ok(Err(e.into())),
     };
@@ -632,6 +666,7 @@ async fn judge(
         handled,
         verdict: Some(v.outcome.code()),
         digest: Some(v.digest.clone()),
+        picked_up_after: None,
     };
     let scope = match scope {
         Some(scope) => scope,
@@ -645,11 +680,92 @@ async fn judge(
     if let Outcome::Skipped { .. } = v.outcome {
         return Ok(Ok((polled(Handled::Redirected, &v), Vec::new())));
     }
-    Ok(
-        post_verdict(tenant, state, incident, &v, settings.post_comments, now)
-            .await
-            .map(|handled| (polled(handled, &v), v.priority_findings.clone())),
-    )
+    let handled = match post_verdict(tenant, state, incident, &v, settings.post_comments, now).await
+    {
+        Ok(handled) => handled,
+        Err(e) => return Ok(Err(e)),
+    };
+    // Noted once the verdict is handled: a failed incident is listed again and noted then.
+    Ok(note_pickup(state, incident, &v, now).map(|latency| {
+        let polled = PolledIncident {
+            picked_up_after: latency,
+            ..polled(handled, &v)
+        };
+        (polled, v.priority_findings.clone())
+    }))
+}
+
+/// Folds what this pass saw of a judged incident into its pickup record; returns the pickup
+/// latency when this pass saw Defender Experts take it.
+fn note_pickup(
+    state: &State,
+    incident: &Incident,
+    v: &Verdict,
+    now: DateTime<Utc>,
+) -> Result<Option<Duration>, IncidentFailure> {
+    let failure = |source| IncidentFailure::Record {
+        id: incident.id.clone(),
+        source: Box::new(source),
+    };
+    let prev = state.pickup(&incident.id).map_err(failure)?;
+    let seen = pickup::Seen {
+        verdict: v.outcome.code(),
+        taken: v.taken_by_experts,
+        incident,
+    };
+    let (record, latency) = pickup::observe(prev.as_ref(), seen, now);
+    if prev.as_ref() != Some(&record) {
+        state.save_pickup(&record).map_err(failure)?;
+    }
+    if let Some(after) = latency {
+        tracing::info!(incident = %incident.id, verdict = v.outcome.code(), after_secs = after.as_secs(), "Defender Experts took the incident");
+    }
+    Ok(latency)
+}
+
+/// Marks the pickup record of a merged or deleted incident closed, when there is one.
+fn close_pickup(state: &State, id: &str, at: DateTime<Utc>) -> Result<(), IncidentFailure> {
+    let failure = |source| IncidentFailure::Record {
+        id: id.to_owned(),
+        source: Box::new(source),
+    };
+    if let Some(prev) = state.pickup(id).map_err(failure)? {
+        let record = pickup::closed(&prev, at);
+        if record != prev {
+            state.save_pickup(&record).map_err(failure)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reviews the pickup records at the end of a pass: settles the agreements that are due and
+/// lists the open coverage gaps and scope mismatches, beside the alerts of both kinds that
+/// were firing, so the observations can resolve those that ended. Reads no incident.
+pub fn review_pickups(
+    state: &State,
+    within: Duration,
+    now: DateTime<Utc>,
+) -> Result<PickupReview, StateError> {
+    let mut out = PickupReview::default();
+    for mut record in state.open_pickups()? {
+        if let Some(settled) = pickup::settle(&mut record, within, now) {
+            state.save_pickup(&record)?;
+            out.settled.push(settled);
+        }
+        out.gaps.extend(pickup::gap(&record, within, now));
+        out.mismatches.extend(pickup::mismatch(&record));
+    }
+    for alert in state.alerts()? {
+        if alert.state != AlertState::Firing {
+            continue;
+        }
+        match alert.kind {
+            AlertKind::CoverageGap => out.firing_gaps.push(alert.subject),
+            AlertKind::ScopeMismatch => out.firing_mismatches.push(alert.subject),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 fn delta(d: Duration) -> TimeDelta {

@@ -230,6 +230,24 @@ impl SimHandle {
         self.with(|t| seed::create_incident(t, spec).to_string())
     }
 
+    /// Makes `change` to an incident before the `after_polls`-th incident poll from now is
+    /// served (1: the next poll sees it); 0 makes it at once. False when there is no such
+    /// incident.
+    pub fn plan_incident_change(
+        &self,
+        incident: &str,
+        after_polls: u64,
+        change: model::IncidentChange,
+    ) -> bool {
+        let Ok(id) = incident.parse::<u64>() else {
+            return false;
+        };
+        self.with(|t| {
+            let now = t.now();
+            t.incidents.plan(id, after_polls, change, now)
+        })
+    }
+
     /// The comment texts of an incident, oldest first.
     pub fn comments(&self, incident: &str) -> Vec<String> {
         self.with(|t| {

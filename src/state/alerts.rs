@@ -25,10 +25,15 @@ pub enum AlertKind {
     UnverifiedDesiredState,
     /// The git source has not been fetched for longer than `stale_after`.
     DesiredStateStale,
+    /// An incident judged IN SCOPE was not taken by Defender Experts within `pickup_within`
+    /// (one alert per incident).
+    CoverageGap,
+    /// Defender Experts took an incident judged OUT OF SCOPE (one alert per incident).
+    ScopeMismatch,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::PriorityMisconfigured,
         AlertKind::RemovalGuardTripped,
         AlertKind::InvalidDesiredState,
@@ -37,6 +42,8 @@ impl AlertKind {
         AlertKind::LoopFailing,
         AlertKind::UnverifiedDesiredState,
         AlertKind::DesiredStateStale,
+        AlertKind::CoverageGap,
+        AlertKind::ScopeMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +56,8 @@ impl AlertKind {
             AlertKind::LoopFailing => "loop_failing",
             AlertKind::UnverifiedDesiredState => "unverified_desired_state",
             AlertKind::DesiredStateStale => "desired_state_stale",
+            AlertKind::CoverageGap => "coverage_gap",
+            AlertKind::ScopeMismatch => "scope_mismatch",
         }
     }
 

@@ -1,4 +1,4 @@
-//! The SQLite state database: audit log, cursors, tag timestamps, alert state.
+//! The SQLite state database: audit log, cursors, tag timestamps, alert state, incident pickups.
 //!
 //! One file (`state.path`, default `/var/lib/dexscope/state.db`) in WAL mode, so `status` and
 //! `check` in other processes read while the daemon writes. The schema is versioned with
@@ -30,6 +30,7 @@ mod cursors;
 mod gitsource;
 mod guard;
 mod passes;
+mod pickup;
 pub mod records;
 mod schema;
 mod snapshot;
@@ -48,6 +49,7 @@ pub use cursors::PostedVerdict;
 pub use gitsource::{GitSourceRecord, RefusedHead};
 pub use guard::GuardRefusal;
 pub use passes::LoopPass;
+pub use pickup::{AgreementCount, PickupRecord};
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::MemberSync;
 

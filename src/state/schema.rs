@@ -81,6 +81,26 @@ create table member_snapshot (
 alter table audit add column settled_at text;
 create index audit_pending on audit (id) where result = 'pending';
 "#,
+    // 4: what Defender Experts did with each judged incident (see `pickup`).
+    r#"
+create table pickup (
+    incident_id text primary key,
+    verdict     text not null,
+    created_at  text not null,
+    judged_at   text not null,
+    taken_at    text,
+    status      text not null,
+    status_at   text not null,
+    closed_at   text,
+    settled_verdict text,
+    settled     text,
+    settled_at  text
+);
+create index pickup_settled_at on pickup (settled_at);
+create index pickup_open on pickup (incident_id) where settled is null or (closed_at is null
+    and ((verdict = 'in_scope' and taken_at is null)
+      or (verdict = 'out_of_scope' and taken_at is not null)));
+"#,
 ];
 
 /// The schema version this build writes.

@@ -421,12 +421,37 @@ async fn every_dashboard_query_answers_from_a_real_prometheus_scraping_the_daemo
     );
     // ann is unknown in the simulated tenant, so nothing resolves and the desired state counts
     // as empty (allowed): the reconcile pass removes the group's members (changes, coverage),
-    // the incident pass judges the seeded incidents (verdicts).
+    // the incident pass judges the seeded incidents (verdicts). Defender Experts take a new
+    // incident at the second poll after it arrives, so the daemon sees a pickup happen
+    // (agreement, latency).
     let daemon = super::exposition::RunningDaemon::start(
         "users = [\"ann@contoso.com\"]\nallow_empty = true\n",
     )
     .await;
+    let picked = daemon
+        .sim()
+        .create_incident(&dexscope::sim::IncidentSpec::default());
+    let take = dexscope::sim::model::IncidentChange {
+        assigned_to: Some("Defender Experts".into()),
+        status: Some("inProgress".into()),
+    };
+    assert!(daemon.sim().plan_incident_change(&picked, 2, take));
     daemon.wait_passes(Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = daemon.scrape(None).await;
+        if text
+            .lines()
+            .any(|l| l.starts_with("dexscope_pickup_latency_seconds_count ") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pickup seen:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let target = daemon.base.trim_start_matches("http://").to_string();
     let prometheus = Prometheus::start(&target).await;
 
@@ -456,6 +481,14 @@ async fn every_dashboard_query_answers_from_a_real_prometheus_scraping_the_daemo
     assert!(
         did("sum(dexscope_verdicts_total)").await > 0.0,
         "no verdicts"
+    );
+    assert!(
+        did("sum(dexscope_pickup_agreement_total)").await > 0.0,
+        "no pickup agreement"
+    );
+    assert!(
+        did("sum(dexscope_pickup_latency_seconds_count)").await > 0.0,
+        "no pickup latency"
     );
 
     for (title, expr) in expressions(&dashboard) {

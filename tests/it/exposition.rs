@@ -97,6 +97,11 @@ impl RunningDaemon {
         }
     }
 
+    /// The simulated tenant the daemon works against.
+    pub fn sim(&self) -> &SimHandle {
+        &self._sim
+    }
+
     /// `/metrics` with `accept` (none when `None`): (content type, body).
     pub async fn scrape(&self, accept: Option<&str>) -> (String, String) {
         let client = reqwest::Client::builder()

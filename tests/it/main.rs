@@ -29,6 +29,7 @@ mod incidents;
 mod labels;
 mod logs;
 mod metrics;
+mod pickup;
 mod priority;
 mod proxy;
 mod readonly_state;

@@ -269,6 +269,7 @@ async fn healthy_state_snapshot_and_no_tenant_request() {
           priority        2026-11-22 11:50    10m  15m
           incidents       2026-11-22 11:59    30s  1m
         verdicts (24h):   in_scope 2, out_of_scope 1
+        pickups (7d):     none settled
     "#]]
     .assert_eq(&render(&env, StatusFormat::Text));
 
@@ -382,6 +383,7 @@ async fn unhealthy_state_snapshot_outranked_guard_tripped_stale_loop() {
           incidents       2026-11-21 12:00  1d 0h  1m  STALE
             last pass failed: incident pass failed: reading incidents failed: HTTP 503
         verdicts (24h):   in_scope 2, out_of_scope 1
+        pickups (7d):     none settled
     "#]].assert_eq(&render(&env, StatusFormat::Text));
 
     // Nothing is reachable any more: status still answers from the database alone.

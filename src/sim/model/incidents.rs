@@ -1,5 +1,6 @@
 //! Simulated security incidents: alerts with their evidence (devices, users, mailboxes,
-//! processes and kinds clients do not know) and the comments posted on them.
+//! processes and kinds clients do not know), the comments posted on them, and the changes
+//! analysts make to them (assignment, status), planned by poll rather than by wall time.
 
 use std::collections::HashMap;
 
@@ -85,6 +86,8 @@ pub struct Incident {
     pub created: DateTime<Utc>,
     pub last_update: DateTime<Utc>,
     pub redirect_to: Option<u64>,
+    /// `assignedTo`: Defender Experts write their name here when they take the incident.
+    pub assigned_to: Option<String>,
     /// Emit enum values capitalised (`"Medium"`), as live samples sometimes do.
     pub mixed_case: bool,
     pub system_tags: Vec<String>,
@@ -99,6 +102,27 @@ pub struct Incidents {
     pub next_id: u64,
     /// When the next self-arriving incident is due (ms), if arrivals are on.
     pub next_arrival: Option<i64>,
+    /// Incident polls served: list requests that start a listing (no `$skiptoken`).
+    pub polls: u64,
+    /// Changes analysts will make, each before the poll it is planned for is served.
+    pub planned: Vec<PlannedChange>,
+}
+
+/// A change an analyst makes to an incident, as Defender Experts do when they take one on:
+/// assign it to themselves, then move its status (`inProgress`, `awaitingAction`, `resolved`).
+/// `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IncidentChange {
+    pub assigned_to: Option<String>,
+    pub status: Option<String>,
+}
+
+/// A change planned for the incident poll numbered `at_poll` (see [`Incidents::polls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedChange {
+    pub incident: u64,
+    pub at_poll: u64,
+    pub change: IncidentChange,
 }
 
 impl Incidents {
@@ -119,5 +143,58 @@ impl Incidents {
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Incident> {
         self.by_id.get(&id).map(|&i| &mut self.list[i as usize])
+    }
+
+    /// Applies a change at `now`; like any update in Defender XDR it moves
+    /// `lastUpdateDateTime`. False when the incident does not exist.
+    pub fn change(&mut self, id: u64, change: &IncidentChange, now: DateTime<Utc>) -> bool {
+        let Some(inc) = self.get_mut(id) else {
+            return false;
+        };
+        if let Some(a) = &change.assigned_to {
+            inc.assigned_to = Some(a.clone());
+        }
+        if let Some(s) = &change.status {
+            inc.status = s.clone();
+        }
+        inc.last_update = now;
+        true
+    }
+
+    /// Makes `change` before the `after_polls`-th incident poll from now is served (1: the
+    /// next poll sees it), or at once with 0. False when there is no such incident.
+    pub fn plan(
+        &mut self,
+        id: u64,
+        after_polls: u64,
+        change: IncidentChange,
+        now: DateTime<Utc>,
+    ) -> bool {
+        if self.get(id).is_none() {
+            return false;
+        }
+        if after_polls == 0 {
+            return self.change(id, &change, now);
+        }
+        self.planned.push(PlannedChange {
+            incident: id,
+            at_poll: self.polls + after_polls,
+            change,
+        });
+        true
+    }
+
+    /// Counts one incident poll and applies the changes planned up to it, so the poll sees
+    /// them.
+    pub fn poll(&mut self, now: DateTime<Utc>) {
+        self.polls += 1;
+        let polls = self.polls;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.planned)
+            .into_iter()
+            .partition(|p| p.at_poll <= polls);
+        self.planned = later;
+        for p in due {
+            self.change(p.incident, &p.change, now);
+        }
     }
 }

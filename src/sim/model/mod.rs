@@ -20,7 +20,10 @@ use uuid::Uuid;
 
 pub use directory::{DeltaRefusal, Directory, EntraDevice, Group, ObjKind, User};
 pub use figures::{IssuedToken, Stats, Violation, WRITE_LOG_CAP, WriteRecord};
-pub use incidents::{Account, Alert, Comment, Evidence, EvidenceKind, Incident, Incidents};
+pub use incidents::{
+    Account, Alert, Comment, Evidence, EvidenceKind, Incident, IncidentChange, Incidents,
+    PlannedChange,
+};
 pub use mde::{
     DeviceGroup, GroupRule, Machine, Mde, Os, UNASSIGNED_GROUP, UNASSIGNED_GROUP_ID,
     parse_machine_id,

@@ -1,6 +1,7 @@
 //! `/_sim/…`: JSON inspection of the simulated tenant (requests, early retries, violations,
 //! throttling, comments, members, tags, placement, the write log) and runtime controls (device
-//! groups, incidents, faults, tokens, clock, out-of-band member changes, expired delta links).
+//! groups, incidents and analysts' changes to them, faults, tokens, clock, out-of-band member
+//! changes, expired delta links).
 //! Not authenticated: loopback only, tests and demo.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Reply;
 use crate::sim::faults::FaultConfig;
-use crate::sim::model::{DeltaRefusal, GroupRule, Tenant};
+use crate::sim::model::{DeltaRefusal, GroupRule, IncidentChange, Tenant};
 use crate::sim::seed::{IncidentSpec, create_incident};
 
 #[derive(Deserialize)]
@@ -32,6 +33,17 @@ struct DeltaExpire {
 #[derive(Deserialize)]
 struct Rank {
     rank: u32,
+}
+
+/// An analyst's change to an incident, made before the `after_polls`-th incident poll from
+/// now (at once when 0 or absent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    #[serde(default)]
+    after_polls: u64,
+    assigned_to: Option<String>,
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +149,21 @@ fn incidents(t: &mut Tenant, method: &str, segs: &[&str], body: &[u8]) -> Option
                 None => Reply::json(404, json!({"error": format!("no incident {id}")})),
             }
         }
+        ("POST", ["incidents", id, "change"]) => match parse::<Change>(body) {
+            Ok(c) => {
+                let now = t.now();
+                let change = IncidentChange {
+                    assigned_to: c.assigned_to,
+                    status: c.status,
+                };
+                let id = id.parse::<u64>().ok();
+                match id.filter(|n| t.incidents.plan(*n, c.after_polls, change, now)) {
+                    Some(_) => Reply::empty(204),
+                    None => Reply::json(404, json!({"error": "no such incident"})),
+                }
+            }
+            Err(r) => r,
+        },
         ("POST", ["incidents"]) => match parse::<IncidentSpec>(body) {
             Ok(spec) => {
                 let id = create_incident(t, &spec);

@@ -27,6 +27,8 @@ pub struct IncidentSpec {
     pub mailboxes: Vec<String>,
     pub mixed_case: bool,
     pub redirect_to: Option<u64>,
+    /// `assignedTo` (e.g. "Defender Experts" for an incident they already took).
+    pub assigned_to: Option<String>,
     /// Created this many minutes before now (0 = now).
     pub minutes_ago: u32,
 }
@@ -44,6 +46,7 @@ impl Default for IncidentSpec {
             mailboxes: Vec::new(),
             mixed_case: false,
             redirect_to: None,
+            assigned_to: None,
             minutes_ago: 0,
         }
     }
@@ -115,6 +118,7 @@ pub fn create_incident(t: &mut Tenant, spec: &IncidentSpec) -> u64 {
         created,
         last_update: now,
         redirect_to: spec.redirect_to,
+        assigned_to: spec.assigned_to.clone(),
         mixed_case: spec.mixed_case,
         system_tags: Vec::new(),
         alerts: vec![a],

@@ -212,6 +212,7 @@ pub(super) fn build_kind(
         created,
         last_update,
         redirect_to: shape.redirect,
+        assigned_to: None,
         mixed_case: mixed || shape.mixed,
         system_tags: if rng.random_range(0..4) == 0 {
             vec!["Defender Experts".into()]

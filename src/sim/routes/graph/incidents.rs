@@ -1,6 +1,7 @@
 //! Graph security incidents: list (filtered, newest update first, keyset paging), read one
 //! (optionally with its alerts and their evidence), and post a comment; enum values degrade
-//! to `unknownFutureValue` unless the caller opts in, as Graph does.
+//! to `unknownFutureValue` unless the caller opts in, as Graph does. Each poll (a listing's
+//! first page) first makes the analysts' changes planned for it.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -172,7 +173,7 @@ fn incident_json(t: &Tenant, inc: &Incident, expand: bool, include_unknown: bool
         "redirectIncidentId": inc.redirect_to.map(|r| r.to_string()),
         "displayName": inc.display_name, "description": null,
         "createdDateTime": ts(&inc.created), "lastUpdateDateTime": ts(&inc.last_update),
-        "assignedTo": null, "classification": e.out(&inc.classification, &[]),
+        "assignedTo": inc.assigned_to, "classification": e.out(&inc.classification, &[]),
         "determination": e.out(&inc.determination, &[]), "severity": e.out(&inc.severity, &[]),
         "customTags": [], "systemTags": inc.system_tags, "summary": null,
         "comments": comments_json(inc),
@@ -258,7 +259,17 @@ fn clause_matches(c: &Clause, inc: &Incident) -> Result<bool, String> {
     }
 }
 
-pub(super) fn list_incidents(t: &Tenant, req: &ApiReq) -> Reply {
+/// A list request that starts a listing (no `$skiptoken`) is one incident poll: the changes
+/// planned for it are made first, so it sees them.
+pub(super) fn poll_incidents(t: &mut Tenant, req: &ApiReq) -> Reply {
+    if req.q("$skiptoken").is_none() {
+        let now = t.now();
+        t.incidents.poll(now);
+    }
+    list_incidents(t, req)
+}
+
+fn list_incidents(t: &Tenant, req: &ApiReq) -> Reply {
     let top = match routes::top(req, 50, 50) {
         Ok(n) => n,
         Err(v) => {

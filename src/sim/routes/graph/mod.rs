@@ -206,7 +206,7 @@ pub fn handle(t: &mut Tenant, route: &Route, req: &ApiReq) -> Reply {
         Route::ListUsers => users::list_users(t, req),
         Route::GetUser(key) => users::get_user(t, key, req),
         Route::ListDevices => users::list_devices(t, req),
-        Route::ListIncidents => incidents::list_incidents(t, req),
+        Route::ListIncidents => incidents::poll_incidents(t, req),
         Route::GetIncident(id) => incidents::get_incident(t, id, req),
         Route::PostComment(id) => incidents::post_comment(t, id, req),
         Route::Batch => graph_error(
