@@ -29,7 +29,8 @@
 //! - `http`: the HTTP client, limiters and the send rate each surface learns from throttling
 //!   (`adapt`), retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
-//! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `source`
+//! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `selector`
+//!   (`group` and `where` entries checked offline, pure), `lines` (offsets → `line:col`); `source`
 //!   (a git branch head fetched into a private cache, its signature verified, its tree read).
 //! - `scope`: reading the scope from the tenant, below `reconcile`, `priority` and `incidents`:
 //!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
@@ -78,7 +79,7 @@
 //! 11. `demo`, `cli`
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
-//! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
+//! is a parameter): `model`, `desired::parse`, `desired::selector`, `reconcile::plan`, `priority::check`,
 //! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`,
 //! `alerts::transition`, `alerts::observe`, `state::records`.
 //!
