@@ -36,6 +36,9 @@
 //!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
 //!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,
 //!   pure), `vocab` (`GroupKind`, `Unresolved`, resolved entries).
+//! - `selectors`: `group` and `where` entries expanded against the tenant (transitive members,
+//!   user `$filter`), each selector's last good expansion kept in `state`; `expand` (pure: the
+//!   safety rules, exclusions, origins).
 //! - `reconcile`: `resolve` (desired users → ids, the tenant read for the planner), `plan`
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
@@ -71,7 +74,7 @@
 //! 3. `auth`
 //! 4. `http`
 //! 5. `graph`, `defender`, `desired`, `state`
-//! 6. `tenant`, `scope`
+//! 6. `tenant`, `scope`, `selectors`
 //! 7. `alerts`, `metrics`
 //! 8. `reconcile`, `priority`, `incidents`
 //! 9. `check`, `status`, `export`
@@ -80,7 +83,7 @@
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
 //! is a parameter): `model`, `desired::parse`, `desired::selector`, `reconcile::plan`, `priority::check`,
-//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`,
+//! `incidents::verdict`, `incidents::comment`, `scope::vocab`, `scope::snapshot`, `selectors::expand`,
 //! `alerts::transition`, `alerts::observe`, `state::records`.
 //!
 //! # Architecture invariants
@@ -117,6 +120,7 @@ pub mod priority;
 pub mod reconcile;
 pub mod retry_after;
 pub mod scope;
+pub mod selectors;
 pub mod sim;
 pub mod state;
 pub mod status;

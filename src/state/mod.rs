@@ -32,6 +32,7 @@ mod guard;
 mod passes;
 pub mod records;
 mod schema;
+mod selectors;
 mod snapshot;
 mod tags;
 

@@ -34,6 +34,7 @@ mod readonly_state;
 mod reconcile;
 mod redirects;
 mod secret_files;
+mod selectors;
 mod sim;
 mod slowloris;
 mod staleness;
