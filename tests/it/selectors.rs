@@ -309,9 +309,17 @@ async fn an_exclusion_takes_a_user_out_of_what_the_selector_yields() {
 async fn a_deleted_source_group_removes_nothing_and_warns() {
     let env = Env::start().await;
     let tree = env.tree();
-    env.write_desired(&format!("users = [{{ group = \"{}\" }}]\n", tree.root));
+    // A single entry besides the selector: the state is not empty even if the selector
+    // yielded nothing, so only the kept expansion stands between the tree and a removal.
+    let other = env.user(9, UserAttrs::default());
+    env.write_desired(&format!(
+        "users = [\"user9@contoso.com\", {{ group = \"{}\" }}]\n",
+        tree.root
+    ));
     env.pass().await;
-    assert_eq!(env.members(), ids(&tree.users));
+    let mut all = tree.users.clone();
+    all.push(other);
+    assert_eq!(env.members(), ids(&all));
 
     env.sim
         .state()
@@ -321,7 +329,7 @@ async fn a_deleted_source_group_removes_nothing_and_warns() {
         .delete_group(&tree.root);
     env.sim.reset_stats();
     let report = env.pass().await;
-    assert_eq!(env.members(), ids(&tree.users), "nothing removed");
+    assert_eq!(env.members(), ids(&all), "nothing removed");
     assert_eq!(env.sim.stats().calls(REMOVE_REF), 0);
     match &report.plan.selectors[0].status {
         Status::Unresolved { why, kept } => {
