@@ -341,7 +341,8 @@ mod tests {
                 "missing_permission",
                 "loop_failing",
                 "unverified_desired_state",
-                "desired_state_stale"
+                "desired_state_stale",
+                "selector_unresolved"
             ]
         );
         for k in AlertKind::ALL {

@@ -520,6 +520,7 @@ pub async fn plan_command(
     {
         Ok(plan) => {
             warn_unresolved(&plan.unresolved, err);
+            warn_selectors(&plan.selectors, err);
             let printed = match format {
                 PlanFormat::Text => write!(out, "{plan}"),
                 PlanFormat::Json => serde_json::to_string_pretty(&plan)
@@ -572,6 +573,7 @@ pub async fn apply_command(
     match reconcile_once(ctx, &desired, &settings, now).await {
         Ok(report) => {
             warn_unresolved(&report.plan.unresolved, err);
+            warn_selectors(&report.plan.selectors, err);
             let _ = write!(out, "{report}");
             report.exit_code()
         }
@@ -633,6 +635,13 @@ fn prepare(
             let _ = writeln!(err, "dexscope: {e}");
             None
         }
+    }
+}
+
+/// Names each selector that could not be read, yielded nothing or was not expanded.
+fn warn_selectors(findings: &[selectors::Finding], err: &mut dyn Write) {
+    for w in findings.iter().filter_map(selectors::Finding::warning) {
+        let _ = writeln!(err, "warning: {w}");
     }
 }
 

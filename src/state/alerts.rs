@@ -25,10 +25,12 @@ pub enum AlertKind {
     UnverifiedDesiredState,
     /// The git source has not been fetched for longer than `stale_after`.
     DesiredStateStale,
+    /// A selector's source cannot be read or yields nothing: its last expansion is kept.
+    SelectorUnresolved,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::PriorityMisconfigured,
         AlertKind::RemovalGuardTripped,
         AlertKind::InvalidDesiredState,
@@ -37,6 +39,7 @@ impl AlertKind {
         AlertKind::LoopFailing,
         AlertKind::UnverifiedDesiredState,
         AlertKind::DesiredStateStale,
+        AlertKind::SelectorUnresolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +52,7 @@ impl AlertKind {
             AlertKind::LoopFailing => "loop_failing",
             AlertKind::UnverifiedDesiredState => "unverified_desired_state",
             AlertKind::DesiredStateStale => "desired_state_stale",
+            AlertKind::SelectorUnresolved => "selector_unresolved",
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use chrono::Utc;
+use dexscope::alerts::{Alerter, NoticeKind};
 use dexscope::config::Config;
 use dexscope::desired::{self, Mode};
 use dexscope::reconcile::{self, Context, ReconcileReport};
@@ -340,6 +341,21 @@ async fn a_deleted_source_group_removes_nothing_and_warns() {
     }
     let text = report.plan.to_string();
     assert!(text.contains("could not be read"), "{text}");
+    // The daemon's alert path: the pass's observation folded by the Alerter fires a notice.
+    let state = std::sync::Arc::new(State::open(env.dir.path().join("state.db")).unwrap());
+    let alerter = Alerter::new(state, "t", std::time::Duration::from_secs(3600), None).unwrap();
+    let obs = reconcile::observe::selector_observation(&report.plan);
+    let notices = alerter.observe([obs], Utc::now()).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        notices[0].alert,
+        dexscope::state::AlertKind::SelectorUnresolved
+    );
+    assert_eq!(notices[0].notice, NoticeKind::Firing);
+    assert!(
+        notices[0].summary.contains("could not be read"),
+        "{notices:?}"
+    );
     // `plan` says the same without writing.
     let plan = env.plan().await;
     assert!(plan.to_string().contains("keeping the 5 users"), "{plan}");
