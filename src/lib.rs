@@ -37,8 +37,9 @@
 //!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,
 //!   pure), `vocab` (`GroupKind`, `Unresolved`, resolved entries).
 //! - `selectors`: `group` and `where` entries expanded against the tenant (transitive members,
-//!   user `$filter`), each selector's last good expansion kept in `state`; `expand` (pure: the
-//!   safety rules, exclusions, origins).
+//!   user `$filter`, Entra devices joined to MDE machines, the machine list's `$filter`), each
+//!   selector's last good expansion kept in `state`; `expand` (pure: the safety rules,
+//!   exclusions, origins).
 //! - `reconcile`: `resolve` (desired users → ids, the tenant read for the planner), `plan`
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.

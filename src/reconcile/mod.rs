@@ -262,7 +262,11 @@ async fn read_and_plan(
         None
     } else {
         let state = members.state;
-        Some(selectors::expand_selectors(&tenant.graph, state, members.store, desired).await)
+        let clients = selectors::Clients {
+            graph: &tenant.graph,
+            defender: &tenant.defender,
+        };
+        Some(selectors::expand_selectors(clients, state, members.store, desired).await)
     };
     let mut read = scope::read_members(&tenant.graph, user_group, members).await?;
     // Moved, not cloned: the caller needs only how the members were read.
@@ -316,7 +320,14 @@ fn selectors_into(
         }
     }
     resolved.users.sort_by(|a, b| a.label.cmp(&b.label));
-    resolved.listed_nothing = resolved.users.is_empty() && desired.devices.is_empty();
+    let mut have: std::collections::HashSet<crate::model::MachineId> =
+        resolved.devices.iter().map(|d| d.id.clone()).collect();
+    for d in &expansion.devices {
+        if have.insert(d.id.clone()) {
+            resolved.devices.push(d.clone());
+        }
+    }
+    resolved.listed_nothing = resolved.users.is_empty() && resolved.devices.is_empty();
     resolved.removals_held = desired.removals_held.clone().or_else(|| {
         expansion.hold_removals.then(|| {
             "a selector could not be expanded and was never read before, so what it keeps in \

@@ -7,28 +7,34 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::desired::{DesiredState, Selector, UserKey};
-use crate::model::{Upn, UserId};
-use crate::scope::DesiredUserRef;
+use crate::desired::{DesiredState, DeviceKey, Selector, Subject, UserKey};
+use crate::model::{MachineId, UserId};
+use crate::scope::{DesiredDeviceRef, DesiredUserRef};
 
-/// One user a source yielded.
+/// One identity a source yielded: a user (object id, UPN) or a device (MDE machine id, DNS
+/// name, Entra device id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    pub id: UserId,
-    pub upn: Option<Upn>,
+    pub id: String,
+    /// The UPN of a user, the DNS name of a machine.
+    pub name: Option<String>,
+    /// The Entra device id of a machine.
+    pub aad: Option<String>,
     pub enabled: bool,
 }
 
 /// What reading one selector's source gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
-    /// The source answered. `origin` says why its users are in scope ("via group Berlin-Staff"),
-    /// `not_users` counts the tree's objects that are not users (groups, devices, contacts,
-    /// service principals).
+    /// The source answered. `origin` says why its identities are in scope ("via group
+    /// Berlin-Staff"), `other_types` counts the tree's objects of another type (groups,
+    /// contacts, service principals, devices or users).
     Answered {
         origin: String,
-        users: Vec<Found>,
-        not_users: usize,
+        found: Vec<Found>,
+        other_types: usize,
+        /// Devices of an Entra device group that have no MDE machine.
+        no_machine: usize,
     },
     /// The source could not be read: deleted, forbidden, a filter the service rejected.
     Unreadable { why: String },
@@ -43,14 +49,16 @@ pub struct Finding {
     pub selector: String,
     /// Where it is written (`file:line:col`).
     pub at: String,
-    /// Users it puts in scope this pass (after exclusions; kept ones included).
-    pub users: usize,
-    /// Objects of the tree that are not users, skipped.
-    pub skipped_not_users: usize,
+    /// Users or devices it puts in scope this pass (after exclusions; kept ones included).
+    pub identities: usize,
+    /// Objects of the tree of another type (groups, contacts, service principals, and devices for a user selector or users for a device selector), skipped.
+    pub skipped_other_types: usize,
     /// Disabled accounts skipped (the entry does not say `include_disabled = true`).
     pub skipped_disabled: usize,
-    /// Users left out by `exclude_users`.
+    /// Identities left out by `exclude_users` / `exclude_devices`.
     pub excluded: usize,
+    /// Entra devices of the group without an MDE machine (cannot be tagged; unresolved).
+    pub no_machine: usize,
     pub status: Status,
 }
 
@@ -75,14 +83,15 @@ pub enum Status {
 impl Finding {
     /// A warning for people, or none when the selector expanded normally.
     pub fn warning(&self) -> Option<String> {
+        let users = self.noun();
         let what = match &self.status {
             Status::Expanded => return None,
             Status::Unresolved { why, kept } => format!(
-                "could not be read ({why}); keeping the {kept} users it yielded last time, \
+                "could not be read ({why}); keeping the {kept} {users} it yielded last time, \
                  nothing removed because of it; fix the selector or restore its source"
             ),
             Status::Empty { kept } => format!(
-                "yielded no users; keeping the {kept} users it yielded last time, nothing \
+                "yielded no {users}; keeping the {kept} {users} it yielded last time, nothing \
                  removed because of it; if the source is meant to be empty, remove the selector"
             ),
             Status::NotExpanded => "is not expanded by this version of dexscope; every removal \
@@ -93,6 +102,17 @@ impl Finding {
     }
 }
 
+impl Finding {
+    /// `users` or `devices`, from the selector's key.
+    fn noun(&self) -> &'static str {
+        if self.selector.starts_with("devices") {
+            "devices"
+        } else {
+            "users"
+        }
+    }
+}
+
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(w) = self.warning() {
@@ -100,8 +120,15 @@ impl fmt::Display for Finding {
         }
         write!(
             f,
-            "selector {}: {} users ({} not users skipped, {} disabled skipped, {} excluded)",
-            self.selector, self.users, self.skipped_not_users, self.skipped_disabled, self.excluded
+            "selector {}: {} {} ({} of other types skipped, {} disabled skipped, {} excluded, \
+             {} without an MDE machine)",
+            self.selector,
+            self.identities,
+            self.noun(),
+            self.skipped_other_types,
+            self.skipped_disabled,
+            self.excluded,
+            self.no_machine
         )
     }
 }
@@ -111,11 +138,53 @@ impl fmt::Display for Finding {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expansion {
     pub users: Vec<DesiredUserRef>,
+    pub devices: Vec<DesiredDeviceRef>,
     pub findings: Vec<Finding>,
     /// (selector key, yielded (id, label)) for each selector read well this pass.
     pub store: Vec<(String, Vec<(String, String)>)>,
     /// Some selector is not expanded: what it would keep is unknown.
     pub hold_removals: bool,
+}
+
+fn user_key(k: &UserKey) -> &str {
+    match k {
+        UserKey::Id(id) => id.as_str(),
+        UserKey::Upn(upn) => upn.as_str(),
+    }
+}
+
+fn device_key(k: &DeviceKey) -> &str {
+    match k {
+        DeviceKey::Name(n) => n.as_str(),
+        DeviceKey::Machine(m) => m.as_str(),
+        DeviceKey::AadDevice(a) => a.as_str(),
+    }
+}
+
+/// The identities a source answered with, as (id, label): disabled accounts skipped unless
+/// the selector includes them.
+fn labelled(
+    found: Vec<Found>,
+    selector: &Selector,
+    origin: &str,
+    finding: &mut Finding,
+) -> Vec<(String, String)> {
+    let mut now = Vec::new();
+    for u in found {
+        if !u.enabled && !selector.include_disabled {
+            finding.skipped_disabled += 1;
+            continue;
+        }
+        let name = u.name.unwrap_or_else(|| u.id.clone()).to_lowercase();
+        // The label leads with the name, then the Entra device id if any: what exclusions
+        // match on.
+        let aad = u
+            .aad
+            .map(|a| format!(" {}", a.to_lowercase()))
+            .unwrap_or_default();
+        now.push((u.id.to_lowercase(), format!("{name}{aad} ({origin})")));
+    }
+    now
 }
 
 /// Combines the reads (one per selector of `desired`, same order) with each selector's last
@@ -125,38 +194,28 @@ pub fn combine(
     reads: Vec<(&Selector, Read)>,
     last: &HashMap<String, Vec<(String, String)>>,
 ) -> Expansion {
-    let mut excluded_ids: HashSet<&str> = HashSet::new();
-    let mut excluded_upns: HashSet<&str> = HashSet::new();
+    // Ids, names and Entra device ids (all lower-case) excluded, and listed as single entries.
+    let mut excluded: HashSet<&str> = HashSet::new();
     for e in &desired.exclude_users {
-        match &e.key {
-            UserKey::Id(id) => excluded_ids.insert(id.as_str()),
-            UserKey::Upn(upn) => excluded_upns.insert(upn.as_str()),
-        };
+        excluded.insert(user_key(&e.key));
     }
+    for e in &desired.exclude_devices {
+        excluded.insert(device_key(&e.key));
+    }
+    let mut explicit: HashSet<&str> = desired.users.iter().map(|e| user_key(&e.key)).collect();
+    explicit.extend(desired.devices.iter().map(|e| device_key(&e.key)));
     let mut seen: HashSet<String> = HashSet::new();
-    for e in &desired.users {
-        if let UserKey::Id(id) = &e.key {
-            seen.insert(id.as_str().to_string());
-        }
-    }
-    let explicit_upns: HashSet<&str> = desired
-        .users
-        .iter()
-        .filter_map(|e| match &e.key {
-            UserKey::Upn(u) => Some(u.as_str()),
-            UserKey::Id(_) => None,
-        })
-        .collect();
     let mut out = Expansion::default();
     for (selector, read) in reads {
         let key = selector.key();
         let mut finding = Finding {
             selector: key.clone(),
             at: selector.at.to_string(),
-            users: 0,
-            skipped_not_users: 0,
+            identities: 0,
+            skipped_other_types: 0,
             skipped_disabled: 0,
             excluded: 0,
+            no_machine: 0,
             status: Status::Expanded,
         };
         let yielded: Vec<(String, String)> = match read {
@@ -178,19 +237,13 @@ pub fn combine(
             }
             Read::Answered {
                 origin,
-                users,
-                not_users,
+                found,
+                other_types,
+                no_machine,
             } => {
-                finding.skipped_not_users = not_users;
-                let mut now = Vec::new();
-                for u in users {
-                    if !u.enabled && !selector.include_disabled {
-                        finding.skipped_disabled += 1;
-                        continue;
-                    }
-                    let name = u.upn.as_ref().map_or(u.id.to_string(), |p| p.to_string());
-                    now.push((u.id.to_string(), format!("{name} ({origin})")));
-                }
+                finding.skipped_other_types = other_types;
+                finding.no_machine = no_machine;
+                let now = labelled(found, selector, &origin, &mut finding);
                 if now.is_empty() {
                     let kept = last.get(&key).cloned().unwrap_or_default();
                     finding.status = Status::Empty { kept: kept.len() };
@@ -202,18 +255,30 @@ pub fn combine(
             }
         };
         for (id, label) in yielded {
-            let Ok(id) = UserId::parse(&id) else { continue };
-            // The label starts with the UPN (or the id when Graph gave none).
-            let name = label.split(' ').next().unwrap_or("");
-            if excluded_ids.contains(id.as_str()) || excluded_upns.contains(name) {
+            // The label's words before the origin: the name, and a device's Entra id.
+            let names: Vec<&str> = label.split(" (").next().unwrap_or("").split(' ').collect();
+            if excluded.contains(id.as_str()) || names.iter().any(|n| excluded.contains(n)) {
                 finding.excluded += 1;
                 continue;
             }
-            finding.users += 1;
-            if explicit_upns.contains(name) || !seen.insert(id.as_str().to_string()) {
+            finding.identities += 1;
+            let listed =
+                explicit.contains(id.as_str()) || names.iter().any(|n| explicit.contains(n));
+            if listed || !seen.insert(id.clone()) {
                 continue;
             }
-            out.users.push(DesiredUserRef { id, label });
+            match selector.subject {
+                Subject::Users => {
+                    if let Ok(id) = UserId::parse(&id) {
+                        out.users.push(DesiredUserRef { id, label });
+                    }
+                }
+                Subject::Devices => {
+                    if let Ok(id) = MachineId::parse(&id) {
+                        out.devices.push(DesiredDeviceRef { id, label });
+                    }
+                }
+            }
         }
         out.findings.push(finding);
     }

@@ -13,7 +13,7 @@ use dexscope::desired::{self, Mode};
 use dexscope::reconcile::{self, Context, ReconcileReport};
 use dexscope::scope::MemberSource;
 use dexscope::selectors::Status;
-use dexscope::sim::model::{ObjKind, User, UserAttrs};
+use dexscope::sim::model::{Machine, ObjKind, Os, User, UserAttrs};
 use dexscope::sim::{self, SeedSpec, SimHandle, SimOptions};
 use dexscope::state::State;
 use dexscope::tenant::Tenant;
@@ -156,6 +156,34 @@ impl Env {
         }
     }
 
+    /// An MDE machine; `aad` is its Entra device id (none: not Entra-joined).
+    fn machine(&self, n: u8, dns: &str, os: Os, tags: &[&str], aad: Option<Uuid>) -> String {
+        let state = self.sim.state();
+        let mut t = state.lock().unwrap();
+        let tags = tags.iter().map(|tag| t.mde.intern_tag(tag)).collect();
+        let m = Machine {
+            id: [n; 20],
+            dns: dns.into(),
+            aad_device_id: aad,
+            os,
+            tags,
+            first_seen_min: 60,
+            reported_group: sim::model::UNASSIGNED_GROUP_ID,
+            pending_since: None,
+        };
+        let id = m.id_hex();
+        t.mde.add_machine(m);
+        id
+    }
+
+    fn tagged(&self) -> HashSet<String> {
+        self.sim
+            .machines_with_tag("DEX-Scoped")
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
     fn members(&self) -> HashSet<String> {
         self.sim
             .group_members(&self.sim.user_group_id())
@@ -237,17 +265,17 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     assert_eq!(stats.calls(TRANSITIVE), 1, "one page for a small tree");
     let f = &report.plan.selectors[0];
     assert_eq!(f.status, Status::Expanded);
-    assert_eq!(f.users, 5);
+    assert_eq!(f.identities, 5);
     assert_eq!(f.skipped_disabled, 1);
     // SOC-Tier2, Deep, the contact, the service principal and the device.
-    assert_eq!(f.skipped_not_users, 5);
+    assert_eq!(f.skipped_other_types, 5);
     let text = report.plan.to_string();
     assert!(
         text.contains("user3@contoso.com (via group Berlin-Staff)"),
         "{text}"
     );
     let json = serde_json::to_value(&report.plan).unwrap();
-    assert_eq!(json["selectors"][0]["skipped_not_users"], 5);
+    assert_eq!(json["selectors"][0]["skipped_other_types"], 5);
     let _ = tree.soc;
 
     // Converged: the next pass changes nothing.
@@ -399,4 +427,109 @@ async fn a_upn_rename_in_the_source_group_changes_nothing_but_the_label() {
     assert_eq!(report.plan.change_count(), 0, "{}", report.plan);
     assert_eq!(env.members(), ids(&tree.users));
     assert_eq!(env.sim.stats().calls(REMOVE_REF), 0);
+}
+
+/// Four machines: two Berlin servers (one tagged Berlin), a Berlin workstation tagged Berlin,
+/// and a Munich server that is not Entra-joined.
+fn fleet(env: &Env) -> [String; 4] {
+    let aad = |n: u128| Some(Uuid::from_u128(0xaad0 + n));
+    [
+        env.machine(
+            1,
+            "srv-ber-01.contoso.local",
+            Os::WindowsServer2022,
+            &["Berlin"],
+            aad(1),
+        ),
+        env.machine(
+            2,
+            "srv-ber-02.contoso.local",
+            Os::WindowsServer2019,
+            &[],
+            aad(2),
+        ),
+        env.machine(
+            3,
+            "ws-ber-0099.contoso.local",
+            Os::Windows11,
+            &["Berlin"],
+            aad(3),
+        ),
+        env.machine(
+            4,
+            "srv-muc-01.contoso.local",
+            Os::WindowsServer2022,
+            &["Munich"],
+            None,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn device_selectors_by_mde_filter_with_an_exclusion() {
+    let env = Env::start().await;
+    let [m1, m2, m3, _] = fleet(&env);
+    env.write_desired(
+        "devices = [\n  { where = { name_prefix = \"srv-ber-\", os = [\"WindowsServer2019\", \
+         \"WindowsServer2022\"] } },\n]\n",
+    );
+    let report = env.pass().await;
+    assert_eq!(env.tagged(), HashSet::from([m1.clone(), m2.clone()]));
+    assert_eq!(report.plan.selectors[0].status, Status::Expanded);
+    assert!(
+        report.plan.to_string().contains("srv-ber-02.contoso.local"),
+        "{}",
+        report.plan
+    );
+
+    // By tag (served by the machine list's filter), with the workstation excluded: the
+    // servers that no longer match are untagged, the excluded one never tagged.
+    env.write_desired(
+        "devices = [{ where = { tag = \"Berlin\" } }]\n\
+         exclude_devices = [\"ws-ber-0099.contoso.local\"]\n",
+    );
+    let report = env.pass().await;
+    assert_eq!(env.tagged(), HashSet::from([m1]));
+    assert_eq!(report.plan.selectors[0].excluded, 1);
+    assert!(!env.tagged().contains(&m3));
+}
+
+#[tokio::test]
+async fn a_device_selector_by_entra_device_group_joins_on_the_entra_device_id() {
+    let env = Env::start().await;
+    let [_, m2, ..] = fleet(&env);
+    let user = env.user(1, UserAttrs::default());
+    {
+        let state = env.sim.state();
+        let mut t = state.lock().unwrap();
+        for (n, device_id) in [(0xd2, 0xaad0 + 2), (0xd9, 0xaad0 + 9)] {
+            t.directory.add_device(sim::model::EntraDevice {
+                id: Uuid::from_u128(n),
+                device_id: Uuid::from_u128(device_id),
+                display_name: format!("dev-{n}"),
+            });
+        }
+    }
+    let group = env.group(
+        7,
+        "Berlin-Servers",
+        &[Uuid::from_u128(0xd2), Uuid::from_u128(0xd9), user],
+    );
+    env.write_desired(&format!("devices = [{{ group = \"{group}\" }}]\n"));
+    let report = env.pass().await;
+    assert_eq!(env.tagged(), HashSet::from([m2]));
+    let f = &report.plan.selectors[0];
+    // The device whose Entra id no machine carries is unresolved; the user is another type.
+    assert_eq!(
+        (f.identities, f.no_machine, f.skipped_other_types),
+        (1, 1, 1)
+    );
+    assert!(
+        report
+            .plan
+            .to_string()
+            .contains("via device group Berlin-Servers"),
+        "{}",
+        report.plan
+    );
 }
