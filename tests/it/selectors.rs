@@ -274,6 +274,17 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
         text.contains("user3@contoso.com (via group Berlin-Staff)"),
         "{text}"
     );
+    // The audit log carries the same origin.
+    let audit = State::open(env.dir.path().join("state.db"))
+        .unwrap()
+        .recent_changes(10)
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.object_label == "user3@contoso.com (via group Berlin-Staff)"),
+        "{audit:?}"
+    );
     let json = serde_json::to_value(&report.plan).unwrap();
     assert_eq!(json["selectors"][0]["skipped_other_types"], 5);
     let _ = tree.soc;
