@@ -544,3 +544,47 @@ async fn a_device_selector_by_entra_device_group_joins_on_the_entra_device_id() 
         report.plan
     );
 }
+
+/// `verdict --desired` cannot expand a selector offline and says so; with a config it expands
+/// the selector live and finds the incident's user in scope through it.
+#[tokio::test]
+async fn verdict_with_selectors_says_offline_is_impossible_and_expands_them_live() {
+    use dexscope::incidents::command::{self, OutputFormat, VerdictArgs};
+    let env = Env::start().await;
+    let pat = Uuid::parse_str("7b2a1c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d").unwrap();
+    {
+        let state = env.sim.state();
+        let mut t = state.lock().unwrap();
+        t.directory.add_user(User {
+            id: pat,
+            upn: "patricia.doe@contoso.com".into(),
+            display_name: "Pat".into(),
+        });
+    }
+    let group = env.group(8, "Finance-Berlin", &[pat]);
+    env.write_desired(&format!("users = [{{ group = \"{group}\" }}]\n"));
+    let args = VerdictArgs {
+        incident: None,
+        file: Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/incidents/two_upns.json"),
+        ),
+        desired: Some(env.desired_path()),
+        post: false,
+        format: OutputFormat::Json,
+    };
+    let mut out = Vec::new();
+    let offline = command::verdict(&args, None, &mut out).await.unwrap_err();
+    assert!(
+        offline.to_string().contains("cannot be expanded offline"),
+        "{offline}"
+    );
+
+    let mut out = Vec::new();
+    command::verdict(&args, Some(&env.config()), &mut out)
+        .await
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(v["verdict"], "in_scope", "{v}");
+}
