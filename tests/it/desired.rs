@@ -641,7 +641,7 @@ exclude_devices = ["ws-ber-0099.contoso.local"]
     expect![[r#"
         [
             "t.toml:3:3: error: duplicate selector users: where country = DE, department = Finance: already listed at t.toml:2:3; remove one of the two entries",
-            "t.toml:5:62: error: unknown key `expires` in a device selector ; `expires` is for single entries: a selector stays until it is removed; allowed keys: group, where, note",
+            "t.toml:5:62: error: unknown key `expires` in a device selector; `expires` is for single entries: a selector stays until it is removed; allowed keys: group, where, note",
         ]
     "#]].assert_debug_eq(&rendered);
 }
