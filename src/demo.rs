@@ -182,7 +182,8 @@ fn write_files(
             out,
             format!(
                 "desired state committed to the git repository {} (commit {commit}): {users} \
-                 users, {devices} devices; the daemon fetches it over file://",
+                 user entries (one a group selector), {devices} devices; the daemon fetches it over \
+                 file://",
                 repo.display()
             ),
         );
@@ -196,7 +197,8 @@ fn write_files(
         say(
             out,
             format!(
-                "desired state written to {}: {users} users, {devices} devices",
+                "desired state written to {}: {users} user entries (one a group selector), \
+                 {devices} devices",
                 dir.path().join("desired.toml").display()
             ),
         );
@@ -421,12 +423,34 @@ fn desired_state(sim: &sim::SimHandle) -> (String, usize, usize) {
             .map(|s| format!("  \"{s}\",\n"))
             .collect::<String>()
     };
+    let group = selector_group(sim);
     let text = format!(
-        "# demo desired state\nusers = [\n{}]\ndevices = [\n{}]\n",
+        "# demo desired state\nusers = [\n{}  {{ group = \"{group}\", note = \"Berlin-Staff and \
+         the group nested in it\" }},\n]\ndevices = [\n{}]\n",
         list(&upns),
         list(&names)
     );
-    (text, upns.len(), names.len())
+    (text, upns.len() + 1, names.len())
+}
+
+/// The group the demo's selector names: Berlin-Staff holds three users and SOC-Tier2, which
+/// holds two more; the selector puts all five in scope. Returns Berlin-Staff's id.
+fn selector_group(sim: &sim::SimHandle) -> uuid::Uuid {
+    let root = uuid::Uuid::from_u128(0xbe71_0001);
+    let nested = uuid::Uuid::from_u128(0xbe71_0002);
+    let state = sim.state();
+    let mut t = state.lock().unwrap_or_else(|p| p.into_inner());
+    let ids: Vec<uuid::Uuid> = t.directory.users.iter().flatten().map(|u| u.id).collect();
+    t.directory.add_group(root, "Berlin-Staff");
+    t.directory.add_group(nested, "SOC-Tier2");
+    for id in ids.iter().skip(10).take(3) {
+        t.directory.add_member(&root, *id);
+    }
+    for id in ids.iter().skip(13).take(2) {
+        t.directory.add_member(&nested, *id);
+    }
+    t.directory.add_member(&root, nested);
+    root
 }
 
 /// A private directory under the system temp dir, removed on drop.

@@ -30,12 +30,17 @@
 //! - `http`: the HTTP client, limiters and the send rate each surface learns from throttling
 //!   (`adapt`), retry, paging, `$batch`, error classification.
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
-//! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `source`
+//! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `selector`
+//!   (`group` and `where` entries checked offline, pure), `lines` (offsets → `line:col`); `source`
 //!   (a git branch head fetched into a private cache, its signature verified, its tree read).
 //! - `scope`: reading the scope from the tenant, below `reconcile`, `priority` and `incidents`:
 //!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
 //!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,
 //!   pure), `vocab` (`GroupKind`, `Unresolved`, resolved entries).
+//! - `selectors`: `group` and `where` entries expanded against the tenant (transitive members,
+//!   user `$filter`, Entra devices joined to MDE machines, the machine list's `$filter`), each
+//!   selector's last good expansion kept in `state`; `expand` (pure: the safety rules,
+//!   exclusions, origins).
 //! - `reconcile`: `resolve` (desired users → ids, the tenant read for the planner), `plan`
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.
@@ -72,7 +77,7 @@
 //! 3. `auth`
 //! 4. `http`
 //! 5. `graph`, `defender`, `desired`, `state`
-//! 6. `tenant`, `scope`
+//! 6. `tenant`, `scope`, `selectors`
 //! 7. `alerts`, `metrics`
 //! 8. `reconcile`, `priority`, `incidents`
 //! 9. `check`, `status`, `export`
@@ -80,8 +85,9 @@
 //! 11. `demo`, `cli`
 //!
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
-//! is a parameter): `model`, `desired::parse`, `reconcile::plan`, `priority::check`,
-//! `incidents::verdict`, `incidents::comment`, `incidents::pickup`, `scope::vocab`, `scope::snapshot`,
+//! is a parameter): `model`, `desired::parse`, `desired::selector`, `reconcile::plan`,
+//! `priority::check`, `incidents::verdict`, `incidents::comment`, `incidents::pickup`,
+//! `scope::vocab`, `scope::snapshot`, `selectors::expand`,
 //! `alerts::transition`, `alerts::observe`, `state::records`.
 //!
 //! # Architecture invariants
@@ -118,6 +124,7 @@ pub mod priority;
 pub mod reconcile;
 pub mod retry_after;
 pub mod scope;
+pub mod selectors;
 pub mod sim;
 pub mod state;
 pub mod status;

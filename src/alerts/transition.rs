@@ -340,7 +340,8 @@ mod tests {
                 "unverified_desired_state",
                 "desired_state_stale",
                 "coverage_gap",
-                "scope_mismatch"
+                "scope_mismatch",
+                "selector_unresolved"
             ]
         );
         for k in AlertKind::ALL {

@@ -101,7 +101,10 @@ pub async fn reconcile_pass(
         lines: plan.to_string().lines().map(str::to_string).collect(),
         changes_applied: applied,
         drift: Some(drift),
-        observations: vec![reconcile_observe::guard_observation(plan)],
+        observations: vec![
+            reconcile_observe::guard_observation(plan),
+            reconcile_observe::selector_observation(plan),
+        ],
         details: PassDetails::Reconcile(reconcile_observe::figures(&report)),
         ..PassSummary::default()
     })

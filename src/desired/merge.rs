@@ -7,7 +7,7 @@ use std::collections::hash_map;
 use chrono::NaiveDate;
 
 use super::parse::{EntryKind, Parsed, ParsedFile};
-use super::{DesiredState, Diagnostic, Entry, Location, Mode, Outcome};
+use super::{DesiredState, Diagnostic, Entry, Location, Mode, Outcome, Selector};
 
 /// How many days ahead `validate` warns that an entry is about to expire.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
@@ -33,6 +33,7 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
     let several = files.len() > 1;
     let mut users = Vec::new();
     let mut devices = Vec::new();
+    let mut excluded = (Vec::new(), Vec::new());
     for mut file in files {
         // A file emptied mid-write (a shell redirect, `cp`, an editor, a checkout) would
         // otherwise take its entries out of scope while the other files keep the whole state
@@ -47,7 +48,29 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
         diagnostics.append(&mut file.diagnostics);
         join(&mut users, file.users);
         join(&mut devices, file.devices);
+        state.selectors.append(&mut file.selectors);
+        excluded.0.append(&mut file.exclude_users);
+        excluded.1.append(&mut file.exclude_devices);
     }
+    state.selectors.sort_by_key(|s| s.subject);
+    duplicate_selectors(&state.selectors, &mut diagnostics);
+    contradictions(
+        &users,
+        &excluded.0,
+        "users",
+        "exclude_users",
+        &mut diagnostics,
+    );
+    contradictions(
+        &devices,
+        &excluded.1,
+        "devices",
+        "exclude_devices",
+        &mut diagnostics,
+    );
+    let mut ignore = 0;
+    state.exclude_users = in_scope(excluded.0, today, mode, &mut diagnostics, &mut ignore);
+    state.exclude_devices = in_scope(excluded.1, today, mode, &mut diagnostics, &mut ignore);
     let mut expired = 0;
     state.users = in_scope(users, today, mode, &mut diagnostics, &mut expired);
     state.devices = in_scope(devices, today, mode, &mut diagnostics, &mut expired);
@@ -55,7 +78,7 @@ pub fn merge(files: Vec<ParsedFile>, today: NaiveDate, mode: Mode) -> Outcome {
     let has_error = diagnostics.iter().any(Diagnostic::is_error);
     // Only when nothing else is wrong: a file whose only entry is malformed is reported for
     // that entry, not also as "empty".
-    if state.is_empty()
+    if state.lists_nothing()
         && !state.allow_empty
         && !has_error
         && let Some(at) = listed_at
@@ -169,6 +192,57 @@ fn expired_diagnostic<K: EntryKind>(
                 entry.key
             ),
         ),
+    }
+}
+
+/// A selector written twice (the same source, whatever the key order) is an error naming the
+/// first place.
+fn duplicate_selectors(selectors: &[Selector], diagnostics: &mut Vec<Diagnostic>) {
+    let mut first: HashMap<String, &Location> = HashMap::new();
+    for s in selectors {
+        match first.entry(s.key()) {
+            hash_map::Entry::Occupied(seen) => diagnostics.push(Diagnostic::error(
+                s.at.clone(),
+                format!(
+                    "duplicate selector {}: already listed at {}; remove one of the two entries",
+                    s.key(),
+                    seen.get()
+                ),
+            )),
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(&s.at);
+            }
+        }
+    }
+}
+
+/// A single entry that is also excluded says two opposite things: an error at the exclusion,
+/// naming both places, so that neither silently wins.
+fn contradictions<K: EntryKind>(
+    listed: &[Parsed<K>],
+    excluded: &[Parsed<K>],
+    list: &str,
+    exclude_list: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if excluded.is_empty() {
+        return;
+    }
+    let by_key: HashMap<&K, &Location> =
+        listed.iter().map(|p| (&p.entry.key, &p.entry.at)).collect();
+    for x in excluded {
+        if let Some(at) = by_key.get(&x.entry.key) {
+            diagnostics.push(Diagnostic::error(
+                x.entry.at.clone(),
+                format!(
+                    "{} {} is both listed in `{list}` at {at} and excluded in `{exclude_list}` \
+                     here; remove one of the two (an exclusion only takes identities out of what \
+                     selectors yield)",
+                    K::WHAT,
+                    x.entry.key
+                ),
+            ));
+        }
     }
 }
 

@@ -19,9 +19,11 @@
 //! only the file it is in.
 
 pub mod git;
+pub mod lines;
 pub mod merge;
 pub mod parse;
 pub mod read;
+pub mod selector;
 pub mod source;
 pub mod validate;
 
@@ -32,6 +34,8 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 
 use crate::model::{AadDeviceId, DnsName, MachineId, Upn, UserId};
+
+pub use selector::{Condition, Selector, Source as SelectorSource, Subject};
 
 pub use validate::{ValidateFormat, validate_command, validate_git_command};
 
@@ -230,6 +234,12 @@ pub type DesiredDevice = Entry<DeviceKey>;
 pub struct DesiredState {
     pub users: Vec<DesiredUser>,
     pub devices: Vec<DesiredDevice>,
+    /// `group` and `where` entries of `users` and `devices`, expanded against the tenant by
+    /// `crate::selectors`; users' first, each list in merge order.
+    pub selectors: Vec<Selector>,
+    /// Identities taken out of what the selectors yield.
+    pub exclude_users: Vec<DesiredUser>,
+    pub exclude_devices: Vec<DesiredDevice>,
     /// Some file said `allow_empty = true`: an empty state really means "nobody in scope".
     pub allow_empty: bool,
     /// The commit id of `HEAD` when the first path is inside a git work tree.
@@ -244,8 +254,15 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// No single entries. Selectors are not counted: what they yield is only known against
+    /// the tenant, and a selector that yields nothing must never read as "remove everyone".
     pub fn is_empty(&self) -> bool {
         self.users.is_empty() && self.devices.is_empty()
+    }
+
+    /// Nothing listed at all: no single entry and no selector.
+    pub fn lists_nothing(&self) -> bool {
+        self.is_empty() && self.selectors.is_empty()
     }
 }
 

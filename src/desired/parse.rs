@@ -4,7 +4,6 @@
 //! its byte span; spans become 1-based `line:col` here. Every problem in a file is reported, not
 //! just the first; only a TOML syntax error stops the file.
 
-use crate::text::edit_distance;
 use std::hash::Hash;
 use std::ops::Range;
 use std::path::Path;
@@ -14,11 +13,19 @@ use chrono::NaiveDate;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+pub use super::lines::LineIndex;
+use super::selector::{self, Selector, Subject, did_you_mean as suggest};
 use super::{DeviceKey, Diagnostic, Entry, Location, UserKey};
 use crate::model::{AadDeviceId, DnsName, MachineId, Upn, UserId, is_guid};
 
 /// The top-level keys a desired-state file may have.
-pub const TOP_LEVEL_KEYS: &[&str] = &["users", "devices", "allow_empty"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "users",
+    "devices",
+    "exclude_users",
+    "exclude_devices",
+    "allow_empty",
+];
 
 /// An entry as parsed, with the place of its `expires` value for expiry diagnostics.
 #[derive(Debug, Clone)]
@@ -44,6 +51,10 @@ pub struct ParsedFile {
     pub file: std::path::PathBuf,
     pub users: Vec<Parsed<UserKey>>,
     pub devices: Vec<Parsed<DeviceKey>>,
+    /// Selector entries of `users` and `devices`, in position order per list.
+    pub selectors: Vec<Selector>,
+    pub exclude_users: Vec<Parsed<UserKey>>,
+    pub exclude_devices: Vec<Parsed<DeviceKey>>,
     pub allow_empty: bool,
     /// Where the file's `users` (else `devices`) key is, to point an "empty" error at.
     pub listed_at: Option<Location>,
@@ -56,6 +67,8 @@ pub struct ParsedFile {
 pub trait EntryKind: Sized + Clone + Eq + Hash + std::fmt::Display {
     /// Singular noun for messages: `user`, `device`.
     const WHAT: &'static str;
+    /// The list a selector written among these entries belongs to.
+    const SUBJECT: Subject;
     /// The keys that identify an entry in table form; exactly one must be present.
     const IDENT_KEYS: &'static [&'static str];
     /// Every key a table entry may have.
@@ -70,6 +83,7 @@ pub trait EntryKind: Sized + Clone + Eq + Hash + std::fmt::Display {
 
 impl EntryKind for UserKey {
     const WHAT: &'static str = "user";
+    const SUBJECT: Subject = Subject::Users;
     const IDENT_KEYS: &'static [&'static str] = &["upn", "id"];
     const ALLOWED_KEYS: &'static [&'static str] = &["upn", "id", "note", "expires"];
     const ALIASES: &'static [(&'static str, &'static str)] = &[
@@ -127,6 +141,7 @@ impl EntryKind for UserKey {
 
 impl EntryKind for DeviceKey {
     const WHAT: &'static str = "device";
+    const SUBJECT: Subject = Subject::Devices;
     const IDENT_KEYS: &'static [&'static str] = &["id", "aad_device_id", "name"];
     const ALLOWED_KEYS: &'static [&'static str] =
         &["id", "aad_device_id", "name", "note", "expires"];
@@ -235,6 +250,9 @@ fn new_cx<'a>(file: &Path, text: &'a str) -> Cx<'a> {
             file: file.to_path_buf(),
             users: Vec::new(),
             devices: Vec::new(),
+            selectors: Vec::new(),
+            exclude_users: Vec::new(),
+            exclude_devices: Vec::new(),
             allow_empty: false,
             listed_at: None,
             items: 0,
@@ -243,6 +261,7 @@ fn new_cx<'a>(file: &Path, text: &'a str) -> Cx<'a> {
         pieces: &[],
         text,
         failed: false,
+        excluding: None,
     }
 }
 
@@ -396,6 +415,8 @@ struct Cx<'a> {
     text: &'a str,
     /// A piece was not valid TOML: the whole text is to be parsed instead.
     failed: bool,
+    /// The exclusion list being read, if any: it takes single entries only.
+    excluding: Option<&'static str>,
 }
 
 impl<'a> Cx<'a> {
@@ -436,6 +457,16 @@ impl<'a> Cx<'a> {
                         None => self.entries::<DeviceKey>(name, value),
                     };
                     self.out.devices = devices;
+                }
+                "exclude_users" => {
+                    self.excluding = Some("exclude_users");
+                    self.out.exclude_users = self.entries::<UserKey>(name, value);
+                    self.excluding = None;
+                }
+                "exclude_devices" => {
+                    self.excluding = Some("exclude_devices");
+                    self.out.exclude_devices = self.entries::<DeviceKey>(name, value);
+                    self.excluding = None;
                 }
                 "allow_empty" => match value.get_ref() {
                     DeValue::Boolean(b) => self.out.allow_empty = *b,
@@ -547,6 +578,10 @@ impl<'a> Cx<'a> {
                     None
                 }
             },
+            DeValue::Table(table) if selector::is_selector(table) => {
+                self.selector::<K>(table, item.span(), at);
+                None
+            }
             DeValue::Table(table) => {
                 let fields = self.entry_fields::<K>(table);
                 self.identified(fields, item.span(), at)
@@ -563,6 +598,23 @@ impl<'a> Cx<'a> {
                 None
             }
         }
+    }
+
+    /// A `group` or `where` entry: kept apart from the single entries, every problem reported.
+    fn selector<K: EntryKind>(&mut self, table: &DeTable<'_>, span: Range<usize>, at: Location) {
+        if let Some(list) = self.excluding {
+            let message = format!(
+                "`{list}` takes single {}s only, not a selector; exclude the identities one by one",
+                K::WHAT
+            );
+            self.error(span, message);
+            return;
+        }
+        let (found, problems) = selector::parse(K::SUBJECT, table, span, at);
+        for (span, message) in problems {
+            self.error(span, message);
+        }
+        self.out.selectors.extend(found);
     }
 
     /// Reads every key of an inline-table entry, reporting each bad or unknown one.
@@ -734,26 +786,6 @@ fn describe(value: &DeValue<'_>) -> &'static str {
     }
 }
 
-/// ` (did you mean `x`?)` when `key` is a known alias or a small typo of an allowed key.
-fn suggest(key: &str, allowed: &[&str], aliases: &[(&str, &str)]) -> String {
-    let lower = key.to_ascii_lowercase();
-    let meant = aliases
-        .iter()
-        .find(|(alias, _)| *alias == lower)
-        .map(|(_, meant)| *meant)
-        .or_else(|| {
-            allowed
-                .iter()
-                .copied()
-                .filter(|k| edit_distance(&lower, k) <= if k.len() <= 3 { 1 } else { 2 })
-                .min_by_key(|k| edit_distance(&lower, k))
-        });
-    match meant {
-        Some(m) => format!(" (did you mean `{m}`?)"),
-        None => String::new(),
-    }
-}
-
 /// Cuts user text to keep a message one readable line.
 fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(80).collect();
@@ -763,43 +795,10 @@ fn clip(s: &str) -> String {
     out
 }
 
-/// Byte offset → 1-based line and column (in characters).
-pub struct LineIndex<'a> {
-    text: &'a str,
-    starts: Vec<usize>,
-}
-
-impl<'a> LineIndex<'a> {
-    pub fn new(text: &'a str) -> Self {
-        let starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Self { text, starts }
-    }
-
-    pub fn line_col(&self, offset: usize) -> (u32, u32) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let line = self.starts.partition_point(|&s| s <= offset).max(1);
-        let mut start = self.starts[line - 1];
-        // A byte-order mark is not a column anyone can see.
-        if start == 0 && self.text.starts_with('\u{feff}') && offset >= 3 {
-            start = 3;
-        }
-        let col = self.text[start..offset].chars().count() + 1;
-        (to_u32(line), to_u32(col))
-    }
-}
-
-fn to_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::edit_distance;
 
     #[test]
     fn line_col_counts_from_one_in_characters() {

@@ -6,6 +6,7 @@
 mod delta;
 mod incidents;
 mod members;
+mod selectors;
 mod wire;
 
 pub use delta::{DeltaError, DeltaRound, MAX_DELTA_PAGES, MemberChange};
@@ -14,6 +15,7 @@ pub use incidents::{
     parse_incident,
 };
 pub use members::{MAX_BIND_PER_PATCH, MAX_UPNS_PER_FILTER, MemberOutcome, MemberResult};
+pub use selectors::{SelectorError, TreeMember, UserRow};
 
 use crate::http;
 use crate::model::ObjectId;

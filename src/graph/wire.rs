@@ -29,6 +29,19 @@ pub(crate) struct User {
     pub user_principal_name: Option<String>,
 }
 
+/// An object of `/groups/{id}/transitiveMembers`, or a user read by attribute.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TreeObject {
+    #[serde(rename = "@odata.type")]
+    pub odata_type: Option<String>,
+    pub id: String,
+    pub user_principal_name: Option<String>,
+    pub display_name: Option<String>,
+    pub account_enabled: Option<bool>,
+    pub device_id: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Incident {

@@ -117,6 +117,12 @@ pub enum CommandError {
         "a live verdict needs the config; pass --config, or judge a --file offline with --desired"
     )]
     NoConfig,
+    #[error(
+        "the desired state has {count} selector(s) (`group` or `where` entries), which cannot be \
+         expanded offline: pass --config to expand them against the tenant, or judge against a \
+         desired state of single entries"
+    )]
+    SelectorsOffline { count: usize },
     #[error("writing the output failed: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -165,7 +171,8 @@ pub async fn verdict(
     let scope = match (&args.desired, &live) {
         (Some(path), _) => {
             let group = config.map_or(REQUIRED_DEVICE_GROUP, |c| &c.scope.device_group_name);
-            offline_scope(path, group, now.date_naive())?
+            let tenant = live.as_ref().map(|(tenant, _, _)| tenant);
+            offline_scope(path, group, now.date_naive(), tenant).await?
         }
         (None, Some((tenant, state, settings))) => {
             poll::read_scope(tenant, state, settings, now).await?
@@ -253,13 +260,28 @@ fn read_one(
     })
 }
 
-fn offline_scope(
+/// The scope a desired state describes. Its selectors are expanded live through `tenant`;
+/// without one (no config) they cannot be, and judging without them would call covered
+/// identities uncovered, so that is an error saying so.
+async fn offline_scope(
     path: &PathBuf,
     device_group: &str,
     today: chrono::NaiveDate,
+    tenant: Option<&Tenant>,
 ) -> Result<Scope, CommandError> {
     let loaded = desired::load(std::slice::from_ref(path), today, desired::Mode::Runtime)
         .map_err(CommandError::Desired)?;
+    let expanded = match (loaded.state.selectors.len(), tenant) {
+        (0, _) => None,
+        (n, None) => return Err(CommandError::SelectorsOffline { count: n }),
+        (_, Some(t)) => {
+            let clients = crate::selectors::Clients {
+                graph: &t.graph,
+                defender: &t.defender,
+            };
+            Some(crate::selectors::expand_selectors(clients, None, false, &loaded.state).await)
+        }
+    };
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -271,6 +293,12 @@ fn offline_scope(
             UserKey::Upn(upn) => DesiredUser::Upn(upn.clone()),
             UserKey::Id(id) => DesiredUser::Id(id.clone()),
         })
+        .chain(
+            expanded
+                .iter()
+                .flat_map(|e| e.users.iter())
+                .map(|u| DesiredUser::Id(u.id.clone())),
+        )
         .collect();
     let devices: Vec<DesiredDevice> = loaded
         .state
@@ -281,6 +309,12 @@ fn offline_scope(
             DeviceKey::Machine(id) => DesiredDevice::Machine(id.clone()),
             DeviceKey::AadDevice(aad) => DesiredDevice::AadDevice(aad.clone()),
         })
+        .chain(
+            expanded
+                .iter()
+                .flat_map(|e| e.devices.iter())
+                .map(|d| DesiredDevice::Machine(d.id.clone())),
+        )
         .collect();
     Ok(Scope::offline(device_group, &users, &devices))
 }

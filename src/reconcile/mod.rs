@@ -23,6 +23,7 @@ use crate::model::ObjectId;
 use crate::scope::{
     self, GroupKind, MemberSource, Members, ResolveError, Unresolved, UnresolvedKind,
 };
+use crate::selectors;
 use crate::state::{GuardRefusal, State, StateError};
 use crate::telemetry::trace_memory;
 use crate::tenant::Tenant;
@@ -257,6 +258,16 @@ async fn read_and_plan(
     settle: Option<&State>,
 ) -> Result<(Plan, Members, PassCounts), ReconcileError> {
     let now = members.now;
+    let expansion = if desired.selectors.is_empty() {
+        None
+    } else {
+        let state = members.state;
+        let clients = selectors::Clients {
+            graph: &tenant.graph,
+            defender: &tenant.defender,
+        };
+        Some(selectors::expand_selectors(clients, state, members.store, desired).await)
+    };
     let mut read = scope::read_members(&tenant.graph, user_group, members).await?;
     // Moved, not cloned: the caller needs only how the members were read.
     let r = resolve::resolve(
@@ -267,6 +278,10 @@ async fn read_and_plan(
         desired,
     )
     .await?;
+    let mut r = r;
+    if let Some(expansion) = &expansion {
+        selectors_into(&mut r.desired, desired, expansion);
+    }
     trace_memory("resolve");
     if let Some(state) = settle {
         // By the tenant as read now. A change an interrupted pass made may not show yet in the
@@ -280,9 +295,46 @@ async fn read_and_plan(
         members: r.actual.members.len(),
         tagged: r.actual.tagged.len(),
     };
-    let plan = plan::plan(&r.desired, &r.actual, settings);
+    let mut plan = plan::plan(&r.desired, &r.actual, settings);
+    if let Some(expansion) = expansion {
+        plan.selectors = expansion.findings;
+    }
     trace_memory("plan");
     Ok((plan, read, counts))
+}
+
+/// Joins what the selectors yielded to the resolved desired users. Removals stay held when a
+/// selector is not expanded or could not be read without a last good expansion (what it keeps
+/// in scope is unknown); otherwise the selectors' users count as listed, so the empty-state
+/// hold applies only when nothing at all is in scope.
+fn selectors_into(
+    resolved: &mut plan::ResolvedDesired,
+    desired: &DesiredState,
+    expansion: &selectors::Expansion,
+) {
+    let mut have: std::collections::HashSet<crate::model::UserId> =
+        resolved.users.iter().map(|u| u.id.clone()).collect();
+    for u in &expansion.users {
+        if have.insert(u.id.clone()) {
+            resolved.users.push(u.clone());
+        }
+    }
+    resolved.users.sort_by(|a, b| a.label.cmp(&b.label));
+    let mut have: std::collections::HashSet<crate::model::MachineId> =
+        resolved.devices.iter().map(|d| d.id.clone()).collect();
+    for d in &expansion.devices {
+        if have.insert(d.id.clone()) {
+            resolved.devices.push(d.clone());
+        }
+    }
+    resolved.listed_nothing = resolved.users.is_empty() && resolved.devices.is_empty();
+    resolved.removals_held = desired.removals_held.clone().or_else(|| {
+        expansion.hold_removals.then(|| {
+            "a selector could not be expanded and was never read before, so what it keeps in \
+             scope is unknown"
+                .to_string()
+        })
+    });
 }
 
 /// One reconcile pass: read, settle audit rows an interrupted pass left pending, plan, record
@@ -491,6 +543,7 @@ pub async fn plan_command(
     {
         Ok(plan) => {
             warn_unresolved(&plan.unresolved, err);
+            warn_selectors(&plan.selectors, err);
             let printed = match format {
                 PlanFormat::Text => write!(out, "{plan}"),
                 PlanFormat::Json => serde_json::to_string_pretty(&plan)
@@ -543,6 +596,7 @@ pub async fn apply_command(
     match reconcile_once(ctx, &desired, &settings, now).await {
         Ok(report) => {
             warn_unresolved(&report.plan.unresolved, err);
+            warn_selectors(&report.plan.selectors, err);
             let _ = write!(out, "{report}");
             report.exit_code()
         }
@@ -604,6 +658,13 @@ fn prepare(
             let _ = writeln!(err, "dexscope: {e}");
             None
         }
+    }
+}
+
+/// Names each selector that could not be read, yielded nothing or was not expanded.
+fn warn_selectors(findings: &[selectors::Finding], err: &mut dyn Write) {
+    for w in findings.iter().filter_map(selectors::Finding::warning) {
+        let _ = writeln!(err, "warning: {w}");
     }
 }
 

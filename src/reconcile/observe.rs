@@ -39,6 +39,25 @@ pub fn guard_observation(plan: &Plan) -> Observation {
     )
 }
 
+/// The alert subject of the selectors.
+pub const SELECTOR_SUBJECT: &str = "selectors";
+
+/// `selector_unresolved`: bad while some selector's source cannot be read, yields nothing or
+/// is not expanded (its users are kept, removals may be held), naming each one.
+pub fn selector_observation(plan: &Plan) -> Observation {
+    let warnings: Vec<String> = plan.selectors.iter().filter_map(|f| f.warning()).collect();
+    if warnings.is_empty() {
+        return Observation::good(AlertKind::SelectorUnresolved, SELECTOR_SUBJECT);
+    }
+    Observation::bad(
+        AlertKind::SelectorUnresolved,
+        SELECTOR_SUBJECT,
+        AlertSeverity::Warning,
+        warnings.join("; "),
+        json!({ "selectors": plan.selectors }),
+    )
+}
+
 /// Changes that took effect in the pass.
 pub fn applied_count(report: &ReconcileReport) -> u64 {
     report.applied.iter().filter(|a| a.is_success()).count() as u64

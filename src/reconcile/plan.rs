@@ -260,6 +260,9 @@ pub struct Plan {
     pub devices: GroupPlan<MachineId, MachineId>,
     /// Desired entries skipped because they did not resolve, sorted by entry.
     pub unresolved: Vec<Unresolved>,
+    /// How each selector of the desired state expanded (set by the pass, not by [`plan`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<crate::selectors::Finding>,
 }
 
 impl Plan {
@@ -312,6 +315,13 @@ impl fmt::Display for Plan {
             writeln!(f, "unresolved (skipped, nothing removed because of them):")?;
             for u in &self.unresolved {
                 write_unresolved(f, u)?;
+            }
+        }
+        let warnings: Vec<String> = self.selectors.iter().filter_map(|s| s.warning()).collect();
+        if !warnings.is_empty() {
+            writeln!(f, "selectors (warnings):")?;
+            for w in warnings {
+                writeln!(f, "  ! {w}")?;
             }
         }
         for (group, removals, max) in self.refusals() {
@@ -448,6 +458,7 @@ pub fn plan(desired: &ResolvedDesired, actual: &Actual, settings: &PlanSettings)
         users,
         devices,
         unresolved,
+        selectors: Vec::new(),
     }
 }
 

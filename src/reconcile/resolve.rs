@@ -71,9 +71,23 @@ pub async fn resolve(
             unresolved,
             declared_empty_ok: desired.allow_empty,
             listed_nothing: desired.is_empty(),
-            removals_held: desired.removals_held.clone(),
+            removals_held: held_for_selectors(desired),
         },
         actual: Actual { members, tagged },
+    })
+}
+
+/// Selectors still in `desired` were not expanded against the tenant: what they would keep
+/// in scope is unknown, so nothing is removed (the desired state's own hold, if any, comes first).
+fn held_for_selectors(desired: &DesiredState) -> Option<String> {
+    desired.removals_held.clone().or_else(|| {
+        (!desired.selectors.is_empty()).then(|| {
+            format!(
+                "{} selector(s) were not expanded against the tenant, so what they keep in scope \
+                 is unknown",
+                desired.selectors.len()
+            )
+        })
     })
 }
 

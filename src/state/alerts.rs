@@ -30,10 +30,12 @@ pub enum AlertKind {
     CoverageGap,
     /// Defender Experts took an incident judged OUT OF SCOPE (one alert per incident).
     ScopeMismatch,
+    /// A selector's source cannot be read or yields nothing: its last expansion is kept.
+    SelectorUnresolved,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 11] = [
         AlertKind::PriorityMisconfigured,
         AlertKind::RemovalGuardTripped,
         AlertKind::InvalidDesiredState,
@@ -44,6 +46,7 @@ impl AlertKind {
         AlertKind::DesiredStateStale,
         AlertKind::CoverageGap,
         AlertKind::ScopeMismatch,
+        AlertKind::SelectorUnresolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl AlertKind {
             AlertKind::DesiredStateStale => "desired_state_stale",
             AlertKind::CoverageGap => "coverage_gap",
             AlertKind::ScopeMismatch => "scope_mismatch",
+            AlertKind::SelectorUnresolved => "selector_unresolved",
         }
     }
 

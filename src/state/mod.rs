@@ -33,6 +33,7 @@ mod passes;
 mod pickup;
 pub mod records;
 mod schema;
+mod selectors;
 mod snapshot;
 mod tags;
 

@@ -14,6 +14,7 @@ mod incidents;
 mod naive;
 mod reconcile;
 mod scale;
+mod selectors;
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,9 @@ fn benches() -> Vec<Bench> {
             scale::desired_parse_cpu().boxed()
         }),
         b("pure_plan_cpu", 60, || scale::pure_plan_cpu().boxed()),
+        b("selectors_nested_group_100k", 300, || {
+            selectors::nested_group_100k().boxed()
+        }),
         b("daemon_backlog_latency_rss", 420, || {
             incidents::daemon_backlog_latency_rss().boxed()
         }),

@@ -64,7 +64,7 @@ fn broken_cases() -> Vec<(&'static str, Expect)> {
         (
             "unknown-top-level-key.toml",
             expect![
-                "broken/unknown-top-level-key.toml:1:1: error: unknown top-level key `user` (did you mean `users`?); allowed keys: users, devices, allow_empty"
+                "broken/unknown-top-level-key.toml:1:1: error: unknown top-level key `user` (did you mean `users`?); allowed keys: users, devices, exclude_users, exclude_devices, allow_empty"
             ],
         ),
         (
@@ -212,6 +212,42 @@ fn broken_cases() -> Vec<(&'static str, Expect)> {
             ],
         ),
         (
+            "selector-unknown-key.toml",
+            expect![
+                "broken/selector-unknown-key.toml:2:53: error: unknown key `nte` in a user selector (did you mean `note`?); allowed keys: group, where, note, include_disabled"
+            ],
+        ),
+        (
+            "selector-group-not-guid.toml",
+            expect![[
+                r#"broken/selector-group-not-guid.toml:2:13: error: `group` must be the object id of an Entra group, a GUID like 5e2c6a0d-8f3b-4c1e-9a7d-2b6f0e4c8a13, found "Berlin-Staff"; group names are not unique, so a selector names its group by id (Entra admin center › Groups › Object ID)"#
+            ]],
+        ),
+        (
+            "selector-empty-where.toml",
+            expect![[
+                r#"broken/selector-empty-where.toml:3:13: error: `where` is empty: it would select every device; name at least one condition, like { name_prefix = "srv-ber-", os = ["WindowsServer2022"] }"#
+            ]],
+        ),
+        (
+            "selector-unknown-where-key.toml",
+            expect![
+                "broken/selector-unknown-where-key.toml:2:15: error: unknown `where` key `departmnt` for users (did you mean `department`?); allowed keys: department, country, company_name, job_title, office_location, usage_location, employee_type"
+            ],
+        ),
+        (
+            "excluded-and-listed.toml",
+            expect![
+                "broken/excluded-and-listed.toml:5:18: error: user ceo@contoso.com is both listed in `users` at broken/excluded-and-listed.toml:2:3 and excluded in `exclude_users` here; remove one of the two (an exclusion only takes identities out of what selectors yield)"
+            ],
+        ),
+        (
+            "selector-in-exclusion.toml",
+            expect![
+                "broken/selector-in-exclusion.toml:2:18: error: `exclude_users` takes single users only, not a selector; exclude the identities one by one"
+            ],
+        ),
+        (
             "comments-only.toml",
             expect![
                 "broken/comments-only.toml:1:1: error: the desired state lists no users and no devices; an empty desired state is refused so that a broken file never removes everyone from scope: add `allow_empty = true` if removing everyone is really meant"
@@ -280,7 +316,7 @@ fn validate_text_output_for_broken_files() {
         ],
         expect![[r#"
             tests/data/desired/broken/syntax-unclosed-string.toml:2:22: error: invalid TOML: invalid basic string, expected `"`; fix the syntax here (nothing else in this file was checked)
-            tests/data/desired/broken/unknown-top-level-key.toml:1:1: error: unknown top-level key `user` (did you mean `users`?); allowed keys: users, devices, allow_empty
+            tests/data/desired/broken/unknown-top-level-key.toml:1:1: error: unknown top-level key `user` (did you mean `users`?); allowed keys: users, devices, exclude_users, exclude_devices, allow_empty
             tests/data/desired/broken/duplicate-user.toml:4:3: error: duplicate user alice@contoso.com: already listed at tests/data/desired/broken/duplicate-user.toml:2:3; remove one of the two entries
             3 errors, 0 warnings in 3 files
         "#]],
@@ -548,6 +584,66 @@ fn an_entry_less_file_of_a_directory_is_refused_unless_it_allows_empty() {
     assert!(!outcome.is_valid());
     let outcome = desired::parse_files(&[allowed], today(), Mode::Strict);
     assert!(outcome.is_valid(), "{:?}", outcome.diagnostics);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selectors.
+
+/// The selector forms of the README, parsed into sources; `expires` is refused on a selector
+/// and a condition list is order-independent (the same selector twice is a duplicate).
+#[test]
+fn selectors_parse_into_sources_and_duplicates_are_found_whatever_the_order() {
+    let text = r#"
+users = [
+  "alice@contoso.com",
+  { group = "5E2C6A0D-8F3B-4C1E-9A7D-2B6F0E4C8A13", note = "Berlin-Staff" },
+  { where = { department = "Finance", country = "DE" } },
+  { group = "7d0f3b52-6a1e-4c9d-8b2f-1e5a7c3d9f04", include_disabled = true },
+]
+devices = [
+  { where = { name_prefix = "srv-ber-", os = ["WindowsServer2019", "WindowsServer2022"] } },
+  { where = { tag = "Berlin" } },
+  { group = "9a1f2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b", note = "Entra device group" },
+]
+exclude_users = ["ceo@contoso.com"]
+exclude_devices = ["ws-ber-0099.contoso.local"]
+"#;
+    let loaded = desired::parse_str(Path::new("s.toml"), text, today(), Mode::Strict).unwrap();
+    let keys: Vec<String> = loaded.state.selectors.iter().map(|s| s.key()).collect();
+    expect![[r#"
+        [
+            "users: group 5e2c6a0d-8f3b-4c1e-9a7d-2b6f0e4c8a13",
+            "users: where country = DE, department = Finance",
+            "users: group 7d0f3b52-6a1e-4c9d-8b2f-1e5a7c3d9f04 +disabled",
+            "devices: where name_prefix = srv-ber-, os in (WindowsServer2019, WindowsServer2022)",
+            "devices: where tag = Berlin",
+            "devices: group 9a1f2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        ]
+    "#]]
+    .assert_debug_eq(&keys);
+    assert_eq!(loaded.state.users.len(), 1);
+    assert_eq!(loaded.state.exclude_users.len(), 1);
+    assert_eq!(loaded.state.exclude_devices.len(), 1);
+    assert_eq!(
+        loaded.state.selectors[0].note.as_deref(),
+        Some("Berlin-Staff")
+    );
+
+    // Selectors alone are not an empty state.
+    let only = "users = [{ where = { department = \"Finance\" } }]";
+    assert!(desired::parse_str(Path::new("o.toml"), only, today(), Mode::Strict).is_ok());
+
+    let twice = "users = [\n  { where = { department = \"Finance\", country = \"DE\" } },\n  \
+                 { where = { country = \"DE\", department = \"Finance\" } },\n]\n\
+                 devices = [{ group = \"9a1f2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b\", expires = 2027-01-01 }]";
+    let err = desired::parse_str(Path::new("t.toml"), twice, today(), Mode::Strict).unwrap_err();
+    let rendered: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+    expect![[r#"
+        [
+            "t.toml:3:3: error: duplicate selector users: where country = DE, department = Finance: already listed at t.toml:2:3; remove one of the two entries",
+            "t.toml:5:62: error: unknown key `expires` in a device selector; `expires` is for single entries: a selector stays until it is removed; allowed keys: group, where, note",
+        ]
+    "#]].assert_debug_eq(&rendered);
 }
 
 // ---------------------------------------------------------------------------------------------

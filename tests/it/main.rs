@@ -36,6 +36,7 @@ mod readonly_state;
 mod reconcile;
 mod redirects;
 mod secret_files;
+mod selectors;
 mod shell;
 mod sim;
 mod slowloris;

@@ -34,6 +34,9 @@ pub enum ObjKind {
     User,
     Group,
     Device,
+    /// An organisational contact: a member of a group that is not a user.
+    Contact,
+    ServicePrincipal,
 }
 
 impl ObjKind {
@@ -42,6 +45,8 @@ impl ObjKind {
             ObjKind::User => "#microsoft.graph.user",
             ObjKind::Group => "#microsoft.graph.group",
             ObjKind::Device => "#microsoft.graph.device",
+            ObjKind::Contact => "#microsoft.graph.orgContact",
+            ObjKind::ServicePrincipal => "#microsoft.graph.servicePrincipal",
         }
     }
 }
@@ -56,9 +61,58 @@ pub struct Directory {
     pub group_by_id: HashMap<Uuid, u32>,
     pub devices: Vec<EntraDevice>,
     pub device_by_id: HashMap<Uuid, u32>,
+    /// Attributes of users that have any (department, country, …; see [`UserAttrs`]).
+    pub user_attrs: HashMap<Uuid, UserAttrs>,
+    /// Contacts and service principals: group members that are neither users nor devices.
+    pub others: HashMap<Uuid, ObjKind>,
     pub delta_seq: u64,
     /// Delta links issued at or before this sequence are refused with `delta_refusal`.
     pub delta_refused_upto: Option<(u64, DeltaRefusal)>,
+}
+
+/// A user's attributes that attribute selectors filter on, and whether the account is enabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserAttrs {
+    pub department: Option<String>,
+    pub country: Option<String>,
+    pub company_name: Option<String>,
+    pub job_title: Option<String>,
+    pub office_location: Option<String>,
+    pub usage_location: Option<String>,
+    pub employee_type: Option<String>,
+    pub disabled: bool,
+}
+
+impl UserAttrs {
+    /// The value of Graph user property `property` (case-insensitive), `None` when unset or
+    /// not an attribute the simulator keeps.
+    pub fn get(&self, property: &str) -> Option<&str> {
+        let v = match property.to_ascii_lowercase().as_str() {
+            "department" => &self.department,
+            "country" => &self.country,
+            "companyname" => &self.company_name,
+            "jobtitle" => &self.job_title,
+            "officelocation" => &self.office_location,
+            "usagelocation" => &self.usage_location,
+            "employeetype" => &self.employee_type,
+            _ => return None,
+        };
+        v.as_deref()
+    }
+
+    /// Whether the simulator knows `property` as a user attribute.
+    pub fn known(property: &str) -> bool {
+        matches!(
+            property.to_ascii_lowercase().as_str(),
+            "department"
+                | "country"
+                | "companyname"
+                | "jobtitle"
+                | "officelocation"
+                | "usagelocation"
+                | "employeetype"
+        )
+    }
 }
 
 /// How the simulator refuses an expired delta link.
@@ -142,8 +196,62 @@ impl Directory {
         } else if self.device_by_id.contains_key(id) {
             Some(ObjKind::Device)
         } else {
-            None
+            self.others.get(id).copied()
         }
+    }
+
+    /// Deletes a group: it no longer reads, and it leaves every group it was nested in.
+    pub fn delete_group(&mut self, id: &Uuid) -> bool {
+        let Some(i) = self.group_by_id.remove(id) else {
+            return false;
+        };
+        let gids: Vec<Uuid> = self.groups.iter().map(|g| g.id).collect();
+        for g in gids {
+            self.remove_member(&g, id);
+        }
+        // The slot stays (indexes of the other groups must not move); only the id is gone.
+        self.groups[i as usize].members.clear();
+        true
+    }
+
+    /// Renames a user (a new UPN for the same object id).
+    pub fn rename_user(&mut self, id: &Uuid, upn: &str) -> bool {
+        let Some(&i) = self.user_by_id.get(id) else {
+            return false;
+        };
+        let Some(u) = self.users[i as usize].as_mut() else {
+            return false;
+        };
+        self.user_by_upn.remove(u.upn.to_lowercase().as_str());
+        u.upn = upn.into();
+        self.user_by_upn.insert(upn.to_lowercase().into(), i);
+        true
+    }
+
+    /// Every object reachable from `group` through nested groups, each once, nested groups
+    /// included, in breadth-first order (a cycle of groups ends where it meets itself);
+    /// `None` when the group does not exist.
+    pub fn transitive_members(&self, group: &Uuid) -> Option<Vec<(Uuid, ObjKind)>> {
+        self.group(group)?;
+        let mut seen = std::collections::HashSet::from([*group]);
+        let mut queue = std::collections::VecDeque::from([*group]);
+        let mut out = Vec::new();
+        while let Some(g) = queue.pop_front() {
+            let Some(g) = self.group(&g) else { continue };
+            for m in &g.members {
+                let Some(kind) = self.kind_of(m) else {
+                    continue;
+                };
+                if !seen.insert(*m) {
+                    continue;
+                }
+                out.push((*m, kind));
+                if kind == ObjKind::Group {
+                    queue.push_back(*m);
+                }
+            }
+        }
+        Some(out)
     }
 
     /// Adds a member; false when it already was one.

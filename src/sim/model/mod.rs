@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use directory::{DeltaRefusal, Directory, EntraDevice, Group, ObjKind, User};
+pub use directory::{DeltaRefusal, Directory, EntraDevice, Group, ObjKind, User, UserAttrs};
 pub use figures::{IssuedToken, Stats, Violation, WRITE_LOG_CAP, WriteRecord};
 pub use incidents::{
     Account, Alert, Comment, Evidence, EvidenceKind, Incident, IncidentChange, Incidents,

@@ -7,6 +7,7 @@ mod batch;
 mod delta;
 mod groups;
 mod incidents;
+mod selectors;
 mod shared;
 mod users;
 
@@ -56,6 +57,7 @@ pub enum Route {
     Delta,
     PatchGroup(String),
     ListMembers(String, Option<String>),
+    TransitiveMembers(String),
     AddRef(String),
     RemoveRef(String, String),
     DeleteMember(String, String),
@@ -86,6 +88,9 @@ impl Route {
             ("GET", ["groups", id]) => Route::GetGroup(id.to_string()),
             ("PATCH", ["groups", id]) => Route::PatchGroup(id.to_string()),
             ("GET", ["groups", id, "members"]) => Route::ListMembers(id.to_string(), None),
+            ("GET", ["groups", id, "transitiveMembers"]) => {
+                Route::TransitiveMembers(id.to_string())
+            }
             ("GET", ["groups", id, "members", cast]) if cast.starts_with("microsoft.graph.") => {
                 Route::ListMembers(id.to_string(), Some(cast.to_string()))
             }
@@ -116,6 +121,7 @@ impl Route {
             Route::Delta => "GET /v1.0/groups/delta",
             Route::PatchGroup(_) => "PATCH /v1.0/groups/{id}",
             Route::ListMembers(..) => "GET /v1.0/groups/{id}/members",
+            Route::TransitiveMembers(_) => "GET /v1.0/groups/{id}/transitiveMembers",
             Route::AddRef(_) => "POST /v1.0/groups/{id}/members/$ref",
             Route::RemoveRef(..) => "DELETE /v1.0/groups/{id}/members/{id}/$ref",
             Route::DeleteMember(..) => "DELETE /v1.0/groups/{id}/members/{id}",
@@ -142,7 +148,10 @@ impl Route {
     /// Any one of these application roles allows the call.
     pub fn roles(&self) -> &'static [&'static str] {
         match self {
-            Route::GetGroup(_) | Route::Delta | Route::ListMembers(..) => MEMBER_READ,
+            Route::GetGroup(_)
+            | Route::Delta
+            | Route::ListMembers(..)
+            | Route::TransitiveMembers(_) => MEMBER_READ,
             Route::PatchGroup(_)
             | Route::AddRef(_)
             | Route::RemoveRef(..)
@@ -177,6 +186,11 @@ impl Route {
                 }
                 Cost { ru, write: false }
             }
+            // Five resource units, one off with `$select`.
+            Route::TransitiveMembers(_) => Cost {
+                ru: if req.q("$select").is_some() { 4 } else { 5 },
+                write: false,
+            },
             Route::ListUsers | Route::GetUser(_) => Cost {
                 ru: 2,
                 write: false,
@@ -200,6 +214,7 @@ pub fn handle(t: &mut Tenant, route: &Route, req: &ApiReq) -> Reply {
         Route::Delta => delta::delta(t, req),
         Route::PatchGroup(id) => groups::patch_group(t, id, req),
         Route::ListMembers(id, cast) => groups::list_members(t, id, cast.as_deref(), req),
+        Route::TransitiveMembers(id) => selectors::transitive_members(t, id, req),
         Route::AddRef(id) => groups::add_ref(t, id, req),
         Route::RemoveRef(id, mid) => groups::remove_ref(t, id, mid),
         Route::DeleteMember(id, mid) => groups::delete_member(t, id, mid),

@@ -64,7 +64,8 @@ pub(super) fn object_json(t: &Tenant, id: &Uuid, kind: ObjKind) -> Value {
         ObjKind::User => match t.directory.user(id) {
             Some(u) => json!({"@odata.type": kind.odata_type(), "id": u.id.to_string(),
                 "displayName": &*u.display_name, "userPrincipalName": &*u.upn,
-                "mail": &*u.upn, "accountEnabled": true}),
+                "mail": &*u.upn,
+                "accountEnabled": !t.directory.user_attrs.get(id).is_some_and(|a| a.disabled)}),
             None => json!({"@odata.type": kind.odata_type(), "id": id.to_string()}),
         },
         ObjKind::Group => {
@@ -83,7 +84,29 @@ pub(super) fn object_json(t: &Tenant, id: &Uuid, kind: ObjKind) -> Value {
                 "displayName": d.map(|d| d.display_name.clone()),
                 "operatingSystem": "Windows"})
         }
+        ObjKind::Contact | ObjKind::ServicePrincipal => {
+            json!({"@odata.type": kind.odata_type(), "id": id.to_string(), "displayName": null})
+        }
     }
+}
+
+/// A user as `/users` lists it, with the attributes the simulator keeps.
+pub(super) fn user_json(t: &Tenant, i: u32) -> Option<Value> {
+    let u = t.directory.users[i as usize].as_ref()?;
+    let attrs = t
+        .directory
+        .user_attrs
+        .get(&u.id)
+        .cloned()
+        .unwrap_or_default();
+    Some(
+        json!({"id": u.id.to_string(), "displayName": &*u.display_name,
+        "userPrincipalName": &*u.upn, "mail": &*u.upn, "accountEnabled": !attrs.disabled,
+        "businessPhones": [], "jobTitle": attrs.job_title, "department": attrs.department,
+        "country": attrs.country, "companyName": attrs.company_name,
+        "officeLocation": attrs.office_location, "usageLocation": attrs.usage_location,
+        "employeeType": attrs.employee_type}),
+    )
 }
 
 /// `prop eq 'v'`, `prop in ('a','b')`, optionally several joined by `or`.

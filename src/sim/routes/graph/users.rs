@@ -3,18 +3,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::shared::{context, next_link, not_found, object_json, parse_guid, parse_in_filter};
+use super::shared::{
+    context, next_link, not_found, object_json, parse_guid, parse_in_filter, user_json,
+};
 use crate::sim::model::{ObjKind, Tenant};
 use crate::sim::routes::{self, ApiReq, Reply, graph_error, select};
-
-fn user_json(t: &Tenant, i: u32) -> Option<Value> {
-    let u = t.directory.users[i as usize].as_ref()?;
-    Some(
-        json!({"id": u.id.to_string(), "displayName": &*u.display_name,
-        "userPrincipalName": &*u.upn, "mail": &*u.upn, "accountEnabled": true,
-        "businessPhones": [], "jobTitle": null}),
-    )
-}
 
 pub(super) fn get_user(t: &Tenant, key: &str, req: &ApiReq) -> Reply {
     // The plain form of a UPN that starts with `$` is read as a system query option.
@@ -47,6 +40,9 @@ pub(super) fn list_users(t: &Tenant, req: &ApiReq) -> Reply {
     let mut body = Map::new();
     body.insert("@odata.context".into(), context(req, "users").into());
     let listed = match req.q("$filter") {
+        Some(filter) if super::selectors::is_attribute_filter(filter) => {
+            super::selectors::users_by_attributes(t, req, filter, &sel, &mut body)
+        }
         Some(filter) => users_by_filter(t, filter, &sel),
         None => users_page(t, req, &sel, &mut body),
     };

@@ -1,0 +1,286 @@
+//! Turning what each selector's source answered into desired users: exclusions, disabled
+//! accounts, non-user objects, and the safety rules for a source that could not be read or
+//! yielded nothing. Pure: the reads and the last expansions are parameters.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::desired::{DesiredState, DeviceKey, Selector, Subject, UserKey};
+use crate::model::{MachineId, UserId};
+use crate::scope::{DesiredDeviceRef, DesiredUserRef};
+
+/// One identity a source yielded: a user (object id, UPN) or a device (MDE machine id, DNS
+/// name, Entra device id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    /// The UPN of a user, the DNS name of a machine.
+    pub name: Option<String>,
+    /// The Entra device id of a machine.
+    pub aad: Option<String>,
+    pub enabled: bool,
+}
+
+/// What reading one selector's source gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The source answered. `origin` says why its identities are in scope ("via group
+    /// Berlin-Staff"), `other_types` counts the tree's objects of another type (groups,
+    /// contacts, service principals, devices or users).
+    Answered {
+        origin: String,
+        found: Vec<Found>,
+        other_types: usize,
+        /// Devices of an Entra device group that have no MDE machine.
+        no_machine: usize,
+    },
+    /// The source could not be read: deleted, forbidden, a filter the service rejected.
+    Unreadable { why: String },
+    /// This version does not expand the selector (device selectors).
+    NotExpanded,
+}
+
+/// How one selector fared in this pass, for `plan`, the logs and the alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The selector's stable key (`users: group …`).
+    pub selector: String,
+    /// Where it is written (`file:line:col`).
+    pub at: String,
+    /// Users or devices it puts in scope this pass (after exclusions; kept ones included).
+    pub identities: usize,
+    /// Objects of the tree of another type (groups, contacts, service principals, and devices for a user selector or users for a device selector), skipped.
+    pub skipped_other_types: usize,
+    /// Disabled accounts skipped (the entry does not say `include_disabled = true`).
+    pub skipped_disabled: usize,
+    /// Identities left out by `exclude_users` / `exclude_devices`.
+    pub excluded: usize,
+    /// Entra devices of the group without an MDE machine (cannot be tagged; unresolved).
+    pub no_machine: usize,
+    pub status: Status,
+}
+
+/// Whether a selector's users are what its source says now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    Expanded,
+    /// The source could not be read: the users of its last good expansion are kept.
+    Unresolved {
+        why: String,
+        kept: usize,
+    },
+    /// The source yielded no user: the last good expansion is kept, never "remove all".
+    Empty {
+        kept: usize,
+    },
+    /// Not expanded by this version: every removal is held while it is in the desired state.
+    NotExpanded,
+}
+
+impl Finding {
+    /// A warning for people, or none when the selector expanded normally.
+    pub fn warning(&self) -> Option<String> {
+        let users = self.noun();
+        let what = match &self.status {
+            Status::Expanded => return None,
+            Status::Unresolved { why, kept } => format!(
+                "could not be read ({why}); keeping the {kept} {users} it yielded last time, \
+                 nothing removed because of it; fix the selector or restore its source"
+            ),
+            Status::Empty { kept } => format!(
+                "yielded no {users}; keeping the {kept} {users} it yielded last time, nothing \
+                 removed because of it; if the source is meant to be empty, remove the selector"
+            ),
+            Status::NotExpanded => "is not expanded by this version of dexscope; every removal \
+                                    is held while it is in the desired state"
+                .to_string(),
+        };
+        Some(format!("selector {} at {} {what}", self.selector, self.at))
+    }
+}
+
+impl Finding {
+    /// `users` or `devices`, from the selector's key.
+    fn noun(&self) -> &'static str {
+        if self.selector.starts_with("devices") {
+            "devices"
+        } else {
+            "users"
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(w) = self.warning() {
+            return f.write_str(&w);
+        }
+        write!(
+            f,
+            "selector {}: {} {} ({} of other types skipped, {} disabled skipped, {} excluded, \
+             {} without an MDE machine)",
+            self.selector,
+            self.identities,
+            self.noun(),
+            self.skipped_other_types,
+            self.skipped_disabled,
+            self.excluded,
+            self.no_machine
+        )
+    }
+}
+
+/// The users every selector puts in scope, labelled with their origin, and what to store as
+/// each selector's last good expansion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expansion {
+    pub users: Vec<DesiredUserRef>,
+    pub devices: Vec<DesiredDeviceRef>,
+    pub findings: Vec<Finding>,
+    /// (selector key, yielded (id, label)) for each selector read well this pass.
+    pub store: Vec<(String, Vec<(String, String)>)>,
+    /// Some selector is not expanded: what it would keep is unknown.
+    pub hold_removals: bool,
+}
+
+fn user_key(k: &UserKey) -> &str {
+    match k {
+        UserKey::Id(id) => id.as_str(),
+        UserKey::Upn(upn) => upn.as_str(),
+    }
+}
+
+fn device_key(k: &DeviceKey) -> &str {
+    match k {
+        DeviceKey::Name(n) => n.as_str(),
+        DeviceKey::Machine(m) => m.as_str(),
+        DeviceKey::AadDevice(a) => a.as_str(),
+    }
+}
+
+/// The identities a source answered with, as (id, label): disabled accounts skipped unless
+/// the selector includes them.
+fn labelled(
+    found: Vec<Found>,
+    selector: &Selector,
+    origin: &str,
+    finding: &mut Finding,
+) -> Vec<(String, String)> {
+    let mut now = Vec::new();
+    for u in found {
+        if !u.enabled && !selector.include_disabled {
+            finding.skipped_disabled += 1;
+            continue;
+        }
+        let name = u.name.unwrap_or_else(|| u.id.clone()).to_lowercase();
+        // The label leads with the name, then the Entra device id if any: what exclusions
+        // match on.
+        let aad = u
+            .aad
+            .map(|a| format!(" {}", a.to_lowercase()))
+            .unwrap_or_default();
+        now.push((u.id.to_lowercase(), format!("{name}{aad} ({origin})")));
+    }
+    now
+}
+
+/// Combines the reads (one per selector of `desired`, same order) with each selector's last
+/// good expansion (`last`, by key). Users listed explicitly are not repeated.
+pub fn combine(
+    desired: &DesiredState,
+    reads: Vec<(&Selector, Read)>,
+    last: &HashMap<String, Vec<(String, String)>>,
+) -> Expansion {
+    // Ids, names and Entra device ids (all lower-case) excluded, and listed as single entries.
+    let mut excluded: HashSet<&str> = HashSet::new();
+    for e in &desired.exclude_users {
+        excluded.insert(user_key(&e.key));
+    }
+    for e in &desired.exclude_devices {
+        excluded.insert(device_key(&e.key));
+    }
+    let mut explicit: HashSet<&str> = desired.users.iter().map(|e| user_key(&e.key)).collect();
+    explicit.extend(desired.devices.iter().map(|e| device_key(&e.key)));
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Expansion::default();
+    for (selector, read) in reads {
+        let key = selector.key();
+        let mut finding = Finding {
+            selector: key.clone(),
+            at: selector.at.to_string(),
+            identities: 0,
+            skipped_other_types: 0,
+            skipped_disabled: 0,
+            excluded: 0,
+            no_machine: 0,
+            status: Status::Expanded,
+        };
+        let yielded: Vec<(String, String)> = match read {
+            Read::NotExpanded => {
+                finding.status = Status::NotExpanded;
+                out.hold_removals = true;
+                out.findings.push(finding);
+                continue;
+            }
+            Read::Unreadable { why } => {
+                // Never read well before: what it would keep in scope is unknown.
+                out.hold_removals |= !last.contains_key(&key);
+                let kept = last.get(&key).cloned().unwrap_or_default();
+                finding.status = Status::Unresolved {
+                    why,
+                    kept: kept.len(),
+                };
+                kept
+            }
+            Read::Answered {
+                origin,
+                found,
+                other_types,
+                no_machine,
+            } => {
+                finding.skipped_other_types = other_types;
+                finding.no_machine = no_machine;
+                let now = labelled(found, selector, &origin, &mut finding);
+                if now.is_empty() {
+                    let kept = last.get(&key).cloned().unwrap_or_default();
+                    finding.status = Status::Empty { kept: kept.len() };
+                    kept
+                } else {
+                    out.store.push((key, now.clone()));
+                    now
+                }
+            }
+        };
+        for (id, label) in yielded {
+            // The label's words before the origin: the name, and a device's Entra id.
+            let names: Vec<&str> = label.split(" (").next().unwrap_or("").split(' ').collect();
+            if excluded.contains(id.as_str()) || names.iter().any(|n| excluded.contains(n)) {
+                finding.excluded += 1;
+                continue;
+            }
+            finding.identities += 1;
+            let listed =
+                explicit.contains(id.as_str()) || names.iter().any(|n| explicit.contains(n));
+            if listed || !seen.insert(id.clone()) {
+                continue;
+            }
+            match selector.subject {
+                Subject::Users => {
+                    if let Ok(id) = UserId::parse(&id) {
+                        out.users.push(DesiredUserRef { id, label });
+                    }
+                }
+                Subject::Devices => {
+                    if let Ok(id) = MachineId::parse(&id) {
+                        out.devices.push(DesiredDeviceRef { id, label });
+                    }
+                }
+            }
+        }
+        out.findings.push(finding);
+    }
+    out
+}

@@ -1,0 +1,274 @@
+//! Selectors expanded against the tenant: `{ group = … }` users are the group's transitive
+//! user members (one paged `transitiveMembers` read), `{ where = … }` users are one paged
+//! `$filter` read. `{ group = … }` devices are the group's transitive Entra devices joined to
+//! MDE machines by Entra device id (`aadDeviceId`); `{ where = … }` devices are read from the
+//! machine list with the service's `$filter` for `tag` or `os` and checked locally for every
+//! condition. What they yield joins the desired users and devices of the reconcile pass, so
+//! adds, removals and the removal guard treat them like single entries; [`expand`] decides the
+//! safety rules (pure).
+//!
+//! `health_status` and `onboarding_status` are validated but not expanded: the machine list
+//! as read carries neither, so such a selector holds every removal while it is listed.
+
+pub mod expand;
+
+use std::collections::HashMap;
+
+use crate::defender::DefenderClient;
+use crate::desired::{Condition, DesiredState, Selector, SelectorSource, Subject};
+use crate::graph::{GraphClient, TreeMember};
+use crate::model::Machine;
+use crate::state::State;
+
+pub use expand::{Expansion, Finding, Found, Read, Status};
+
+/// The two API clients a selector reads through.
+#[derive(Clone, Copy)]
+pub struct Clients<'a> {
+    pub graph: &'a GraphClient,
+    pub defender: &'a DefenderClient,
+}
+
+/// Reads every selector of `desired` and combines the answers with each selector's last good
+/// expansion from `state`. With `store`, the expansions read well this pass are written back
+/// (the `plan` command reads only). Never fails: a source that cannot be read is a finding.
+pub async fn expand_selectors(
+    clients: Clients<'_>,
+    state: Option<&State>,
+    store: bool,
+    desired: &DesiredState,
+) -> Expansion {
+    let mut reads = Vec::with_capacity(desired.selectors.len());
+    let mut last = HashMap::new();
+    let mut machines = None;
+    for selector in &desired.selectors {
+        let key = selector.key();
+        if let Some(state) = state {
+            match state.selector_expansion(&key) {
+                Ok(Some(yielded)) => {
+                    last.insert(key, yielded);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, selector = %key,
+                    "reading the selector's last expansion failed; it is taken as never read"),
+            }
+        }
+        let read = match selector.subject {
+            Subject::Users => read_users(clients.graph, selector).await,
+            Subject::Devices => read_devices(clients, selector, &mut machines).await,
+        };
+        reads.push((selector, read));
+    }
+    let expansion = expand::combine(desired, reads, &last);
+    for f in &expansion.findings {
+        match f.warning() {
+            Some(w) => tracing::warn!(alert = "selector_unresolved", "{w}"),
+            None => tracing::info!(selector = %f.selector, identities = f.identities,
+                skipped_other_types = f.skipped_other_types, skipped_disabled = f.skipped_disabled,
+                excluded = f.excluded, no_machine = f.no_machine, "selector expanded"),
+        }
+    }
+    if store && let Some(state) = state {
+        for (key, yielded) in &expansion.store {
+            if let Err(e) = state.set_selector_expansion(key, yielded) {
+                tracing::warn!(error = %e, selector = %key,
+                    "storing the selector's expansion failed; the last stored one stays");
+            }
+        }
+    }
+    expansion
+}
+
+/// What one user selector's source answers now.
+async fn read_users(graph: &GraphClient, selector: &Selector) -> Read {
+    match &selector.source {
+        SelectorSource::Group(group) => {
+            let members = match graph.transitive_members(group).await {
+                Ok(m) => m,
+                Err(e) => return Read::Unreadable { why: e.to_string() },
+            };
+            let mut found = Vec::new();
+            let mut other_types = 0;
+            for m in members {
+                match m {
+                    TreeMember::User { id, upn, enabled } => found.push(Found {
+                        id: id.to_string(),
+                        name: upn.map(|u| u.to_string()),
+                        aad: None,
+                        enabled,
+                    }),
+                    _ => other_types += 1,
+                }
+            }
+            Read::Answered {
+                origin: format!("via group {}", group_name(graph, group).await),
+                found,
+                other_types,
+                no_machine: 0,
+            }
+        }
+        SelectorSource::Where(conditions) => {
+            let props: Vec<(&str, &[String])> = conditions
+                .iter()
+                .filter_map(|c| Some((property(Subject::Users, c)?, c.values.as_slice())))
+                .collect();
+            match graph.users_matching(&props).await {
+                Ok(rows) => Read::Answered {
+                    origin: format!("via {}", selector.source),
+                    found: rows
+                        .into_iter()
+                        .map(|r| Found {
+                            id: r.id.to_string(),
+                            name: r.upn.map(|u| u.to_string()),
+                            aad: None,
+                            enabled: r.enabled,
+                        })
+                        .collect(),
+                    other_types: 0,
+                    no_machine: 0,
+                },
+                Err(e) => Read::Unreadable { why: e.to_string() },
+            }
+        }
+    }
+}
+
+/// What one device selector's source answers now. `machines` is the whole machine list, read
+/// at most once per pass and only for a device group.
+async fn read_devices(
+    clients: Clients<'_>,
+    selector: &Selector,
+    machines: &mut Option<Vec<Machine>>,
+) -> Read {
+    match &selector.source {
+        SelectorSource::Group(group) => {
+            let members = match clients.graph.transitive_members(group).await {
+                Ok(m) => m,
+                Err(e) => return Read::Unreadable { why: e.to_string() },
+            };
+            if machines.is_none() {
+                match clients.defender.all_machines().await {
+                    Ok(all) => *machines = Some(all),
+                    Err(e) => return Read::Unreadable { why: e.to_string() },
+                }
+            }
+            let all = machines.as_deref().unwrap_or_default();
+            let by_aad: HashMap<&str, &Machine> = all
+                .iter()
+                .filter_map(|m| Some((m.aad_device_id.as_ref()?.as_str(), m)))
+                .collect();
+            let (mut found, mut other_types, mut no_machine) = (Vec::new(), 0, 0);
+            for m in members {
+                let TreeMember::Device { device_id, .. } = m else {
+                    other_types += 1;
+                    continue;
+                };
+                // A device that is not Entra-joined in MDE (null aadDeviceId) cannot be matched.
+                match device_id.as_ref().and_then(|d| by_aad.get(d.as_str())) {
+                    Some(machine) => found.push(machine_found(machine)),
+                    None => no_machine += 1,
+                }
+            }
+            Read::Answered {
+                origin: format!(
+                    "via device group {}",
+                    group_name(clients.graph, group).await
+                ),
+                found,
+                other_types,
+                no_machine,
+            }
+        }
+        SelectorSource::Where(conditions) => {
+            if conditions
+                .iter()
+                .any(|c| matches!(c.key, "health_status" | "onboarding_status"))
+            {
+                return Read::NotExpanded;
+            }
+            let listed = match service_filter(conditions) {
+                Some(filter) => clients.defender.machines(Some(&filter)).await,
+                None => clients.defender.all_machines().await,
+            };
+            match listed {
+                Ok(list) => Read::Answered {
+                    origin: format!("via {}", selector.source),
+                    found: list
+                        .iter()
+                        .filter(|m| conditions.iter().all(|c| machine_matches(m, c)))
+                        .map(machine_found)
+                        .collect(),
+                    other_types: 0,
+                    no_machine: 0,
+                },
+                Err(e) => Read::Unreadable { why: e.to_string() },
+            }
+        }
+    }
+}
+
+/// The part of a device `where` the machine list's `$filter` serves: one key's values joined
+/// by `or` (MDE documents `machineTags/any(tag: tag eq 'X')` and `osPlatform eq 'X'`); the
+/// rest is checked locally on what it returns.
+pub fn service_filter(conditions: &[Condition]) -> Option<String> {
+    let quoted = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let tag = conditions.iter().find(|c| c.key == "tag").map(|c| {
+        c.values
+            .iter()
+            .map(|v| crate::defender::tag_filter(v))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    });
+    tag.or_else(|| {
+        conditions.iter().find(|c| c.key == "os").map(|c| {
+            c.values
+                .iter()
+                .map(|v| format!("osPlatform eq {}", quoted(v)))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        })
+    })
+}
+
+/// Whether `machine` meets one device condition (case-insensitive, as MDE compares).
+pub fn machine_matches(machine: &Machine, c: &Condition) -> bool {
+    let any = |have: &str| c.values.iter().any(|v| v.eq_ignore_ascii_case(have));
+    match c.key {
+        "tag" => machine.tags.iter().any(|t| any(t)),
+        "os" => machine.os_platform.as_deref().is_some_and(any),
+        "name_prefix" => machine.dns_name.as_ref().is_some_and(|n| {
+            c.values
+                .iter()
+                .any(|p| n.as_str().starts_with(&p.to_ascii_lowercase()))
+        }),
+        _ => false,
+    }
+}
+
+fn machine_found(m: &Machine) -> Found {
+    Found {
+        id: m.id.to_string(),
+        name: m.dns_name.as_ref().map(|n| n.to_string()),
+        aad: m.aad_device_id.as_ref().map(|a| a.to_string()),
+        enabled: true,
+    }
+}
+
+/// The service's property for a `where` key.
+fn property(subject: Subject, c: &Condition) -> Option<&'static str> {
+    subject
+        .where_keys()
+        .iter()
+        .find(|(k, _)| *k == c.key)
+        .map(|(_, p)| *p)
+}
+
+/// The group's name, for people only: a group whose name cannot be read is shown by id.
+async fn group_name(graph: &GraphClient, group: &crate::model::ObjectId) -> String {
+    graph
+        .group_name(group)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| group.to_string())
+}
