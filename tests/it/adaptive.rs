@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dexscope::sim::{self, QuotaConfig, SeedSpec, SimHandle, SimOptions};
+use dexscope::sim::{self, FaultConfig, QuotaConfig, SeedSpec, SimHandle, SimOptions, Surface};
 use secrecy::ExposeSecret;
 
 const TAG: &str = "DEX-Scoped";
@@ -34,11 +34,10 @@ fn service(factor: f64) -> QuotaConfig {
     }
 }
 
-/// dexscope's `[limits]`: the same rates as `service(1.0)`. One write envelope in flight: with
-/// several, those already on their way when the first throttled answer is written arrive
-/// after it, and the simulator cannot tell them from a client that ignored it.
+/// dexscope's `[limits]`: the same rates as `service(1.0)`, with the default four write
+/// envelopes in flight.
 const LIMITS: &str = "[limits]\ngraph_directory_writes_per_150s = 12000\n\
-                      graph_directory_write_batches_in_flight = 1\n\
+                      graph_directory_write_batches_in_flight = 4\n\
                       graph_directory_reads_per_10s = 100000\n\
                       graph_security_per_minute = 2000\ndefender_per_minute = 2000\n\
                       defender_per_hour = 120000\npass_deadline = \"5m\"\n";
@@ -212,5 +211,91 @@ async fn comment_posts_converge_when_the_service_grants_a_quarter_of_the_budget(
         );
     }
     assert_polite(&sim, "comment posts");
+    sim.shutdown().await;
+}
+
+/// A bearer token for MDE from the simulator's token endpoint.
+async fn mde_token(http: &reqwest::Client, sim: &SimHandle) -> String {
+    let v: serde_json::Value = http
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            sim.base_url(),
+            sim.tenant_id()
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &sim.client_id()),
+            ("client_secret", sim.client_secret().expose_secret()),
+            ("scope", "https://api.securitycenter.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// The simulator's judge of early calls, driven by a plain client: a call sent while a
+/// throttled answer was still on its way is not early, however the answer's timing falls; a
+/// client that repeats the refused call before `Retry-After` elapsed is, and so is every call
+/// it sends to the held surface after that. Ordering comes from a slowed answer and the
+/// simulator's own throttle count, not from timing the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_excuses_calls_in_flight_and_catches_a_client_that_ignores_retry_after() {
+    let quotas = QuotaConfig {
+        mde_per_min: 1,
+        retry_after_ms: Some((30_000, 30_000)),
+        ..QuotaConfig::default()
+    };
+    let sim = sim::start(options(10, 10, 0, quotas)).await.unwrap();
+    let http = reqwest::Client::new();
+    let token = mde_token(&http, &sim).await;
+    let get = |top: u32| {
+        http.get(format!("{}/api/machines?$top={top}", sim.base_url()))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(get(1).await.unwrap().status(), 200, "the window's one call");
+    // Every MDE answer now waits 2 s before it is written.
+    sim.set_faults(FaultConfig {
+        slow_rate: 1.0,
+        slow_ms: 2_000,
+        surfaces: vec![Surface::Mde],
+        ..FaultConfig::default()
+    });
+    let a = tokio::spawn(get(2));
+    let mut polls = 0;
+    while sim.stats().throttled_total() == 0 {
+        polls += 1;
+        assert!(polls < 2_000, "the simulator throttled the second call");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Throttled, its answer not yet written: a call sent now was on its way.
+    assert!(
+        !a.is_finished(),
+        "the answer is held back by the slow fault"
+    );
+    let b = get(3).await.unwrap();
+    assert_eq!(b.status(), 429);
+    assert_eq!(sim.stats().early_retries_total(), 0, "in flight, not early");
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(a.status(), 429);
+    assert_eq!(a.headers()["retry-after"], "30.000");
+    sim.set_faults(FaultConfig::default());
+    // A client that ignores Retry-After: it repeats the refused call at once, then calls the
+    // held surface again.
+    assert_eq!(get(2).await.unwrap().status(), 429);
+    assert_eq!(sim.stats().early_retries_total(), 1, "the repeat is early");
+    assert_eq!(get(4).await.unwrap().status(), 429);
+    let s = sim.stats();
+    assert_eq!(
+        s.early_retries_total(),
+        2,
+        "a call into the held surface is early"
+    );
+    let kinds: Vec<&str> = s.violations.iter().map(|v| v.kind.as_str()).collect();
+    assert_eq!(kinds, ["early_retry", "early_retry"], "{:?}", s.violations);
     sim.shutdown().await;
 }
