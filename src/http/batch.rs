@@ -137,6 +137,9 @@ impl Client {
         // Envelopes of a surface in flight at once, fewer while the service throttles.
         let _slot = self.inner_limits().slots(items[0].surface).acquire().await;
         loop {
+            if self.items_held_past_deadline(items, &pending, (round, started), &mut outcomes) {
+                break;
+            }
             round += 1;
             let (answers, cells) = self.send_envelope(items, &pending, &url).await?;
             let left = self.record_answers(items, &pending, answers, round, &mut outcomes);
@@ -171,6 +174,40 @@ impl Client {
             .into_iter()
             .map(|o| o.expect("every item has an outcome"))
             .collect())
+    }
+
+    /// When a `Retry-After` holds the items' surface past the deadline of throttled retries,
+    /// the `pending` items end now as throttled (their last answer, or a 429 when they were
+    /// never sent) instead of waiting for a hold the pass cannot outlive. Returns true then.
+    fn items_held_past_deadline(
+        &self,
+        items: &[BatchItem],
+        pending: &[usize],
+        (round, started): (u32, Instant),
+        outcomes: &mut [Option<BatchOutcome>],
+    ) -> bool {
+        let rs = &self.settings().retry;
+        let Some(until) = self.inner_limits().held_until(items[pending[0]].surface) else {
+            return false;
+        };
+        if until <= super::throttle_deadline(started, rs) {
+            return false;
+        }
+        self.recorder().throttled_at_deadline();
+        warn!(
+            items = pending.len(),
+            attempts = round,
+            "the service holds this surface past the pass deadline; not sending these batch items"
+        );
+        for &i in pending {
+            outcomes[i].get_or_insert(BatchOutcome {
+                status: 429,
+                body: None,
+                request_id: None,
+                attempts: round,
+            });
+        }
+        true
     }
 
     /// Sends the `pending` items in one envelope; returns each answered item by its index and

@@ -350,6 +350,9 @@ impl Client {
         let mut refreshed = false;
         let mut force_refresh = false;
         loop {
+            if let Some(err) = self.held_past_deadline(req, started, attempt) {
+                return Err(err);
+            }
             attempt += 1;
             let (sent, permits) = self
                 .attempt(req, gates, std::mem::take(&mut force_refresh))
@@ -394,6 +397,24 @@ impl Client {
             };
             self.wait_or_give_up(req, gates, pause).await?;
         }
+    }
+
+    /// When a `Retry-After` holds the request's surface past the deadline of throttled
+    /// retries, waiting for it is pointless: the request ends now as throttled at the
+    /// deadline (the hold came from another request's answer, this one was never sent).
+    fn held_past_deadline(&self, req: &Request, started: Instant, attempt: u32) -> Option<Error> {
+        let rs = &self.inner.settings.retry;
+        let until = self.inner.limits.held_until(req.surface)?;
+        if until <= super::throttle_deadline(started, rs) {
+            return None;
+        }
+        self.inner.stats.throttled_at_deadline();
+        warn!(method = %req.method, path = req.url.path(), surface = %req.surface,
+              "the service holds this surface past the pass deadline; not sending");
+        Some(Error::Exhausted {
+            attempts: attempt,
+            last: Box::new(Error::held_past_deadline(req)),
+        })
     }
 
     /// One attempt: the limiter cells, a bearer token, the request on the wire. The outer error
