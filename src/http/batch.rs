@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use super::error::is_retryable_status;
+use super::limit::Permit;
 use super::retry::{Backoff, parse_retry_after};
 use super::{ApiError, Client, Error, Request, Surface, cost};
 
@@ -136,9 +137,14 @@ impl Client {
         // Envelopes of a surface in flight at once, fewer while the service throttles.
         let _slot = self.inner_limits().slots(items[0].surface).acquire().await;
         loop {
+            if self.items_held_past_deadline(items, &pending, (round, started), &mut outcomes) {
+                break;
+            }
             round += 1;
-            let answers = self.send_envelope(items, &pending, &url).await?;
+            let (answers, cells) = self.send_envelope(items, &pending, &url).await?;
             let left = self.record_answers(items, &pending, answers, round, &mut outcomes);
+            // Freed once the answers are read and any hold is set (see `execute_held`).
+            drop(cells);
             if left.still.is_empty() {
                 break;
             }
@@ -170,20 +176,54 @@ impl Client {
             .collect())
     }
 
+    /// When a `Retry-After` holds the items' surface past the deadline of throttled retries,
+    /// the `pending` items end now as throttled (their last answer, or a 429 when they were
+    /// never sent) instead of waiting for a hold the pass cannot outlive. Returns true then.
+    fn items_held_past_deadline(
+        &self,
+        items: &[BatchItem],
+        pending: &[usize],
+        (round, started): (u32, Instant),
+        outcomes: &mut [Option<BatchOutcome>],
+    ) -> bool {
+        let rs = &self.settings().retry;
+        let Some(until) = self.inner_limits().held_until(items[pending[0]].surface) else {
+            return false;
+        };
+        if until <= super::throttle_deadline(started, rs) {
+            return false;
+        }
+        self.recorder().throttled_at_deadline();
+        warn!(
+            items = pending.len(),
+            attempts = round,
+            "the service holds this surface past the pass deadline; not sending these batch items"
+        );
+        for &i in pending {
+            outcomes[i].get_or_insert(BatchOutcome {
+                status: 429,
+                body: None,
+                request_id: None,
+                attempts: round,
+            });
+        }
+        true
+    }
+
     /// Sends the `pending` items in one envelope; returns each answered item by its index and
-    /// the envelope's request id.
+    /// the envelope's request id, and the envelope's limiter cells.
     async fn send_envelope(
         &self,
         items: &[BatchItem],
         pending: &[usize],
         url: &Url,
-    ) -> Result<Answers, Error> {
+    ) -> Result<(Answers, Vec<Permit>), Error> {
         let body = envelope_body(items, pending);
         let gates = gates(items, pending);
         let surface = items[pending[0]].surface;
         let req = Request::post(surface, url.clone(), body);
         self.recorder().batch_envelope();
-        let resp = self.execute(&req, &gates, false).await?;
+        let (resp, cells) = self.execute_held(&req, &gates, false).await?;
         let env: Envelope = resp.json()?;
         let mut by_item: HashMap<usize, ItemResponse> = HashMap::new();
         for r in env.responses {
@@ -202,12 +242,13 @@ impl Client {
                 }
             }
         }
-        Ok(Answers {
+        let answers = Answers {
             by_item,
             // Items without their own request id (Graph sets none on most successful items)
             // are traced by the envelope's.
             envelope_request_id: resp.request_id,
-        })
+        };
+        Ok((answers, cells))
     }
 
     /// Records every answered item's outcome; returns the items to send again (retryable
@@ -267,6 +308,14 @@ impl Client {
                 request_id,
                 attempts: round,
             });
+        }
+        // A Retry-After holds the surfaces before refused cells leave the windows and wake
+        // other senders.
+        if let Some(ra) = left.longest_retry_after {
+            let until = Instant::now() + ra + self.settings().retry.retry_after_margin;
+            for (surface, _) in &throttled {
+                self.inner_limits().hold_until(*surface, until);
+            }
         }
         // Refused cells leave the windows and the surface slows down; accepted ones let it
         // grow back.

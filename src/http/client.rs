@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use super::error::is_retryable_status;
-use super::limit::Limits;
+use super::limit::{Limits, Permit};
 use super::retry::{Backoff, parse_retry_after};
 use super::stats::Recorder;
 use super::{ApiError, Error, Settings, Stats, Surface, cost};
@@ -329,6 +329,18 @@ impl Client {
         gates: &[(Surface, u32)],
         count: bool,
     ) -> Result<Response, Error> {
+        self.execute_held(req, gates, count).await.map(|(r, _)| r)
+    }
+
+    /// Like [`Client::execute`], but the limiter cells of the successful attempt are handed
+    /// back: a `$batch` answer may carry throttled items, and the cells must not free the
+    /// surface for other senders before the caller has read the answer and set any hold.
+    pub(super) async fn execute_held(
+        &self,
+        req: &Request,
+        gates: &[(Surface, u32)],
+        count: bool,
+    ) -> Result<(Response, Vec<Permit>), Error> {
         let rs = &self.inner.settings.retry;
         let started = Instant::now();
         let mut backoff = Backoff::new(rs);
@@ -338,16 +350,21 @@ impl Client {
         let mut refreshed = false;
         let mut force_refresh = false;
         loop {
+            if let Some(err) = self.held_past_deadline(req, started, attempt) {
+                return Err(err);
+            }
             attempt += 1;
-            let sent = self
+            let (sent, permits) = self
                 .attempt(req, gates, std::mem::take(&mut force_refresh))
                 .await?;
+            // The cells are freed only after the answer was read: a throttled answer sets the
+            // surface's hold first, so no sender waiting for these cells goes out before it.
             let outcome = match sent {
                 Ok(answer) => self.classify_answer(req, gates, answer, attempt, count),
                 Err(e) => self.classify_failure(req, &e, attempt, count),
             };
             let (failure, retry_after, throttled) = match outcome {
-                Outcome::Done(result) => return result,
+                Outcome::Done(result) => return result.map(|r| (r, permits)),
                 Outcome::Unauthorized(err) if refreshed => return Err(err),
                 Outcome::Unauthorized(_) => {
                     info!(method = %req.method, path = req.url.path(), surface = %req.surface,
@@ -362,6 +379,7 @@ impl Client {
                     throttled,
                 } => (failure, retry_after, throttled),
             };
+            drop(permits);
             let wait = match retry_after {
                 Some(ra) => ra + rs.retry_after_margin,
                 None => backoff.next_delay(),
@@ -381,15 +399,34 @@ impl Client {
         }
     }
 
+    /// When a `Retry-After` holds the request's surface past the deadline of throttled
+    /// retries, waiting for it is pointless: the request ends now as throttled at the
+    /// deadline (the hold came from another request's answer, this one was never sent).
+    fn held_past_deadline(&self, req: &Request, started: Instant, attempt: u32) -> Option<Error> {
+        let rs = &self.inner.settings.retry;
+        let until = self.inner.limits.held_until(req.surface)?;
+        if until <= super::throttle_deadline(started, rs) {
+            return None;
+        }
+        self.inner.stats.throttled_at_deadline();
+        warn!(method = %req.method, path = req.url.path(), surface = %req.surface,
+              "the service holds this surface past the pass deadline; not sending");
+        Some(Error::Exhausted {
+            attempts: attempt,
+            last: Box::new(Error::held_past_deadline(req)),
+        })
+    }
+
     /// One attempt: the limiter cells, a bearer token, the request on the wire. The outer error
     /// is a token failure or a body past the cap (neither retried here); the inner one a
-    /// transport failure.
+    /// transport failure. The cells are returned with the answer: they count in the windows
+    /// from when they are dropped.
     async fn attempt(
         &self,
         req: &Request,
         gates: &[(Surface, u32)],
         force_refresh: bool,
-    ) -> Result<Result<Answer, reqwest::Error>, Error> {
+    ) -> Result<(Result<Answer, reqwest::Error>, Vec<Permit>), Error> {
         let inner = &*self.inner;
         let resource = req.surface.resource();
         let mut permits = Vec::with_capacity(gates.len());
@@ -402,16 +439,14 @@ impl Client {
             .await
             .map_err(|source| Error::Token { resource, source })?;
         let sent = self.send_once(req, &token).await;
-        // The answer is in: window cells count from now (see `limit::Window`).
-        drop(permits);
         match sent {
             Ok(Err(BodyTooLarge)) => Err(Error::BodyTooLarge {
                 method: req.method.to_string(),
                 path: req.url.path().to_string(),
                 limit: inner.settings.max_body_bytes,
             }),
-            Ok(Ok(answer)) => Ok(Ok(answer)),
-            Err(e) => Ok(Err(e)),
+            Ok(Ok(answer)) => Ok((Ok(answer), permits)),
+            Err(e) => Ok((Err(e), permits)),
         }
     }
 
@@ -498,6 +533,13 @@ impl Client {
             }));
         }
         let throttled = status == 429 || ra.is_some();
+        if let Some(ra) = ra {
+            // Held before anything below frees cells that other senders wait for.
+            let until = Instant::now() + ra + inner.settings.retry.retry_after_margin;
+            for (surface, _) in gates {
+                inner.limits.hold_until(*surface, until);
+            }
+        }
         if throttled {
             inner.stats.throttled(req.surface);
             for (surface, cells) in gates {

@@ -153,6 +153,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// A throttled answer for `req`, never sent: a `Retry-After` holds its surface past the
+    /// deadline of throttled retries.
+    pub(crate) fn held_past_deadline(req: &super::Request) -> Self {
+        Error::Status {
+            method: req.method.to_string(),
+            path: req.url.path().to_string(),
+            surface: req.surface,
+            status: 429,
+            api: Box::new(ApiError {
+                code: Some("TooManyRequests".into()),
+                message: Some("held by the service's Retry-After past the pass deadline".into()),
+                target: None,
+            }),
+            request_id: None,
+        }
+    }
+
     /// True when the same request may succeed later (throttling, 5xx, network, token
     /// endpoint trouble). Decides retry here and is what callers report as "will retry".
     pub fn is_transient(&self) -> bool {

@@ -348,6 +348,14 @@ impl Limits {
         }
     }
 
+    /// The instant a `Retry-After` holds `surface` until, while it is in force.
+    pub(crate) fn held_until(&self, surface: Surface) -> Option<Instant> {
+        let until = *self.not_before[gate(surface)]
+            .lock()
+            .expect("not-before lock");
+        until.filter(|t| *t > Instant::now())
+    }
+
     /// No request to `surface` is sent before `until` (a later instant wins).
     pub(crate) fn hold_until(&self, surface: Surface, until: Instant) {
         let mut nb = self.not_before[gate(surface)]

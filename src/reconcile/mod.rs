@@ -354,7 +354,7 @@ pub async fn reconcile_once(
     let before = ctx.tenant.http.stats().throttled_at_deadline;
     let mut report = crate::http::with_deadline(
         deadline,
-        reconcile_within_deadline(ctx, desired, settings, now),
+        reconcile_within_deadline(ctx, desired, settings, now, before),
     )
     .await?;
     let stats = ctx.tenant.http.stats();
@@ -380,11 +380,14 @@ pub async fn reconcile_once(
     Ok(report)
 }
 
+/// The pass itself; `throttled_before` is the client's count of requests ended by the
+/// deadline when the pass began.
 async fn reconcile_within_deadline(
     ctx: Context<'_>,
     desired: &DesiredState,
     settings: &PlanSettings,
     now: DateTime<Utc>,
+    throttled_before: u64,
 ) -> Result<ReconcileReport, ReconcileError> {
     let source = MemberSource {
         state: Some(ctx.state),
@@ -416,7 +419,11 @@ async fn reconcile_within_deadline(
     if read.snapshot_stored {
         note_applied(ctx.state, &applied);
     }
-    let not_converged = if plan.change_count() == 0 {
+    // A pass the deadline ended while the service throttles does not re-read the tenant to
+    // verify: the service holds the surface past the deadline, and the changes left are the
+    // failed ones, which the next pass plans again from a fresh read.
+    let deadline_hit = ctx.tenant.http.stats().throttled_at_deadline > throttled_before;
+    let not_converged = if plan.change_count() == 0 || deadline_hit {
         Vec::new()
     } else {
         apply::verify(target, &plan).await?

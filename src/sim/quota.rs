@@ -3,6 +3,8 @@
 //! violations a client committed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,13 +96,28 @@ impl Default for QuotaConfig {
     }
 }
 
-/// Hands out arrival tickets: a request takes one the moment it reaches the server, before it
-/// waits for the tenant's lock. Process-wide (only the order matters).
-static ARRIVALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// Hands out tickets that order the requests the server reads: a request takes one when its
+/// first bytes are read off its connection. Process-wide (only the order matters).
+static ARRIVALS: AtomicU64 = AtomicU64::new(1);
 
-/// The ticket of a request that just arrived.
+/// The next ticket.
 pub fn arrival_ticket() -> u64 {
-    ARRIVALS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ARRIVALS.fetch_add(1, Ordering::SeqCst)
+}
+
+/// When a client is known to have read a throttled answer: the ticket of the first request
+/// that repeated a call the answer refused, `u64::MAX` until then. Shared by every wait the
+/// answer gave.
+type Told = Arc<AtomicU64>;
+
+/// A wait given to a client for one refused call. Calls the client sends once it is known to
+/// have read the answer (see [`Told`]) and before `until` are early.
+#[derive(Debug)]
+struct Hold {
+    until: i64,
+    /// The refused call (see [`Quotas::retry_after`]).
+    call: u64,
+    told: Told,
 }
 
 /// What one call costs: Graph resource units and writes; every call costs one on the other
@@ -198,10 +215,10 @@ pub struct Quotas {
     security: Window,
     mde_min: Window,
     mde_hour: Window,
-    /// When each (client, surface) may call again, as told by the last `Retry-After`.
-    /// Per client and surface: the instant before which a call is early, and the top-level
-    /// request that was told so.
-    not_before: HashMap<(String, Surface), (i64, u64)>,
+    /// The waits given to each (client, surface) that have not elapsed yet.
+    not_before: HashMap<(String, Surface), Vec<Hold>>,
+    /// Shared by the waits the current request's answer gives.
+    current_told: Option<Told>,
     /// The top-level HTTP request being served; `$batch` items share their envelope's.
     current_request: u64,
     /// The arrival ticket of the request being served (see [`arrival_ticket`]).
@@ -226,6 +243,7 @@ impl Quotas {
             mde_hour: Window::new("mde calls per hour", config.mde_per_hour, 3_600_000, s),
             config,
             not_before: HashMap::new(),
+            current_told: None,
             current_request: 0,
             current_ticket: 0,
             first_call_ms: None,
@@ -340,11 +358,13 @@ impl Quotas {
     }
 
     /// The `Retry-After` value for a wait of `wait_ms`, alternating between whole and
-    /// fractional seconds as Graph does; records when the caller may come back.
+    /// fractional seconds as Graph does; records when the caller may come back. `call`
+    /// identifies the refused call (method, path, query and body), so a repeat of it is known.
     pub fn retry_after(
         &mut self,
         client: &str,
         surface: Surface,
+        call: u64,
         wait_ms: i64,
         now: i64,
     ) -> String {
@@ -359,15 +379,23 @@ impl Quotas {
             let secs = (wait_ms + 999) / 1000;
             (secs.to_string(), secs * 1000)
         };
-        // Requests that arrived before this answer existed cannot have heard of it.
-        let request = ARRIVALS.load(std::sync::atomic::Ordering::SeqCst);
-        let slot = self
+        // The client is not told by this answer being written: requests it already had on
+        // their way, or sent before it read the answer, cannot have heeded it. It is known to
+        // have read it once it repeats a refused call (see `is_early`).
+        let told = self
+            .current_told
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(u64::MAX)))
+            .clone();
+        let holds = self
             .not_before
             .entry((client.to_string(), surface))
-            .or_insert((0, request));
-        if now + given_ms > slot.0 {
-            *slot = (now + given_ms, request);
-        }
+            .or_default();
+        holds.retain(|h| h.until > now);
+        holds.push(Hold {
+            until: now + given_ms,
+            call,
+            told,
+        });
         text
     }
 
@@ -377,32 +405,49 @@ impl Quotas {
         self.begin_arrived(arrival_ticket());
     }
 
-    /// Like [`Quotas::begin_request`], for a request that took `ticket` when it arrived.
+    /// Like [`Quotas::begin_request`], for a request that took `ticket` when its first bytes
+    /// were read.
     pub fn begin_arrived(&mut self, ticket: u64) {
         self.current_request += 1;
         self.current_ticket = ticket;
+        self.current_told = None;
     }
 
-    /// True when this call comes before a `Retry-After` given to the same client and surface
-    /// has elapsed, and the call arrived after that `Retry-After` was given (a call already on
-    /// its way when the answer was written cannot have heeded it); such a call is also
-    /// recorded as a violation.
-    pub fn is_early(&mut self, client: &str, surface: Surface, now: i64) -> bool {
-        let Some(&(t, told)) = self.not_before.get(&(client.to_string(), surface)) else {
+    /// True when this call was sent after the client had read a `Retry-After` given to it for
+    /// this surface and comes before that wait elapsed; such a call is also recorded as a
+    /// violation. The client is known to have read the answer from the first request that
+    /// repeats a call it refused (nobody repeats a call without having read its refusal), and
+    /// every call read from then on counts, repeat or not: a held surface takes nothing. A
+    /// call sent before that, already on its way or sent while the answer was still unread
+    /// (several requests in flight), cannot have heeded it and is not early. Requests are
+    /// ordered by when their first bytes were read (see [`arrival_ticket`]).
+    pub fn is_early(&mut self, client: &str, surface: Surface, call: u64, now: i64) -> bool {
+        let ticket = self.current_ticket;
+        let Some(holds) = self.not_before.get(&(client.to_string(), surface)) else {
             return false;
         };
-        let early = now < t && told <= self.current_ticket;
-        if early {
-            self.violations.push(QuotaViolation {
-                kind: "early_retry",
-                detail: format!(
-                    "{} call by {client} {} ms before its Retry-After elapsed",
-                    surface.as_str(),
-                    t - now
-                ),
-            });
+        for h in holds.iter().filter(|h| h.call == call) {
+            let _ = h
+                .told
+                .compare_exchange(u64::MAX, ticket, Ordering::SeqCst, Ordering::SeqCst);
         }
-        early
+        let t = holds
+            .iter()
+            .filter(|h| now < h.until && h.told.load(Ordering::SeqCst) <= ticket)
+            .map(|h| h.until)
+            .max();
+        let Some(t) = t else {
+            return false;
+        };
+        self.violations.push(QuotaViolation {
+            kind: "early_retry",
+            detail: format!(
+                "{} call by {client} {} ms before its Retry-After elapsed",
+                surface.as_str(),
+                t - now
+            ),
+        });
+        true
     }
 
     /// The violations recorded since the last call, oldest first.
@@ -464,36 +509,73 @@ mod tests {
         assert!(q.admit(Surface::GraphDirectory, read, 0).is_ok());
     }
 
+    /// Two calls: `A` refused, `B` another one.
+    const A: u64 = 1;
+    const B: u64 = 2;
+
     #[test]
     fn early_retry_is_measured_against_the_value_given() {
         let mut q = Quotas::new(QuotaConfig::default());
         q.begin_request();
-        let first = q.retry_after("app", Surface::Mde, 1_500, 0);
+        let first = q.retry_after("app", Surface::Mde, A, 1_500, 0);
         assert_eq!(first, "2");
         // Calls of the same request (its `$batch` siblings) are not retries.
-        assert!(!q.is_early("app", Surface::Mde, 5));
+        assert!(!q.is_early("app", Surface::Mde, B, 5));
+        // Nor is another call before the client is known to have read the answer: it may
+        // have been on its way.
         q.begin_request();
-        assert!(q.is_early("app", Surface::Mde, 1_999));
-        assert!(!q.is_early("app", Surface::Mde, 2_000));
-        assert!(!q.is_early("other", Surface::Mde, 10));
-        let second = q.retry_after("app", Surface::Mde, 1_500, 10_000);
+        assert!(!q.is_early("app", Surface::Mde, B, 6));
+        // Repeating the refused call shows the answer was read.
+        q.begin_request();
+        assert!(q.is_early("app", Surface::Mde, A, 1_999));
+        assert!(!q.is_early("app", Surface::Mde, A, 2_000));
+        assert!(!q.is_early("other", Surface::Mde, A, 10));
+        let second = q.retry_after("app", Surface::Mde, A, 1_500, 10_000);
         assert_eq!(second, "1.500");
         q.begin_request();
-        assert!(q.is_early("app", Surface::Mde, 11_499));
+        assert!(q.is_early("app", Surface::Mde, A, 11_499));
+    }
+
+    #[test]
+    fn once_the_answer_was_read_the_surface_takes_nothing_until_the_wait_elapsed() {
+        let mut q = Quotas::new(QuotaConfig::default());
+        q.begin_request();
+        q.retry_after("app", Surface::Mde, A, 1_500, 0);
+        q.begin_request();
+        assert!(
+            !q.is_early("app", Surface::Mde, B, 100),
+            "possibly in flight"
+        );
+        q.begin_request();
+        assert!(q.is_early("app", Surface::Mde, A, 200), "the repeat");
+        q.begin_request();
+        assert!(
+            q.is_early("app", Surface::Mde, B, 300),
+            "into the held surface"
+        );
+        q.begin_request();
+        assert!(
+            !q.is_early("app", Surface::Mde, B, 2_000),
+            "the wait elapsed"
+        );
+        assert!(
+            !q.is_early("app", Surface::GraphSecurity, B, 300),
+            "another surface"
+        );
     }
 
     #[test]
     fn an_early_call_is_a_violation_and_a_timely_one_is_not() {
         let mut q = Quotas::new(QuotaConfig::default());
         q.begin_request();
-        q.retry_after("app", Surface::Mde, 1_500, 0);
+        q.retry_after("app", Surface::Mde, A, 1_500, 0);
         // The throttled request itself and its `$batch` siblings are not early.
-        assert!(!q.is_early("app", Surface::Mde, 5));
+        assert!(!q.is_early("app", Surface::Mde, B, 5));
         q.begin_request();
-        assert!(!q.is_early("app", Surface::Mde, 2_000));
-        assert!(!q.is_early("app", Surface::GraphSecurity, 10));
+        assert!(!q.is_early("app", Surface::Mde, A, 2_000));
+        assert!(!q.is_early("app", Surface::GraphSecurity, A, 10));
         assert_eq!(q.take_violations(), Vec::new());
-        assert!(q.is_early("app", Surface::Mde, 1_200));
+        assert!(q.is_early("app", Surface::Mde, A, 1_200));
         let v = q.take_violations();
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].kind, "early_retry");

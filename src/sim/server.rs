@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -20,17 +20,52 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::faults::Fault;
 use super::model::Tenant;
-use super::quota::Surface;
+use super::quota::{self, Surface};
 use super::routes::token::Caller;
 use super::routes::{
     After, ApiReq, Body, Reply, graph, graph_error, inspect, mde, mde_error, token,
 };
 
 /// A TCP stream that can be cut from a handler: once killed, reads see EOF and writes fail,
-/// so hyper closes the connection without sending the response.
+/// so hyper closes the connection without sending the response. It also notes when each
+/// request's first bytes were read and when each answer was written (see [`Wire`]).
 pub struct KillableStream {
     inner: TcpStream,
     killed: Arc<AtomicBool>,
+    wire: Arc<Wire>,
+}
+
+/// When a connection's requests were sent, in the order of [`quota::arrival_ticket`]: on
+/// loopback a request's bytes are readable as soon as the client writes them, so the ticket is
+/// taken when its first bytes are read, before it is parsed or waits for the tenant's lock.
+/// HTTP/1.1 carries one request at a time, so the first bytes read after an answer was written
+/// start the next request.
+#[derive(Default)]
+pub struct Wire {
+    /// No request is being read: the next bytes start one.
+    idle: AtomicBool,
+    /// The ticket taken when the current request's first bytes were read.
+    request: AtomicU64,
+}
+
+impl Wire {
+    fn new() -> Arc<Self> {
+        let w = Self::default();
+        w.idle.store(true, Ordering::SeqCst);
+        Arc::new(w)
+    }
+
+    fn read(&self) {
+        if self.idle.swap(false, Ordering::SeqCst) {
+            self.request
+                .store(quota::arrival_ticket(), Ordering::SeqCst);
+        }
+    }
+
+    /// An answer is being written: the next bytes read start a new request.
+    fn written(&self) {
+        self.idle.store(true, Ordering::SeqCst);
+    }
 }
 
 impl AsyncRead for KillableStream {
@@ -42,7 +77,12 @@ impl AsyncRead for KillableStream {
         if self.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.wire.read();
+        }
+        r
     }
 }
 
@@ -54,6 +94,9 @@ impl AsyncWrite for KillableStream {
     ) -> Poll<io::Result<usize>> {
         if self.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        if !buf.is_empty() {
+            self.wire.written();
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -83,6 +126,7 @@ impl axum::serve::Listener for SimListener {
                         KillableStream {
                             inner: s,
                             killed: Arc::new(AtomicBool::new(false)),
+                            wire: Wire::new(),
                         },
                         a,
                     );
@@ -97,13 +141,13 @@ impl axum::serve::Listener for SimListener {
     }
 }
 
-/// Per-connection handle a handler uses to cut its connection.
+/// Per-connection handle a handler uses to cut its connection and read its [`Wire`].
 #[derive(Clone)]
-pub struct Conn(Arc<AtomicBool>);
+pub struct Conn(Arc<AtomicBool>, Arc<Wire>);
 
 impl Connected<IncomingStream<'_, SimListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
-        Conn(stream.io().killed.clone())
+        Conn(stream.io().killed.clone(), stream.io().wire.clone())
     }
 }
 
@@ -132,9 +176,9 @@ async fn entry(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Taken before the tenant's lock: a call that arrived before a Retry-After was written
-    // is not early, however long it then waited for the lock.
-    let ticket = super::quota::arrival_ticket();
+    // When its first bytes were read: a call sent before a Retry-After was written is not
+    // early, however long it then waited to be parsed or for the tenant's lock.
+    let ticket = conn.1.request.load(Ordering::SeqCst);
     let path = uri.path().to_string();
     let host = headers
         .get("host")
@@ -226,16 +270,16 @@ fn serve_api(
     req: &ApiReq,
     ticket: u64,
 ) -> (Option<Reply>, Option<u64>) {
-    let mut t = lock(shared);
+    let t = &mut *lock(shared);
     t.quotas.begin_arrived(ticket);
-    count_http(&mut t, route_label(service, req));
+    count_http(t, route_label(service, req));
     let surface = match service {
         Service::Mde => Surface::Mde,
         Service::Graph if req.path.starts_with("/security") => Surface::GraphSecurity,
         Service::Graph => Surface::GraphDirectory,
     };
     let authz = req.header("authorization").map(str::to_string);
-    let caller = match token::authorize(&mut t, authz.as_deref(), surface) {
+    let caller = match token::authorize(t, authz.as_deref(), surface) {
         Ok(c) => c,
         Err(why) => {
             t.stats.unauthorized += 1;
@@ -270,8 +314,8 @@ fn serve_api(
             if graph::Route::parse(&req.method, &req.segments()) == graph::Route::Batch =>
         {
             match forced {
-                Some(s) => call(&mut t, service, &caller, req, Some(s)),
-                None => graph::batch(&mut t, &caller, req, |t, c, item| {
+                Some(s) => call(t, service, &caller, req, Some(s)),
+                None => graph::batch(t, &caller, req, |t, c, item| {
                     let forced = t.faults.for_item(if item.path.starts_with("/security") {
                         Surface::GraphSecurity
                     } else {
@@ -281,7 +325,7 @@ fn serve_api(
                 }),
             }
         }
-        _ => call(&mut t, service, &caller, req, forced),
+        _ => call(t, service, &caller, req, forced),
     };
     (Some(reply), delay)
 }
@@ -319,7 +363,8 @@ fn call(
         .entry(surface.as_str().to_string())
         .or_default() += 1;
     let now = t.now_ms();
-    if t.quotas.is_early(&caller.client, surface, now) {
+    let key = call_key(req);
+    if t.quotas.is_early(&caller.client, surface, key, now) {
         *t.stats
             .early_retries
             .entry(surface.as_str().to_string())
@@ -343,13 +388,15 @@ fn call(
             .faults
             .entry(format!("status_{status}"))
             .or_default() += 1;
-        fault_reply(t, service, surface, &caller.client, status, now)
+        fault_reply(t, service, (surface, key), &caller.client, status, now)
     } else if let Err(wait) = t.quotas.admit(surface, cost, now) {
         *t.stats
             .throttled
             .entry(surface.as_str().to_string())
             .or_default() += 1;
-        let ra = t.quotas.retry_after(&caller.client, surface, wait, now);
+        let ra = t
+            .quotas
+            .retry_after(&caller.client, surface, key, wait, now);
         throttled(service, surface, ra)
     } else {
         if surface == Surface::GraphSecurity {
@@ -388,10 +435,22 @@ fn throttled(service: Service, surface: Surface, retry_after: String) -> Reply {
     r.with_header("Retry-After", retry_after)
 }
 
+/// Identifies a call by its method, path, query and body, so the simulator knows a repeat of a
+/// refused call when it sees one.
+fn call_key(req: &ApiReq) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.method.as_str().hash(&mut h);
+    req.path.hash(&mut h);
+    req.query.hash(&mut h);
+    format!("{:?}", req.body).hash(&mut h);
+    h.finish()
+}
+
 fn fault_reply(
     t: &mut Tenant,
     service: Service,
-    surface: Surface,
+    (surface, key): (Surface, u64),
     client: &str,
     status: u16,
     now: i64,
@@ -412,7 +471,7 @@ fn fault_reply(
     if status == 429 || status == 503 {
         // A short wait, scaled like the quotas so fast tests stay fast.
         let wait = ((2_000.0 * t.quotas.config().scale) as i64).max(1);
-        let ra = t.quotas.retry_after(client, surface, wait, now);
+        let ra = t.quotas.retry_after(client, surface, key, wait, now);
         r.with_header("Retry-After", ra)
     } else {
         r

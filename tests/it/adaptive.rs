@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dexscope::sim::{self, QuotaConfig, SeedSpec, SimHandle, SimOptions};
+use dexscope::sim::{self, FaultConfig, QuotaConfig, SeedSpec, SimHandle, SimOptions, Surface};
 use secrecy::ExposeSecret;
 
 const TAG: &str = "DEX-Scoped";
@@ -34,11 +34,10 @@ fn service(factor: f64) -> QuotaConfig {
     }
 }
 
-/// dexscope's `[limits]`: the same rates as `service(1.0)`. One write envelope in flight: with
-/// several, those already on their way when the first throttled answer is written arrive
-/// after it, and the simulator cannot tell them from a client that ignored it.
+/// dexscope's `[limits]`: the same rates as `service(1.0)`, with the default four write
+/// envelopes in flight.
 const LIMITS: &str = "[limits]\ngraph_directory_writes_per_150s = 12000\n\
-                      graph_directory_write_batches_in_flight = 1\n\
+                      graph_directory_write_batches_in_flight = 4\n\
                       graph_directory_reads_per_10s = 100000\n\
                       graph_security_per_minute = 2000\ndefender_per_minute = 2000\n\
                       defender_per_hour = 120000\npass_deadline = \"5m\"\n";
@@ -61,13 +60,25 @@ fn options(users: usize, devices: usize, incidents: usize, quotas: QuotaConfig) 
 
 /// Writes config.toml and desired.toml into `dir`; returns the config path.
 fn write_config(dir: &Path, sim: &SimHandle, users: &[String], devices: &[String]) -> PathBuf {
+    write_config_with(dir, sim, users, devices, LIMITS)
+}
+
+/// Like [`write_config`], with `tail` (the `[limits]` and any further sections) instead of
+/// [`LIMITS`].
+fn write_config_with(
+    dir: &Path,
+    sim: &SimHandle,
+    users: &[String],
+    devices: &[String],
+    tail: &str,
+) -> PathBuf {
     let head = super::support::sim_config_head(sim);
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
             "{head}device_tag = \"{TAG}\"\ndesired_state = \"{}\"\nprune = false\n\
-             [state]\npath = \"{}\"\n[incidents]\npost_comments = true\nlookback = \"8760h\"\n{LIMITS}",
+             [state]\npath = \"{}\"\n[incidents]\npost_comments = true\nlookback = \"8760h\"\n{tail}",
             dir.join("desired.toml").display(),
             dir.join("state.db").display()
         ),
@@ -213,4 +224,267 @@ async fn comment_posts_converge_when_the_service_grants_a_quarter_of_the_budget(
     }
     assert_polite(&sim, "comment posts");
     sim.shutdown().await;
+}
+
+/// A bearer token for MDE from the simulator's token endpoint.
+async fn mde_token(http: &reqwest::Client, sim: &SimHandle) -> String {
+    let v: serde_json::Value = http
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            sim.base_url(),
+            sim.tenant_id()
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &sim.client_id()),
+            ("client_secret", sim.client_secret().expose_secret()),
+            ("scope", "https://api.securitycenter.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// The simulator's judge of early calls, driven by a plain client: a call sent while a
+/// throttled answer was still on its way is not early, however the answer's timing falls; a
+/// client that repeats the refused call before `Retry-After` elapsed is, and so is every call
+/// it sends to the held surface after that. Ordering comes from a slowed answer and the
+/// simulator's own throttle count, not from timing the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_excuses_calls_in_flight_and_catches_a_client_that_ignores_retry_after() {
+    let quotas = QuotaConfig {
+        mde_per_min: 1,
+        retry_after_ms: Some((30_000, 30_000)),
+        ..QuotaConfig::default()
+    };
+    let sim = sim::start(options(10, 10, 0, quotas)).await.unwrap();
+    let http = reqwest::Client::new();
+    let token = mde_token(&http, &sim).await;
+    let get = |top: u32| {
+        http.get(format!("{}/api/machines?$top={top}", sim.base_url()))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(get(1).await.unwrap().status(), 200, "the window's one call");
+    // Every MDE answer now waits 2 s before it is written.
+    sim.set_faults(FaultConfig {
+        slow_rate: 1.0,
+        slow_ms: 2_000,
+        surfaces: vec![Surface::Mde],
+        ..FaultConfig::default()
+    });
+    let a = tokio::spawn(get(2));
+    let mut polls = 0;
+    while sim.stats().throttled_total() == 0 {
+        polls += 1;
+        assert!(polls < 2_000, "the simulator throttled the second call");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Throttled, its answer not yet written: a call sent now was on its way.
+    assert!(
+        !a.is_finished(),
+        "the answer is held back by the slow fault"
+    );
+    let b = get(3).await.unwrap();
+    assert_eq!(b.status(), 429);
+    assert_eq!(sim.stats().early_retries_total(), 0, "in flight, not early");
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(a.status(), 429);
+    assert_eq!(a.headers()["retry-after"], "30.000");
+    sim.set_faults(FaultConfig::default());
+    // A client that ignores Retry-After: it repeats the refused call at once, then calls the
+    // held surface again.
+    assert_eq!(get(2).await.unwrap().status(), 429);
+    assert_eq!(sim.stats().early_retries_total(), 1, "the repeat is early");
+    assert_eq!(get(4).await.unwrap().status(), 429);
+    let s = sim.stats();
+    assert_eq!(
+        s.early_retries_total(),
+        2,
+        "a call into the held surface is early"
+    );
+    let kinds: Vec<&str> = s.violations.iter().map(|v| v.kind.as_str()).collect();
+    assert_eq!(kinds, ["early_retry", "early_retry"], "{:?}", s.violations);
+    sim.shutdown().await;
+}
+
+/// A service granting 5 writes (`PATCH`es of 20 members: 100 adds) per 150 s window against
+/// dexscope's configured 3,000, and a pass deadline of 2 s: each pass writes the window's 100 adds, meets a `Retry-After` of about
+/// 150 s that ends past its deadline and stops there. What each pass writes is fixed by the
+/// window's count, not by timing; the simulator's clock is moved on between passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_the_throttling_outlasts_ends_not_converged_throttled_and_the_next_carries_on() {
+    let quotas = QuotaConfig {
+        enabled: true,
+        graph_ru_per_10s: 100_000_000,
+        graph_writes_per_150s: 5,
+        ..QuotaConfig::default()
+    };
+    let sim = sim::start(options(400, 5, 0, quotas)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = upns(&sim, 300);
+    let config = write_config_with(
+        dir.path(),
+        &sim,
+        &users,
+        &[],
+        "[limits]\npass_deadline = \"2s\"\n[schedule]\nreconcile_every = \"1h\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    );
+    let members = || sim.group_members(&sim.user_group_id()).len();
+
+    // First pass: `apply` writes one window's 100 adds and exits 4.
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(
+            "not converged: throttled (200 changes remain; the service granted graph_write"
+        ),
+        "{out}"
+    );
+    assert_eq!(members(), 100);
+
+    // Second pass, by the daemon once the window and the wait have passed: 100 more, then the
+    // same end, recorded for `status`, `check` and `/metrics`.
+    sim.advance(Duration::from_secs(151));
+    let daemon = Daemon::start(&sim, &config);
+    let metrics = daemon
+        .metrics_when("dexscope_passes_total{loop=\"reconcile\"", 1.0)
+        .await;
+    assert_eq!(members(), 200);
+    let granted = sample(
+        &metrics,
+        "dexscope_granted_rate_per_second{surface=\"graph_write\"}",
+    );
+    assert!(
+        granted.is_some_and(|g| g < 20.0),
+        "learned below 3,000 per 150 s:\n{metrics}"
+    );
+    let throttled = sample(
+        &metrics,
+        "dexscope_throttled_requests_total{surface=\"graph_write\"}",
+    );
+    assert!(throttled.is_some_and(|t| t > 0.0), "{metrics}");
+    daemon.stop();
+    let line = "not converged: throttled (100 changes remain; the service granted graph_write";
+    let (_, status) = run(&sim, &config, &["status"]).await;
+    assert!(status.contains(line), "{status}");
+    let (_, check) = run(&sim, &config, &["check"]).await;
+    assert!(check.contains(line), "{check}");
+
+    // Third pass: the last 100 fit the next window and the pass converges.
+    sim.advance(Duration::from_secs(151));
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(members(), 300);
+    let s = sim.stats();
+    assert_eq!(s.early_retries_total(), 0, "{s:?}");
+    assert!(s.violations.is_empty(), "{s:?}");
+    sim.shutdown().await;
+}
+
+/// The value of the first sample of `series` (a name with the start of its labels) in the
+/// metrics text, summed over the samples that start so.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A `dexscope run` child and its JSON log lines.
+struct Daemon {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(sim: &SimHandle, config: &Path) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dexscope"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("DEXSCOPE_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env(
+                "DEXSCOPE_CLIENT_SECRET",
+                sim.client_secret().expose_secret(),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Polls `/metrics` (at most 600 times, 100 ms apart) until `series` sums to at least
+    /// `value`; returns the text.
+    async fn metrics_when(&self, series: &str, value: f64) -> String {
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            let address = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| Some(v.get("address")?.as_str()?.to_string()));
+            if let Some(address) = address {
+                let text = http
+                    .get(format!("http://{address}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                if sample(&text, series).is_some_and(|v| v >= value) {
+                    return text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{series} never reached {value}:\n{}", self.log_text());
+    }
+
+    /// SIGTERM to this child, then waits for it to exit.
+    fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("no exit after SIGTERM:\n{}", self.log_text());
+    }
 }
