@@ -63,7 +63,7 @@ impl GraphClient {
                 .get_all(req)
                 .await
                 .map_err(|source| Error::ListMembers {
-                    group: group.clone(),
+                    group: Box::new(group.clone()),
                     source,
                 })?;
         Ok(members.into_iter().filter_map(group_member).collect())
@@ -181,7 +181,7 @@ impl GraphClient {
             })
             .collect();
         let add_err = |source| Error::AddMembers {
-            group: group.clone(),
+            group: Box::new(group.clone()),
             count: members.len(),
             source,
         };
@@ -248,7 +248,7 @@ impl GraphClient {
             .batch(&items)
             .await
             .map_err(|source| Error::RemoveMembers {
-                group: group.clone(),
+                group: Box::new(group.clone()),
                 count: members.len(),
                 source,
             })?;
