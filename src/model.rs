@@ -553,6 +553,31 @@ mod tests {
     }
 
     #[test]
+    fn fixed_length_ids_read_and_write_as_their_text() {
+        let id = MachineId::parse("73E7E2DE709DFF64EF64B1D0C30E67FAB63279DB").unwrap();
+        assert_eq!(
+            format!("{id:?}"),
+            r#"MachineId("73e7e2de709dff64ef64b1d0c30e67fab63279db")"#
+        );
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, r#""73e7e2de709dff64ef64b1d0c30e67fab63279db""#);
+        assert_eq!(serde_json::from_str::<MachineId>(&json).unwrap(), id);
+        // Read back through the parser: upper case is normalised, anything else refused.
+        let user: UserId =
+            serde_json::from_str(r#""6F1C2A9E-0B7D-4A57-9A51-2D9F0C3E7B14""#).unwrap();
+        assert_eq!(user.as_str(), "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b14");
+        let err = serde_json::from_str::<ObjectId>(r#""not-a-guid""#).unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid directory object id"),
+            "{err}"
+        );
+        // Ordering is the text's.
+        let a = UserId::parse("0f000000-0000-4000-8000-000000000000").unwrap();
+        let b = UserId::parse("a0000000-0000-4000-8000-000000000000").unwrap();
+        assert!(a < b && a.as_str() < b.as_str());
+    }
+
+    #[test]
     fn enums_parse_case_insensitively_with_fallback() {
         assert_eq!(Severity::parse("Medium"), Severity::Medium);
         assert_eq!(Severity::parse("HIGH"), Severity::High);
