@@ -61,35 +61,92 @@ macro_rules! string_id {
     };
 }
 
-string_id!(
+/// An identifier of fixed length (a GUID, an MDE machine id) kept as its canonical lower-case
+/// text inline: no heap block per id. A `Box<str>` id costs its 16-byte pointer plus a heap
+/// block of 48 bytes (glibc rounds 36 or 40 bytes plus its 8-byte header up to 48), so 64
+/// bytes, where the inline text is 36 or 40. Ordering and equality are those of the text, as
+/// before; `as_str` still lends the text. Only the `parse` of each type builds one, so the bytes are
+/// always the ASCII the parser accepted.
+macro_rules! fixed_id {
+    ($(#[$doc:meta])* $name:ident, $len:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; $len]);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                std::str::from_utf8(&self.0).expect("an id holds the ASCII its parser accepted")
+            }
+
+            /// The canonical (lower-case) text of an id already checked by the parser.
+            fn from_checked(s: &str) -> Self {
+                let mut b = [0u8; $len];
+                b.copy_from_slice(s.as_bytes());
+                b.make_ascii_lowercase();
+                Self(b)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&self.as_str()).finish()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                $name::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fixed_id!(
     /// An Entra ID object id of a user (a GUID, stored lower-case).
-    UserId
+    UserId,
+    36
 );
 string_id!(
     /// A user principal name, stored lower-case: UPNs compare case-insensitively.
     Upn
 );
-string_id!(
+fixed_id!(
     /// An MDE machine id: 40 hex digits, stored lower-case.
-    MachineId
+    MachineId,
+    40
 );
-string_id!(
+fixed_id!(
     /// An Entra device id (`deviceId`, MDE `aadDeviceId`): a GUID, stored lower-case.
-    AadDeviceId
+    AadDeviceId,
+    36
 );
 string_id!(
     /// An MDE `computerDnsName`, stored lower-case (DNS names are case-insensitive).
     DnsName
 );
-string_id!(
+fixed_id!(
     /// An Entra directory object id of any type (group member that is not a user, etc.).
-    ObjectId
+    ObjectId,
+    36
 );
 
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_guid(s) {
-            Ok(Self(s.to_ascii_lowercase().into()))
+            Ok(Self::from_checked(s))
         } else {
             Err(invalid(
                 "user object id",
@@ -130,7 +187,7 @@ impl Upn {
 impl MachineId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
-            Ok(Self(s.to_ascii_lowercase().into()))
+            Ok(Self::from_checked(s))
         } else {
             Err(invalid(
                 "MDE machine id",
@@ -144,7 +201,7 @@ impl MachineId {
 impl AadDeviceId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_guid(s) {
-            Ok(Self(s.to_ascii_lowercase().into()))
+            Ok(Self::from_checked(s))
         } else {
             Err(invalid(
                 "Entra device id",
@@ -184,7 +241,7 @@ impl DnsName {
 impl ObjectId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_guid(s) {
-            Ok(Self(s.to_ascii_lowercase().into()))
+            Ok(Self::from_checked(s))
         } else {
             Err(invalid("directory object id", s, "a GUID"))
         }
@@ -493,6 +550,31 @@ mod tests {
         assert!(MachineId::parse("73e7e2de709dff64ef64b1d0c30e67fab63279dz").is_err());
         assert!(DnsName::parse("ws-ber-0012.contoso.local").is_ok());
         assert!(DnsName::parse("ws ber").is_err());
+    }
+
+    #[test]
+    fn fixed_length_ids_read_and_write_as_their_text() {
+        let id = MachineId::parse("73E7E2DE709DFF64EF64B1D0C30E67FAB63279DB").unwrap();
+        assert_eq!(
+            format!("{id:?}"),
+            r#"MachineId("73e7e2de709dff64ef64b1d0c30e67fab63279db")"#
+        );
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, r#""73e7e2de709dff64ef64b1d0c30e67fab63279db""#);
+        assert_eq!(serde_json::from_str::<MachineId>(&json).unwrap(), id);
+        // Read back through the parser: upper case is normalised, anything else refused.
+        let user: UserId =
+            serde_json::from_str(r#""6F1C2A9E-0B7D-4A57-9A51-2D9F0C3E7B14""#).unwrap();
+        assert_eq!(user.as_str(), "6f1c2a9e-0b7d-4a57-9a51-2d9f0c3e7b14");
+        let err = serde_json::from_str::<ObjectId>(r#""not-a-guid""#).unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid directory object id"),
+            "{err}"
+        );
+        // Ordering is the text's.
+        let a = UserId::parse("0f000000-0000-4000-8000-000000000000").unwrap();
+        let b = UserId::parse("a0000000-0000-4000-8000-000000000000").unwrap();
+        assert!(a < b && a.as_str() < b.as_str());
     }
 
     #[test]

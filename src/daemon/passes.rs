@@ -118,11 +118,17 @@ pub async fn priority_pass(
     let scope = &ctx.config.scope;
     let desired_devices = match ctx.desired.current() {
         Some(desired) if !desired.state.devices.is_empty() => {
-            let machines = ctx.tenant.defender.all_machines().await.map_err(|e| {
-                PassError::new(format!(
-                    "cannot list machines to resolve desired devices: {e}"
-                ))
-            })?;
+            // Resolving reads ids and names only: the lean list, not every machine's strings.
+            let machines = ctx
+                .tenant
+                .defender
+                .machines_for_scope(&scope.device_tag)
+                .await
+                .map_err(|e| {
+                    PassError::new(format!(
+                        "cannot list machines to resolve desired devices: {e}"
+                    ))
+                })?;
             Some(priority::resolve_devices(&desired.state, &machines).0)
         }
         _ => None,

@@ -5,6 +5,8 @@
 
 mod wire;
 
+use std::borrow::Cow;
+
 use crate::http::{self, Request, Surface, encode_query_value};
 use crate::model::{AadDeviceId, DnsName, Machine, MachineId};
 
@@ -80,21 +82,45 @@ impl DefenderClient {
     /// Machines matching an OData `$filter` (or all), every page; 404 (no recent machines)
     /// is an empty list.
     pub async fn machines(&self, filter: Option<&str>) -> Result<Vec<Machine>, Error> {
+        let mut machines = Vec::new();
+        self.each_machine(filter, |m| machines.push(m)).await?;
+        Ok(machines)
+    }
+
+    /// Hands every machine matching `filter` (or all) to `each`, page by page; 404 (no recent
+    /// machines) is none. Each item becomes a compact `Machine` as it is parsed
+    /// (`wire::Item`), so a page is never held as wire values.
+    async fn each_machine(
+        &self,
+        filter: Option<&str>,
+        mut each: impl FnMut(Machine),
+    ) -> Result<(), Error> {
         let mut pq = String::from("/api/machines?");
         if let Some(f) = filter {
             pq.push_str(&format!("$filter={}&", encode_query_value(f)));
         }
         pq.push_str(&format!("$top={MAX_MACHINES_TOP}"));
         let req = Request::get(Surface::Defender, self.http.defender_url(&pq)?);
-        // Each page becomes compact `Machine`s before the next is read: 50k machines are
-        // never held as wire values all at once.
-        let mut machines = Vec::new();
         self.http
-            .for_each_page_or_empty(req, |page: Vec<wire::Machine>| {
-                machines.extend(page.into_iter().filter_map(machine));
+            .for_each_page_or_empty(req, |page: Vec<wire::Item>| {
+                page.into_iter()
+                    .filter_map(|item| item.0)
+                    .for_each(&mut each);
             })
             .await
-            .map_err(|source| Error::ListMachines { source })?;
+            .map_err(|source| Error::ListMachines { source })
+    }
+
+    /// Every machine, each reduced as its page is read to what resolving desired devices and
+    /// planning the tag use: its id, DNS name and Entra device id, and `tags` holding `tag`
+    /// alone when the machine carries it (exact match, as the `machineTags/any` filter) and
+    /// nothing otherwise. Its OS, device group and other tags are dropped: about 150 bytes of
+    /// strings per machine, held through the pass for nothing by a reconcile pass, which reads
+    /// none of them.
+    pub async fn machines_for_scope(&self, tag: &str) -> Result<Vec<Machine>, Error> {
+        let mut machines = Vec::new();
+        self.each_machine(None, |m| machines.push(for_scope(m, tag)))
+            .await?;
         Ok(machines)
     }
 
@@ -114,7 +140,7 @@ impl DefenderClient {
             self.http.defender_url(&format!("/api/machines/{id}"))?,
         );
         match self.http.send(req).await {
-            Ok(resp) => Ok(machine(resp.json()?)),
+            Ok(resp) => Ok(resp.json::<wire::Item>()?.0),
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(source) => Err(Error::GetMachine {
                 id: id.clone(),
@@ -203,7 +229,25 @@ pub fn tag_filter(tag: &str) -> String {
     format!("machineTags/any(tag: tag eq '{}')", tag.replace('\'', "''"))
 }
 
-fn machine(m: wire::Machine) -> Option<Machine> {
+/// `m` with only what [`DefenderClient::machines_for_scope`] keeps.
+fn for_scope(m: Machine, tag: &str) -> Machine {
+    let tagged = m.tags.iter().any(|t| t == tag);
+    Machine {
+        id: m.id,
+        dns_name: m.dns_name,
+        aad_device_id: m.aad_device_id,
+        os_platform: None,
+        tags: if tagged {
+            vec![tag.to_string()]
+        } else {
+            Vec::new()
+        },
+        rbac_group_id: None,
+        rbac_group_name: None,
+    }
+}
+
+fn machine(m: wire::Machine<'_>) -> Option<Machine> {
     let id = match MachineId::parse(&m.id) {
         Ok(id) => id,
         Err(e) => {
@@ -221,18 +265,20 @@ fn machine(m: wire::Machine) -> Option<Machine> {
             .aad_device_id
             .as_deref()
             .and_then(|d| AadDeviceId::parse(d).ok()),
-        os_platform: m.os_platform,
-        // Deserialized into a list of room for four; a machine has one or two tags, and 50k
-        // machines each keeping the spare room hold megabytes through the pass.
+        os_platform: m.os_platform.map(Cow::into_owned),
+        // Shrunk to their number: the parser's list has room for four (and collecting in
+        // place keeps that room); a machine has one or two tags, and 50k machines each keeping
+        // the spare room hold megabytes through the pass.
         tags: m
             .machine_tags
-            .map(|mut tags| {
+            .map(|tags| {
+                let mut tags: Vec<String> = tags.into_iter().map(Cow::into_owned).collect();
                 tags.shrink_to_fit();
                 tags
             })
             .unwrap_or_default(),
         rbac_group_id: m.rbac_group_id,
-        rbac_group_name: m.rbac_group_name,
+        rbac_group_name: m.rbac_group_name.map(Cow::into_owned),
     })
 }
 

@@ -58,15 +58,15 @@ impl GraphClient {
             "/groups/{group}/members?$select=id,userPrincipalName,displayName&$top=999"
         ))?;
         let req = Request::get(Surface::GraphRead, url).with_cost(cost::MEMBERS_PAGE);
-        let members: Vec<wire::Member> =
+        let members: Vec<MemberItem> =
             self.http
                 .get_all(req)
                 .await
                 .map_err(|source| Error::ListMembers {
-                    group: group.clone(),
+                    group: Box::new(group.clone()),
                     source,
                 })?;
-        Ok(members.into_iter().filter_map(group_member).collect())
+        Ok(members.into_iter().filter_map(|m| m.0).collect())
     }
 
     /// Object ids of the users with these UPNs; an unknown UPN is absent from the map.
@@ -181,7 +181,7 @@ impl GraphClient {
             })
             .collect();
         let add_err = |source| Error::AddMembers {
-            group: group.clone(),
+            group: Box::new(group.clone()),
             count: members.len(),
             source,
         };
@@ -248,7 +248,7 @@ impl GraphClient {
             .batch(&items)
             .await
             .map_err(|source| Error::RemoveMembers {
-                group: group.clone(),
+                group: Box::new(group.clone()),
                 count: members.len(),
                 source,
             })?;
@@ -285,6 +285,17 @@ impl GraphClient {
 /// The only way a member removal path is built: it always ends in `/$ref`.
 fn member_ref_path(group: &ObjectId, member: &ObjectId) -> String {
     format!("/groups/{group}/members/{member}/$ref")
+}
+
+/// One member of a list page, converted the moment it is parsed: 100,000 members are never
+/// held as wire strings (three `String`s each) beside their converted form. A malformed item
+/// still fails the page, as the plain mirror did.
+struct MemberItem(Option<GroupMember>);
+
+impl<'de> Deserialize<'de> for MemberItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        wire::Member::deserialize(d).map(|m| MemberItem(group_member(m)))
+    }
 }
 
 pub(super) fn group_member(m: wire::Member) -> Option<GroupMember> {

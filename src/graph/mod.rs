@@ -40,7 +40,9 @@ impl GraphClient {
 pub enum Error {
     #[error("listing the direct members of group {group} failed: {source}")]
     ListMembers {
-        group: ObjectId,
+        // Boxed: an id is 36 bytes inline, and every `Result` of this client carries
+        // the largest variant.
+        group: Box<ObjectId>,
         #[source]
         source: http::Error,
     },
@@ -61,14 +63,18 @@ pub enum Error {
     },
     #[error("adding {count} members to group {group} failed: {source}")]
     AddMembers {
-        group: ObjectId,
+        // Boxed: an id is 36 bytes inline, and every `Result` of this client carries
+        // the largest variant.
+        group: Box<ObjectId>,
         count: usize,
         #[source]
         source: http::Error,
     },
     #[error("removing {count} members from group {group} failed: {source}")]
     RemoveMembers {
-        group: ObjectId,
+        // Boxed: an id is 36 bytes inline, and every `Result` of this client carries
+        // the largest variant.
+        group: Box<ObjectId>,
         count: usize,
         #[source]
         source: http::Error,

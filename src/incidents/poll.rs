@@ -356,18 +356,15 @@ pub async fn read_scope(
         .await
         .map_err(PollError::Tagged)?;
     let since = state.tagged_since_all().map_err(PollError::TagTimes)?;
-    let tagged: Vec<(model::Machine, Option<DateTime<Utc>>)> = machines
-        .into_iter()
-        .map(|m| {
-            let at = since.get(&m.id).copied();
-            (m, at)
-        })
-        .collect();
+    let tagged = machines.into_iter().map(|m| {
+        let at = since.get(&m.id).copied();
+        (m, at)
+    });
     Ok(Scope::live(
         settings.device_group.clone(),
         settings.propagation_grace,
-        &members,
-        &tagged,
+        members,
+        tagged,
     ))
 }
 

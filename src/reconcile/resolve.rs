@@ -54,7 +54,7 @@ pub async fn resolve(
         (tagged, Vec::new())
     } else {
         let all = defender
-            .all_machines()
+            .machines_for_scope(device_tag)
             .await
             .map_err(ResolveError::Machines)?;
         trace_memory("machines");

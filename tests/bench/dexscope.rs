@@ -95,6 +95,7 @@ fn benches() -> Vec<Bench> {
         b("unchanged_pass_at_scale", 180, || {
             scale::unchanged_pass_at_scale().boxed()
         }),
+        b("plan_rss_growth", 900, || scale::plan_rss_growth().boxed()),
         b("validate_at_scale", 60, || {
             scale::validate_at_scale().boxed()
         }),

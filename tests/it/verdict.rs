@@ -116,8 +116,8 @@ fn live_scope() -> Scope {
     Scope::live(
         GROUP,
         std::time::Duration::from_secs(2 * 3600),
-        &members,
-        &tagged,
+        members,
+        tagged,
     )
 }
 
