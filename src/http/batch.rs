@@ -322,8 +322,8 @@ impl Client {
         for (surface, cells) in throttled {
             self.inner_limits().throttled(surface, cells);
         }
-        for (surface, cells) in accepted {
-            self.inner_limits().accepted(surface, cells);
+        for (surface, _) in accepted {
+            self.inner_limits().accepted(surface);
         }
         left
     }

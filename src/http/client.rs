@@ -482,8 +482,8 @@ impl Client {
         );
         if (200..300).contains(&status) {
             if count {
-                for (surface, cells) in gates {
-                    inner.limits.accepted(*surface, *cells);
+                for (surface, _) in gates {
+                    inner.limits.accepted(*surface);
                 }
             }
             return Outcome::Done(Ok(Response {

@@ -322,10 +322,10 @@ impl Limits {
         }
     }
 
-    /// `cells` of `surface` were accepted: the surface grows back toward its budget. One INFO
+    /// An answer of `surface` was accepted: the surface grows back toward its budget. One INFO
     /// line when it is back at the budget.
-    pub(crate) fn accepted(&self, surface: Surface, cells: u32) {
-        let (old, new) = self.paces[surface.index()].accepted(cells);
+    pub(crate) fn accepted(&self, surface: Surface) {
+        let (old, new) = self.paces[surface.index()].accepted();
         let (_, budget) = self.paces[surface.index()].rates();
         if old < new {
             self.slots[surface.index()].quiet();
