@@ -37,10 +37,11 @@
 //!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
 //!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,
 //!   pure), `vocab` (`GroupKind`, `Unresolved`, resolved entries).
-//! - `selectors`: `group` and `where` entries expanded against the tenant (transitive members,
-//!   user `$filter`, Entra devices joined to MDE machines, the machine list's `$filter`), each
-//!   selector's last good expansion kept in `state`; `expand` (pure: the safety rules,
-//!   exclusions, origins).
+//! - `selectors`: `group` and `where` entries expanded against the tenant (group trees, user
+//!   `$filter`, Entra devices joined to MDE machines, the machine list's `$filter`), each
+//!   selector's last good expansion kept in `state`; `tree` (a nested group read group by
+//!   group, with the path to each member), `track` (an unchanged tree told by `groups/delta`),
+//!   `expand` (pure: the safety rules, exclusions, origins).
 //! - `reconcile`: `resolve` (desired users → ids, the tenant read for the planner), `plan`
 //!   (pure), `apply` (executor), `reconcile_once`, the `plan` and `apply` commands.
 //! - `priority`: `check` (pure), `priority_once`.

@@ -5,6 +5,9 @@
 //! is followed verbatim until a deltaLink arrives, and the group's `members@delta` entries are
 //! merged across pages in the order they came (a large group spans several pages). Delta gives
 //! only `id` and `@odata.type` of members; the caller keeps the UPNs.
+//!
+//! Selectors track every group of a nested tree the same way, up to 50 ids per query: a
+//! deltaLink taken from now, then rounds that only say which groups changed.
 
 use reqwest::Url;
 
@@ -50,6 +53,8 @@ pub enum DeltaError {
     /// The group itself shows as deleted.
     #[error("group {group} shows as deleted in the membership delta; check user_group_id")]
     GroupRemoved { group: ObjectId },
+    #[error("no group to track with groups/delta was given")]
+    NoGroups,
     #[error("the membership delta of group {group} did not end after {MAX_DELTA_PAGES} pages")]
     TooManyPages { group: ObjectId },
     #[error("reading the membership delta of group {group} failed: {source}")]
@@ -60,6 +65,18 @@ pub enum DeltaError {
     },
 }
 
+/// What a round over several tracked groups said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsRound {
+    /// Groups with a member added or removed, or the group itself removed (replays included).
+    pub changed: Vec<ObjectId>,
+    /// Where the next round starts.
+    pub delta_link: String,
+}
+
+/// At most this many ids in one `groups/delta` `$filter` (Graph's documented limit).
+pub const MAX_DELTA_IDS: usize = 50;
+
 impl GraphClient {
     /// One delta round for `group`: from `link` (a stored deltaLink) or, without one, from the
     /// start (`$filter=id eq '{group}'&$select=members`, the full membership). Read-only.
@@ -68,28 +85,112 @@ impl GraphClient {
         group: &ObjectId,
         link: Option<&str>,
     ) -> Result<DeltaRound, DeltaError> {
+        let first = match link {
+            Some(l) => parse_link(group, l, "the stored delta link")?,
+            None => self.delta_start_url(std::slice::from_ref(group), false)?,
+        };
+        let mut changes = Vec::new();
+        let (delta_link, pages) = self
+            .follow_delta(group, first, link.is_some(), |page| {
+                merge_page(group, page, &mut changes)
+            })
+            .await?;
+        Ok(DeltaRound {
+            changes,
+            delta_link,
+            pages,
+        })
+    }
+
+    /// A deltaLink that tracks the members of `groups` (at most [`MAX_DELTA_IDS`]) from now
+    /// on. Graph documents `$deltatoken=latest` for directory resources ("sync from now": a
+    /// deltaLink and no resource data). Whether it combines with the `id` filter is not
+    /// documented, so a service that refuses it (400) gets the plain first round instead,
+    /// which lists the whole membership and is read to its deltaLink and dropped.
+    /// `label` names the tree in errors (its root group).
+    pub async fn groups_delta_subscribe(
+        &self,
+        label: &ObjectId,
+        groups: &[ObjectId],
+    ) -> Result<String, DeltaError> {
+        let latest = self.delta_start_url(groups, true)?;
+        match self.follow_delta(label, latest, false, |_| Ok(())).await {
+            Ok((link, _)) => Ok(link),
+            Err(DeltaError::Read { source, .. }) if source.status() == Some(400) => {
+                tracing::info!(group = %label, "groups delta refused $deltatoken=latest; \
+                    reading the first round to its deltaLink instead");
+                let start = self.delta_start_url(groups, false)?;
+                Ok(self.follow_delta(label, start, false, |_| Ok(())).await?.0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The groups of a stored deltaLink whose membership changed since it was issued.
+    /// `label` names the tree in errors (its root group).
+    pub async fn groups_delta_changes(
+        &self,
+        label: &ObjectId,
+        link: &str,
+    ) -> Result<GroupsRound, DeltaError> {
+        let first = parse_link(label, link, "the stored delta link")?;
+        let mut changed: Vec<ObjectId> = Vec::new();
+        let (delta_link, _) = self
+            .follow_delta(label, first, true, |page| {
+                for g in page {
+                    let members = g.members.as_ref().is_some_and(|m| !m.is_empty());
+                    if (members || g.removed.is_some())
+                        && let Ok(id) = ObjectId::parse(&g.id)
+                        && !changed.contains(&id)
+                    {
+                        changed.push(id);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(GroupsRound {
+            changed,
+            delta_link,
+        })
+    }
+
+    /// `/groups/delta?$filter=id eq 'a' or id eq 'b'…&$select=members`, from now with `latest`.
+    fn delta_start_url(&self, groups: &[ObjectId], latest: bool) -> Result<Url, DeltaError> {
+        let filter = groups
+            .iter()
+            .map(|g| format!("id eq '{g}'"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let latest = if latest { "&$deltatoken=latest" } else { "" };
+        let label = groups.first().cloned();
+        self.http
+            .graph_url(&format!(
+                "/groups/delta?$filter={}&$select=members{latest}",
+                encode_query_value(&filter)
+            ))
+            .map_err(|source| match label {
+                Some(group) => DeltaError::Read { group, source },
+                None => DeltaError::NoGroups,
+            })
+    }
+
+    /// Follows a round from `first` through every `@odata.nextLink` to its deltaLink, handing
+    /// each page's groups to `on_page`. `from_link`: `first` is a stored link, so a final 4xx
+    /// means it expired. Returns the deltaLink and the pages read.
+    async fn follow_delta(
+        &self,
+        group: &ObjectId,
+        first: Url,
+        from_link: bool,
+        mut on_page: impl FnMut(Vec<wire::DeltaGroup>) -> Result<(), DeltaError>,
+    ) -> Result<(String, usize), DeltaError> {
         let read_err = |source| DeltaError::Read {
             group: group.clone(),
             source,
         };
-        let first = match link {
-            Some(l) => Url::parse(l).map_err(|e| {
-                read_err(http::Error::Url {
-                    input: "the stored delta link".into(),
-                    detail: e.to_string(),
-                })
-            })?,
-            None => self
-                .http
-                .graph_url(&format!(
-                    "/groups/delta?$filter={}&$select=members",
-                    encode_query_value(&format!("id eq '{group}'"))
-                ))
-                .map_err(read_err)?,
-        };
         let origin = self.http.graph_url("/").map_err(read_err)?.origin();
         let mut url = first;
-        let mut changes = Vec::new();
         for page_no in 1..=MAX_DELTA_PAGES {
             if url.origin() != origin {
                 return Err(read_err(http::Error::ForeignLink {
@@ -100,7 +201,7 @@ impl GraphClient {
             let req = Request::get(Surface::GraphRead, url.clone());
             let page: wire::DeltaPage = match self.http.send(req).await {
                 Ok(resp) => resp.json().map_err(read_err)?,
-                Err(e) if link.is_some() && link_expired(&e) => {
+                Err(e) if from_link && link_expired(&e) => {
                     return Err(DeltaError::Expired {
                         group: group.clone(),
                         status: e.status().unwrap_or_default(),
@@ -109,13 +210,9 @@ impl GraphClient {
                 }
                 Err(e) => return Err(read_err(e)),
             };
-            merge_page(group, page.value, &mut changes)?;
+            on_page(page.value)?;
             if let Some(delta_link) = page.delta_link {
-                return Ok(DeltaRound {
-                    changes,
-                    delta_link,
-                    pages: page_no,
-                });
+                return Ok((delta_link, page_no));
             }
             let Some(next) = page.next_link else {
                 // Neither link: the service ended the round without a way to continue.
@@ -126,17 +223,22 @@ impl GraphClient {
                 }));
             };
             // Verbatim: the link carries the query options and the state token.
-            url = Url::parse(&next).map_err(|e| {
-                read_err(http::Error::Url {
-                    input: "@odata.nextLink".into(),
-                    detail: e.to_string(),
-                })
-            })?;
+            url = parse_link(group, &next, "@odata.nextLink")?;
         }
         Err(DeltaError::TooManyPages {
             group: group.clone(),
         })
     }
+}
+
+fn parse_link(group: &ObjectId, link: &str, what: &str) -> Result<Url, DeltaError> {
+    Url::parse(link).map_err(|e| DeltaError::Read {
+        group: group.clone(),
+        source: http::Error::Url {
+            input: what.into(),
+            detail: e.to_string(),
+        },
+    })
 }
 
 /// A stored link is dead when the service answers it with `410 Gone` or another final 4xx

@@ -9,7 +9,9 @@ mod members;
 mod selectors;
 mod wire;
 
-pub use delta::{DeltaError, DeltaRound, MAX_DELTA_PAGES, MemberChange};
+pub use delta::{
+    DeltaError, DeltaRound, GroupsRound, MAX_DELTA_IDS, MAX_DELTA_PAGES, MemberChange,
+};
 pub use incidents::{
     IncidentError, IncidentPages, IncidentQuery, MAX_INCIDENT_PAGES, MAX_INCIDENTS_TOP,
     parse_incident,

@@ -1,5 +1,5 @@
-//! What selectors read from Graph: a group's transitive members (nested groups flattened) and
-//! users by attribute, each a few paged requests rather than one lookup per identity.
+//! What selectors read from Graph: a group's direct members (a tree is read group by group)
+//! and users by attribute, each a few paged requests rather than one lookup per identity.
 
 use reqwest::Method;
 
@@ -10,8 +10,8 @@ use crate::model::{AadDeviceId, ObjectId, Upn, UserId};
 /// Objects per page: Graph's maximum `$top` for directory object lists.
 pub const PAGE: usize = 999;
 
-/// Resource units of one `transitiveMembers` page with `$select` (5, one off for `$select`).
-const TRANSITIVE_PAGE_COST: u32 = 4;
+/// Resource units of one `members` page with `$select` (3, one off for `$select`).
+const MEMBERS_PAGE_COST: u32 = http::cost::MEMBERS_PAGE - 1;
 
 /// User properties that Graph filters with `eq`/`in` only as an *advanced query*: with the
 /// `ConsistencyLevel: eventual` header and `$count=true` on every page (Graph docs, "Advanced
@@ -36,6 +36,7 @@ pub enum TreeMember {
     },
     /// A contact, service principal or any other type: not a user, not a device.
     Other {
+        id: String,
         odata_type: String,
     },
 }
@@ -65,56 +66,37 @@ impl SelectorError {
 }
 
 impl GraphClient {
-    /// Every object in `group` and the groups nested in it, all pages (⌈N/999⌉ requests).
-    pub async fn transitive_members(
-        &self,
-        group: &ObjectId,
-    ) -> Result<Vec<TreeMember>, SelectorError> {
-        let what = || format!("the transitive members of group {group}");
+    /// The objects directly in `group` (users, nested groups, devices, contacts, service
+    /// principals), all pages: ⌈members/999⌉ requests. Reading a tree group by group costs at
+    /// most one partial page per group more than `transitiveMembers`, and says which group
+    /// each object sits in, which the flat transitive list does not.
+    pub async fn direct_members(&self, group: &ObjectId) -> Result<Vec<TreeMember>, SelectorError> {
+        let err = selector_error(|| format!("the members of group {group}"));
         let url = self
             .http
             .graph_url(&format!(
-                "/groups/{group}/transitiveMembers?$select=id,userPrincipalName,displayName,\
+                "/groups/{group}/members?$select=id,userPrincipalName,displayName,\
                  accountEnabled,deviceId&$top={PAGE}"
             ))
-            .map_err(|source| SelectorError {
-                what: what(),
-                source,
-            })?;
-        let req = Request::get(Surface::GraphRead, url).with_cost(TRANSITIVE_PAGE_COST);
-        let objects: Vec<wire::TreeObject> =
-            self.http
-                .get_all(req)
-                .await
-                .map_err(|source| SelectorError {
-                    what: what(),
-                    source,
-                })?;
+            .map_err(&err)?;
+        let req = Request::get(Surface::GraphRead, url).with_cost(MEMBERS_PAGE_COST);
+        let objects: Vec<wire::TreeObject> = self.http.get_all(req).await.map_err(&err)?;
         Ok(objects.into_iter().map(tree_member).collect())
     }
 
     /// The group's display name.
     pub async fn group_name(&self, group: &ObjectId) -> Result<Option<String>, SelectorError> {
-        let what = || format!("group {group}");
+        let err = selector_error(|| format!("group {group}"));
         let url = self
             .http
             .graph_url(&format!("/groups/{group}?$select=id,displayName"))
-            .map_err(|source| SelectorError {
-                what: what(),
-                source,
-            })?;
+            .map_err(&err)?;
         let resp = self
             .http
             .send(Request::new(Method::GET, Surface::GraphRead, url))
             .await
-            .map_err(|source| SelectorError {
-                what: what(),
-                source,
-            })?;
-        let obj: wire::TreeObject = resp.json().map_err(|source| SelectorError {
-            what: what(),
-            source,
-        })?;
+            .map_err(&err)?;
+        let obj: wire::TreeObject = resp.json().map_err(&err)?;
         Ok(obj.display_name)
     }
 
@@ -138,7 +120,7 @@ impl GraphClient {
         let advanced = conditions
             .iter()
             .any(|(p, _)| ADVANCED_USER_PROPERTIES.contains(p));
-        let what = || format!("users where {filter}");
+        let err = selector_error(|| format!("users where {filter}"));
         let count = if advanced { "&$count=true" } else { "" };
         let url = self
             .http
@@ -146,23 +128,13 @@ impl GraphClient {
                 "/users?$filter={}&$select=id,userPrincipalName,accountEnabled&$top={PAGE}{count}",
                 encode_query_value(&filter)
             ))
-            .map_err(|source| SelectorError {
-                what: what(),
-                source,
-            })?;
+            .map_err(&err)?;
         let mut req = Request::get(Surface::GraphRead, url).with_cost(http::cost::USERS);
         if advanced {
             // Sent on every page: the paging keeps the request's headers.
             req = req.with_header("ConsistencyLevel", "eventual");
         }
-        let objects: Vec<wire::TreeObject> =
-            self.http
-                .get_all(req)
-                .await
-                .map_err(|source| SelectorError {
-                    what: what(),
-                    source,
-                })?;
+        let objects: Vec<wire::TreeObject> = self.http.get_all(req).await.map_err(&err)?;
         Ok(objects
             .into_iter()
             .filter_map(|o| {
@@ -179,6 +151,14 @@ impl GraphClient {
     }
 }
 
+/// The one way a failed read becomes a [`SelectorError`]: `what` names the object read.
+fn selector_error(what: impl Fn() -> String) -> impl Fn(http::Error) -> SelectorError {
+    move |source| SelectorError {
+        what: what(),
+        source,
+    }
+}
+
 /// An OData string literal: quotes doubled.
 fn quoted(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
@@ -186,6 +166,10 @@ fn quoted(v: &str) -> String {
 
 fn tree_member(o: wire::TreeObject) -> TreeMember {
     let kind = o.odata_type.as_deref().unwrap_or("").to_ascii_lowercase();
+    let other = |kind: String| TreeMember::Other {
+        id: o.id.clone(),
+        odata_type: kind,
+    };
     match kind.as_str() {
         "#microsoft.graph.user" => match UserId::parse(&o.id) {
             Ok(id) => TreeMember::User {
@@ -198,14 +182,14 @@ fn tree_member(o: wire::TreeObject) -> TreeMember {
                 // omitted it; Graph returns it when `$select` names it.
                 enabled: o.account_enabled.unwrap_or(true),
             },
-            Err(_) => TreeMember::Other { odata_type: kind },
+            Err(_) => other(kind),
         },
         "#microsoft.graph.group" => match ObjectId::parse(&o.id) {
             Ok(id) => TreeMember::Group {
                 id,
                 name: o.display_name,
             },
-            Err(_) => TreeMember::Other { odata_type: kind },
+            Err(_) => other(kind),
         },
         "#microsoft.graph.device" => match ObjectId::parse(&o.id) {
             Ok(id) => TreeMember::Device {
@@ -215,8 +199,8 @@ fn tree_member(o: wire::TreeObject) -> TreeMember {
                     .as_deref()
                     .and_then(|d| AadDeviceId::parse(d).ok()),
             },
-            Err(_) => TreeMember::Other { odata_type: kind },
+            Err(_) => other(kind),
         },
-        _ => TreeMember::Other { odata_type: kind },
+        _ => other(kind),
     }
 }

@@ -29,7 +29,7 @@ pub(crate) struct User {
     pub user_principal_name: Option<String>,
 }
 
-/// An object of `/groups/{id}/transitiveMembers`, or a user read by attribute.
+/// An object of `/groups/{id}/members` read for a selector tree, or a user read by attribute.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TreeObject {

@@ -21,6 +21,9 @@ pub struct Found {
     /// The Entra device id of a machine.
     pub aad: Option<String>,
     pub enabled: bool,
+    /// Why this one is in scope when it differs from the read's origin ("via group
+    /// Berlin-Staff › SOC-Tier2" for a member of a nested group).
+    pub origin: Option<String>,
 }
 
 /// What reading one selector's source gave.
@@ -34,6 +37,13 @@ pub enum Read {
         found: Vec<Found>,
         other_types: usize,
         /// Devices of an Entra device group that have no MDE machine.
+        no_machine: usize,
+    },
+    /// The source reported no change since its last good expansion (every group of the tree
+    /// followed with `groups/delta`): that expansion stands, with the counts it had.
+    Unchanged {
+        other_types: usize,
+        skipped_disabled: usize,
         no_machine: usize,
     },
     /// The source could not be read: deleted, forbidden, a filter the service rejected.
@@ -176,6 +186,7 @@ fn labelled(
             continue;
         }
         let name = u.name.unwrap_or_else(|| u.id.clone()).to_lowercase();
+        let origin = u.origin.as_deref().unwrap_or(origin);
         // The label leads with the name, then the Entra device id if any: what exclusions
         // match on.
         let aad = u
@@ -218,41 +229,9 @@ pub fn combine(
             no_machine: 0,
             status: Status::Expanded,
         };
-        let yielded: Vec<(String, String)> = match read {
-            Read::NotExpanded => {
-                finding.status = Status::NotExpanded;
-                out.hold_removals = true;
-                out.findings.push(finding);
-                continue;
-            }
-            Read::Unreadable { why } => {
-                // Never read well before: what it would keep in scope is unknown.
-                out.hold_removals |= !last.contains_key(&key);
-                let kept = last.get(&key).cloned().unwrap_or_default();
-                finding.status = Status::Unresolved {
-                    why,
-                    kept: kept.len(),
-                };
-                kept
-            }
-            Read::Answered {
-                origin,
-                found,
-                other_types,
-                no_machine,
-            } => {
-                finding.skipped_other_types = other_types;
-                finding.no_machine = no_machine;
-                let now = labelled(found, selector, &origin, &mut finding);
-                if now.is_empty() {
-                    let kept = last.get(&key).cloned().unwrap_or_default();
-                    finding.status = Status::Empty { kept: kept.len() };
-                    kept
-                } else {
-                    out.store.push((key, now.clone()));
-                    now
-                }
-            }
+        let Some(yielded) = yielded(selector, read, last, &mut finding, &mut out) else {
+            out.findings.push(finding);
+            continue;
         };
         for (id, label) in yielded {
             // The label's words before the origin: the name, and a device's Entra id.
@@ -283,4 +262,73 @@ pub fn combine(
         out.findings.push(finding);
     }
     out
+}
+
+/// What one selector's read puts forward (before exclusions), its finding filled in; `None`
+/// for a selector this version does not expand.
+fn yielded(
+    selector: &Selector,
+    read: Read,
+    last: &HashMap<String, Vec<(String, String)>>,
+    finding: &mut Finding,
+    out: &mut Expansion,
+) -> Option<Vec<(String, String)>> {
+    let key = &finding.selector.clone();
+    Some(match read {
+        Read::NotExpanded => {
+            finding.status = Status::NotExpanded;
+            out.hold_removals = true;
+            return None;
+        }
+        Read::Unchanged {
+            other_types,
+            skipped_disabled,
+            no_machine,
+        } => {
+            finding.skipped_other_types = other_types;
+            finding.skipped_disabled = skipped_disabled;
+            finding.no_machine = no_machine;
+            match last.get(key) {
+                Some(kept) => kept.clone(),
+                None => {
+                    // Only read as unchanged with a stored expansion; without one what it
+                    // keeps in scope is unknown.
+                    out.hold_removals = true;
+                    finding.status = Status::Unresolved {
+                        why: "no stored expansion to compare with".into(),
+                        kept: 0,
+                    };
+                    Vec::new()
+                }
+            }
+        }
+        Read::Unreadable { why } => {
+            // Never read well before: what it would keep in scope is unknown.
+            out.hold_removals |= !last.contains_key(key);
+            let kept = last.get(key).cloned().unwrap_or_default();
+            finding.status = Status::Unresolved {
+                why,
+                kept: kept.len(),
+            };
+            kept
+        }
+        Read::Answered {
+            origin,
+            found,
+            other_types,
+            no_machine,
+        } => {
+            finding.skipped_other_types = other_types;
+            finding.no_machine = no_machine;
+            let now = labelled(found, selector, &origin, finding);
+            if now.is_empty() {
+                let kept = last.get(key).cloned().unwrap_or_default();
+                finding.status = Status::Empty { kept: kept.len() };
+                kept
+            } else {
+                out.store.push((key.clone(), now.clone()));
+                now
+            }
+        }
+    })
 }

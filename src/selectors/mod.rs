@@ -1,26 +1,30 @@
-//! Selectors expanded against the tenant: `{ group = … }` users are the group's transitive
-//! user members (one paged `transitiveMembers` read), `{ where = … }` users are one paged
-//! `$filter` read. `{ group = … }` devices are the group's transitive Entra devices joined to
-//! MDE machines by Entra device id (`aadDeviceId`); `{ where = … }` devices are read from the
-//! machine list with the service's `$filter` for `tag` or `os` and checked locally for every
-//! condition. What they yield joins the desired users and devices of the reconcile pass, so
-//! adds, removals and the removal guard treat them like single entries; [`expand`] decides the
-//! safety rules (pure).
+//! Selectors expanded against the tenant: `{ group = … }` users are the enabled users of the
+//! group's tree, read group by group ([`tree`]) so each says the path it came by, and followed
+//! with `groups/delta` ([`track`]) so a pass over an unchanged tree costs one request per 50
+//! groups. `{ where = … }` users are one paged `$filter` read. `{ group = … }` devices are the
+//! tree's Entra devices joined to MDE machines by Entra device id (`aadDeviceId`);
+//! `{ where = … }` devices are read from the machine list with the service's `$filter` and
+//! checked locally for every condition. What they yield joins the desired users and devices
+//! of the reconcile pass, so adds, removals and the removal guard treat them like single
+//! entries; [`expand`] decides the safety rules (pure).
 //!
 //! `health_status` and `onboarding_status` are validated but not expanded: the machine list
 //! as read carries neither, so such a selector holds every removal while it is listed.
 
 pub mod expand;
+pub mod track;
+pub mod tree;
 
 use std::collections::HashMap;
 
 use crate::defender::DefenderClient;
 use crate::desired::{Condition, DesiredState, Selector, SelectorSource, Subject};
 use crate::graph::{GraphClient, TreeMember};
-use crate::model::Machine;
+use crate::model::{Machine, ObjectId};
 use crate::state::State;
 
 pub use expand::{Expansion, Finding, Found, Read, Status};
+use track::{Followed, Tracking};
 
 /// The two API clients a selector reads through.
 #[derive(Clone, Copy)]
@@ -31,31 +35,39 @@ pub struct Clients<'a> {
 
 /// Reads every selector of `desired` and combines the answers with each selector's last good
 /// expansion from `state`. With `store`, the expansions read well this pass are written back
-/// (the `plan` command reads only). Never fails: a source that cannot be read is a finding.
+/// (the `plan` command reads only), and group trees are subscribed to `groups/delta` so the
+/// next pass over an unchanged tree is cheap. Never fails: a source that cannot be read is a
+/// finding.
 pub async fn expand_selectors(
     clients: Clients<'_>,
     state: Option<&State>,
     store: bool,
     desired: &DesiredState,
 ) -> Expansion {
+    let now = chrono::Utc::now();
     let mut reads = Vec::with_capacity(desired.selectors.len());
     let mut last = HashMap::new();
+    let mut tracked: HashMap<String, Tracking> = HashMap::new();
     let mut machines = None;
     for selector in &desired.selectors {
         let key = selector.key();
-        if let Some(state) = state {
-            match state.selector_expansion(&key) {
-                Ok(Some(yielded)) => {
-                    last.insert(key, yielded);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, selector = %key,
-                    "reading the selector's last expansion failed; it is taken as never read"),
-            }
+        let stored = state.map(|s| stored_selector(s, &key)).unwrap_or_default();
+        let has_last = stored.0.is_some();
+        if let Some(yielded) = stored.0 {
+            last.insert(key.clone(), yielded);
         }
-        let read = match selector.subject {
-            Subject::Users => read_users(clients.graph, selector).await,
-            Subject::Devices => read_devices(clients, selector, &mut machines).await,
+        let read = match (&selector.subject, &selector.source) {
+            (Subject::Users, SelectorSource::Group(root)) => {
+                let previous = stored.1.filter(|t| has_last && t.fresh(now));
+                let (read, tracking) =
+                    read_user_tree(clients.graph, root, previous, store, now).await;
+                if let Some(t) = tracking {
+                    tracked.insert(key, t);
+                }
+                read
+            }
+            (Subject::Users, _) => read_users(clients.graph, selector).await,
+            (Subject::Devices, _) => read_devices(clients, selector, &mut machines).await,
         };
         reads.push((selector, read));
     }
@@ -69,67 +81,156 @@ pub async fn expand_selectors(
         }
     }
     if store && let Some(state) = state {
-        for (key, yielded) in &expansion.store {
-            if let Err(e) = state.set_selector_expansion(key, yielded) {
-                tracing::warn!(error = %e, selector = %key,
-                    "storing the selector's expansion failed; the last stored one stays");
-            }
-        }
+        store_expansion(state, &expansion, tracked);
     }
     expansion
 }
 
-/// What one user selector's source answers now.
-async fn read_users(graph: &GraphClient, selector: &Selector) -> Read {
-    match &selector.source {
-        SelectorSource::Group(group) => {
-            let members = match graph.transitive_members(group).await {
-                Ok(m) => m,
-                Err(e) => return Read::Unreadable { why: e.to_string() },
-            };
-            let mut found = Vec::new();
-            let mut other_types = 0;
-            for m in members {
-                match m {
-                    TreeMember::User { id, upn, enabled } => found.push(Found {
-                        id: id.to_string(),
-                        name: upn.map(|u| u.to_string()),
-                        aad: None,
-                        enabled,
-                    }),
-                    _ => other_types += 1,
-                }
-            }
-            Read::Answered {
-                origin: format!("via group {}", group_name(graph, group).await),
-                found,
-                other_types,
-                no_machine: 0,
-            }
+/// A selector's last good expansion and its change tracking; what cannot be read is taken as
+/// never stored (the tree is then read in full).
+fn stored_selector(state: &State, key: &str) -> (Option<Vec<(String, String)>>, Option<Tracking>) {
+    let last = state.selector_expansion(key).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, selector = %key,
+            "reading the selector's last expansion failed; it is taken as never read");
+        None
+    });
+    let tracking = match state.selector_tracking(key) {
+        Ok(Some(text)) => serde_json::from_str(&text).ok(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, selector = %key,
+                "reading the selector's change tracking failed; its tree is read in full");
+            None
         }
-        SelectorSource::Where(conditions) => {
-            let props: Vec<(&str, &[String])> = conditions
-                .iter()
-                .filter_map(|c| Some((property(Subject::Users, c)?, c.values.as_slice())))
-                .collect();
-            match graph.users_matching(&props).await {
-                Ok(rows) => Read::Answered {
-                    origin: format!("via {}", selector.source),
-                    found: rows
-                        .into_iter()
-                        .map(|r| Found {
-                            id: r.id.to_string(),
-                            name: r.upn.map(|u| u.to_string()),
-                            aad: None,
-                            enabled: r.enabled,
-                        })
-                        .collect(),
-                    other_types: 0,
+    };
+    (last, tracking)
+}
+
+/// Writes back the expansions read well, and the tracking of each tree that expanded; a
+/// selector that did not expand (unreadable, empty) forgets its tracking, so the next pass
+/// reads its tree in full.
+fn store_expansion(state: &State, expansion: &Expansion, mut tracked: HashMap<String, Tracking>) {
+    for (key, yielded) in &expansion.store {
+        if let Err(e) = state.set_selector_expansion(key, yielded) {
+            tracing::warn!(error = %e, selector = %key,
+                "storing the selector's expansion failed; the last stored one stays");
+        }
+    }
+    for f in &expansion.findings {
+        let tracking = match (tracked.remove(&f.selector), &f.status) {
+            (Some(mut t), Status::Expanded) => {
+                t.other_types = f.skipped_other_types;
+                t.skipped_disabled = f.skipped_disabled;
+                serde_json::to_string(&t).ok()
+            }
+            _ => None,
+        };
+        if let Err(e) = state.set_selector_tracking(&f.selector, tracking.as_deref()) {
+            tracing::warn!(error = %e, selector = %f.selector,
+                "storing the selector's change tracking failed; its tree is read in full next time");
+        }
+    }
+}
+
+/// A user group selector: unchanged when every stored link of `previous` says so, otherwise
+/// the tree read in full and, with `subscribe`, subscribed from now. Returns the read and the
+/// tracking to store if the selector expands.
+async fn read_user_tree(
+    graph: &GraphClient,
+    root: &ObjectId,
+    previous: Option<Tracking>,
+    subscribe: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Read, Option<Tracking>) {
+    if let Some(previous) = previous {
+        match track::follow(graph, root, &previous.links).await {
+            Ok(Followed::Unchanged(links)) => {
+                let read = Read::Unchanged {
+                    other_types: previous.other_types,
+                    skipped_disabled: previous.skipped_disabled,
                     no_machine: 0,
-                },
-                Err(e) => Read::Unreadable { why: e.to_string() },
+                };
+                return (read, Some(Tracking { links, ..previous }));
+            }
+            Ok(Followed::Changed(why)) => {
+                tracing::info!(group = %root, "{why}; reading the selector's tree again");
+            }
+            Err(e) => tracing::warn!(error = %e, group = %root,
+                "following the selector's tree with groups/delta failed; reading it again"),
+        }
+    }
+    let tree = match tree::read_tree(graph, root).await {
+        Ok(t) => t,
+        Err(e) => return (Read::Unreadable { why: e.to_string() }, None),
+    };
+    let tracking = if subscribe {
+        match track::subscribe(graph, root, &tree.group_ids()).await {
+            Ok(links) => Some(Tracking {
+                links,
+                groups: tree.groups.len(),
+                other_types: 0,
+                skipped_disabled: 0,
+                read_at: now,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, group = %root,
+                    "subscribing the selector's tree to groups/delta failed; it is read in full next pass");
+                None
             }
         }
+    } else {
+        None
+    };
+    let paths: Vec<String> = (0..tree.groups.len()).map(|i| tree.path(i)).collect();
+    let mut found = Vec::new();
+    let mut other_types = tree.groups.len() - 1;
+    for (m, at) in tree.members {
+        match m {
+            TreeMember::User { id, upn, enabled } => found.push(Found {
+                id: id.to_string(),
+                name: upn.map(|u| u.to_string()),
+                aad: None,
+                enabled,
+                origin: (at > 0).then(|| format!("via group {}", paths[at])),
+            }),
+            _ => other_types += 1,
+        }
+    }
+    let read = Read::Answered {
+        origin: format!("via group {}", paths[0]),
+        found,
+        other_types,
+        no_machine: 0,
+    };
+    (read, tracking)
+}
+
+/// What one `where` user selector's source answers now.
+async fn read_users(graph: &GraphClient, selector: &Selector) -> Read {
+    let SelectorSource::Where(conditions) = &selector.source else {
+        return Read::NotExpanded;
+    };
+    let props: Vec<(&str, &[String])> = conditions
+        .iter()
+        .filter_map(|c| Some((property(Subject::Users, c)?, c.values.as_slice())))
+        .collect();
+    match graph.users_matching(&props).await {
+        Ok(rows) => Read::Answered {
+            origin: format!("via {}", selector.source),
+            found: rows
+                .into_iter()
+                .map(|r| Found {
+                    id: r.id.to_string(),
+                    name: r.upn.map(|u| u.to_string()),
+                    aad: None,
+                    enabled: r.enabled,
+                    origin: None,
+                })
+                .collect(),
+            other_types: 0,
+            no_machine: 0,
+        },
+        Err(e) => Read::Unreadable { why: e.to_string() },
     }
 }
 
@@ -142,8 +243,8 @@ async fn read_devices(
 ) -> Read {
     match &selector.source {
         SelectorSource::Group(group) => {
-            let members = match clients.graph.transitive_members(group).await {
-                Ok(m) => m,
+            let tree = match tree::read_tree(clients.graph, group).await {
+                Ok(t) => t,
                 Err(e) => return Read::Unreadable { why: e.to_string() },
             };
             if machines.is_none() {
@@ -157,23 +258,24 @@ async fn read_devices(
                 .iter()
                 .filter_map(|m| Some((m.aad_device_id.as_ref()?.as_str(), m)))
                 .collect();
-            let (mut found, mut other_types, mut no_machine) = (Vec::new(), 0, 0);
-            for m in members {
+            let (mut found, mut other_types, mut no_machine) =
+                (Vec::new(), tree.groups.len() - 1, 0);
+            for (m, at) in &tree.members {
                 let TreeMember::Device { device_id, .. } = m else {
                     other_types += 1;
                     continue;
                 };
                 // A device that is not Entra-joined in MDE (null aadDeviceId) cannot be matched.
                 match device_id.as_ref().and_then(|d| by_aad.get(d.as_str())) {
-                    Some(machine) => found.push(machine_found(machine)),
+                    Some(machine) => found.push(Found {
+                        origin: (*at > 0).then(|| format!("via device group {}", tree.path(*at))),
+                        ..machine_found(machine)
+                    }),
                     None => no_machine += 1,
                 }
             }
             Read::Answered {
-                origin: format!(
-                    "via device group {}",
-                    group_name(clients.graph, group).await
-                ),
+                origin: format!("via device group {}", tree.path(0)),
                 found,
                 other_types,
                 no_machine,
@@ -251,6 +353,7 @@ fn machine_found(m: &Machine) -> Found {
         name: m.dns_name.as_ref().map(|n| n.to_string()),
         aad: m.aad_device_id.as_ref().map(|a| a.to_string()),
         enabled: true,
+        origin: None,
     }
 }
 
@@ -261,14 +364,4 @@ fn property(subject: Subject, c: &Condition) -> Option<&'static str> {
         .iter()
         .find(|(k, _)| *k == c.key)
         .map(|(_, p)| *p)
-}
-
-/// The group's name, for people only: a group whose name cannot be read is shown by id.
-async fn group_name(graph: &GraphClient, group: &crate::model::ObjectId) -> String {
-    graph
-        .group_name(group)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| group.to_string())
 }

@@ -199,7 +199,7 @@ impl SimHandle {
 
     /// Declares every delta link issued so far expired: its next use is refused with `how`.
     pub fn expire_delta_links(&self, how: DeltaRefusal) {
-        self.with(|t| t.directory.delta_refused_upto = Some((t.directory.delta_seq, how)));
+        self.with(|t| t.directory.expire_delta_links(how));
     }
 
     pub fn machine(&self, id: &str) -> Option<MachineView> {

@@ -1,7 +1,9 @@
 //! Each selector's last good expansion: the identities it yielded when its source was last
 //! read, kept so that a source that cannot be read (deleted, forbidden, a rejected filter)
 //! keeps what it produced instead of removing it. Stored in the `cursor` table under
-//! `selector:{key}` as a JSON list, so no schema change is needed.
+//! `selector:{key}` as a JSON list, so no schema change is needed. Beside it, under
+//! `selector-delta:{key}`, the `groups/delta` links that tell an unchanged tree from a changed
+//! one, so a restart stays as cheap as the pass before it.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -40,6 +42,38 @@ impl State {
                  on conflict (name) do update set value = excluded.value",
                 params![name, value],
             )?;
+            Ok(())
+        })
+    }
+}
+
+/// The `cursor` row prefix of a selector's change tracking (its `groups/delta` links).
+const TRACKING: &str = "selector-delta:";
+
+impl State {
+    /// What selector `key` stored to follow its source cheaply (opaque text to this table).
+    pub fn selector_tracking(&self, key: &str) -> Result<Option<String>, StateError> {
+        let name = format!("{TRACKING}{key}");
+        self.read("read a selector's change tracking", |conn| {
+            conn.query_row("select value from cursor where name = ?1", [&name], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    /// Stores (or with `None` forgets) how selector `key` follows its source.
+    pub fn set_selector_tracking(&self, key: &str, value: Option<&str>) -> Result<(), StateError> {
+        let name = format!("{TRACKING}{key}");
+        self.write("store a selector's change tracking", |tx| {
+            match value {
+                Some(v) => tx.execute(
+                    "insert into cursor (name, value) values (?1, ?2) \
+                     on conflict (name) do update set value = excluded.value",
+                    params![name, v],
+                )?,
+                None => tx.execute("delete from cursor where name = ?1", [&name])?,
+            };
             Ok(())
         })
     }

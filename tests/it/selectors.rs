@@ -20,7 +20,9 @@ use dexscope::tenant::Tenant;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-const TRANSITIVE: &str = "GET /v1.0/groups/{id}/transitiveMembers";
+const MEMBERS: &str = "GET /v1.0/groups/{id}/members";
+const DELTA: &str = "GET /v1.0/groups/delta";
+const GROUP: &str = "GET /v1.0/groups/{id}";
 const USERS: &str = "GET /v1.0/users";
 const REMOVE_REF: &str = "DELETE /v1.0/groups/{id}/members/{id}/$ref";
 
@@ -262,7 +264,12 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     assert_eq!(env.members(), ids(&tree.users));
     assert!(!env.members().contains(&tree.disabled.to_string()));
     let stats = env.sim.stats();
-    assert_eq!(stats.calls(TRANSITIVE), 1, "one page for a small tree");
+    // One members page per group of the tree (root, SOC-Tier2, Deep) besides the scoped
+    // group's own two reads, the root's name, and one groups/delta subscription for the tree
+    // besides the scoped group's own first round.
+    assert_eq!(stats.calls(MEMBERS), 3 + 2, "{:?}", stats.calls_by_route);
+    assert_eq!(stats.calls(DELTA), 1 + 1, "{:?}", stats.calls_by_route);
+    assert_eq!(stats.calls(GROUP), 1, "{:?}", stats.calls_by_route);
     let f = &report.plan.selectors[0];
     assert_eq!(f.status, Status::Expanded);
     assert_eq!(f.identities, 5);
@@ -271,7 +278,17 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     assert_eq!(f.skipped_other_types, 5);
     let text = report.plan.to_string();
     assert!(
-        text.contains("user3@contoso.com (via group Berlin-Staff)"),
+        text.contains("user1@contoso.com (via group Berlin-Staff)"),
+        "{text}"
+    );
+    // A member of a nested group says the path to it; the cycle back to the root does not
+    // make a longer one.
+    assert!(
+        text.contains("user3@contoso.com (via group Berlin-Staff › SOC-Tier2)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("user5@contoso.com (via group Berlin-Staff › SOC-Tier2 › Deep)"),
         "{text}"
     );
     // The audit log carries the same origin.
@@ -282,16 +299,28 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     assert!(
         audit
             .iter()
-            .any(|e| e.object_label == "user3@contoso.com (via group Berlin-Staff)"),
+            .any(|e| e.object_label == "user3@contoso.com (via group Berlin-Staff › SOC-Tier2)"),
         "{audit:?}"
     );
     let json = serde_json::to_value(&report.plan).unwrap();
     assert_eq!(json["selectors"][0]["skipped_other_types"], 5);
+    assert!(
+        json.to_string()
+            .contains("user3@contoso.com (via group Berlin-Staff › SOC-Tier2)"),
+        "{json}"
+    );
     let _ = tree.soc;
 
-    // Converged: the next pass changes nothing.
+    // Converged: the next pass changes nothing, and reads the unchanged tree with one
+    // groups/delta round for its three groups (plus the scoped group's own round).
+    env.sim.reset_stats();
     let again = env.pass().await;
     assert_eq!(again.plan.change_count(), 0, "{}", again.plan);
+    let stats = env.sim.stats();
+    assert_eq!(stats.calls(MEMBERS), 0, "{:?}", stats.calls_by_route);
+    assert_eq!(stats.calls(DELTA), 2, "{:?}", stats.calls_by_route);
+    assert_eq!(again.plan.selectors[0].skipped_other_types, 5);
+    assert_eq!(again.plan.selectors[0].skipped_disabled, 1);
 
     // With include_disabled the disabled account is taken too.
     env.write_desired(&format!(
@@ -300,6 +329,141 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     ));
     env.pass().await;
     assert!(env.members().contains(&tree.disabled.to_string()));
+}
+
+/// Each pass opens the state and the tenant anew, as a restarted daemon would: the stored
+/// links are what make the second pass cheap.
+#[tokio::test]
+async fn an_unchanged_tree_of_sixty_groups_costs_two_delta_rounds_after_a_restart() {
+    let env = Env::start().await;
+    let children: Vec<Uuid> = (0..59)
+        .map(|n| {
+            let u = env.user(100 + n, UserAttrs::default());
+            env.group(100 + n, &format!("Team-{n}"), &[u])
+        })
+        .collect();
+    let root = env.group(99, "Everyone", &children);
+    env.write_desired(&format!("users = [{{ group = \"{root}\" }}]\n"));
+    env.sim.reset_stats();
+    env.pass().await;
+    assert_eq!(env.members().len(), 59);
+    // 60 groups: two subscriptions (50 + 10 ids) besides the scoped group's own round.
+    assert_eq!(env.sim.stats().calls(DELTA), 2 + 1);
+    env.sim.reset_stats();
+    let report = env.pass().await;
+    assert_eq!(report.plan.change_count(), 0, "{}", report.plan);
+    let stats = env.sim.stats();
+    assert_eq!(stats.calls(DELTA), 2 + 1, "{:?}", stats.calls_by_route);
+    assert_eq!(stats.calls(MEMBERS), 0, "{:?}", stats.calls_by_route);
+    assert_eq!(stats.calls(GROUP), 0, "{:?}", stats.calls_by_route);
+    assert_eq!(report.plan.selectors[0].identities, 59);
+    assert_eq!(report.plan.selectors[0].skipped_other_types, 59);
+}
+
+#[tokio::test]
+async fn a_change_in_a_grandchild_group_is_seen_and_applied() {
+    let env = Env::start().await;
+    let tree = env.tree();
+    env.write_desired(&format!("users = [{{ group = \"{}\" }}]\n", tree.root));
+    env.pass().await;
+    let newcomer = env.user(7, UserAttrs::default());
+    let deep = Uuid::from_u128(0x6e0_0003);
+    env.sim
+        .state()
+        .lock()
+        .unwrap()
+        .directory
+        .add_member(&deep, newcomer);
+    env.sim.reset_stats();
+    let report = env.pass().await;
+    assert!(env.members().contains(&newcomer.to_string()));
+    assert!(
+        report
+            .plan
+            .to_string()
+            .contains("user7@contoso.com (via group Berlin-Staff › SOC-Tier2 › Deep)"),
+        "{}",
+        report.plan
+    );
+    // Seen by the tree's delta round, then the tree read again: the root's name is read only
+    // by a full read.
+    assert_eq!(env.sim.stats().calls(GROUP), 1);
+    // Leaving the grandchild group is seen the same way.
+    env.sim
+        .state()
+        .lock()
+        .unwrap()
+        .directory
+        .remove_member(&deep, &newcomer);
+    env.pass().await;
+    assert!(!env.members().contains(&newcomer.to_string()));
+    assert_eq!(env.members(), ids(&tree.users));
+}
+
+#[tokio::test]
+async fn a_nested_group_added_and_removed_is_seen() {
+    let env = Env::start().await;
+    let tree = env.tree();
+    env.write_desired(&format!("users = [{{ group = \"{}\" }}]\n", tree.root));
+    env.pass().await;
+    let joiner = env.user(8, UserAttrs::default());
+    let new = env.group(4, "Night-Shift", &[joiner]);
+    let add = |g: &Uuid, m: Uuid, on: bool| {
+        let state = env.sim.state();
+        let mut t = state.lock().unwrap();
+        if on {
+            t.directory.add_member(g, m);
+        } else {
+            t.directory.remove_member(g, &m);
+        }
+    };
+    add(&tree.soc, new, true);
+    let report = env.pass().await;
+    assert!(env.members().contains(&joiner.to_string()));
+    assert!(
+        report
+            .plan
+            .to_string()
+            .contains("user8@contoso.com (via group Berlin-Staff › SOC-Tier2 › Night-Shift)"),
+        "{}",
+        report.plan
+    );
+    // A change inside the new group is followed too: it was subscribed with the tree.
+    let second = env.user(10, UserAttrs::default());
+    add(&new, second, true);
+    env.pass().await;
+    assert!(env.members().contains(&second.to_string()));
+    add(&tree.soc, new, false);
+    env.pass().await;
+    assert_eq!(env.members(), ids(&tree.users));
+}
+
+#[tokio::test]
+async fn an_expired_delta_link_means_the_tree_is_read_again() {
+    use dexscope::sim::model::DeltaRefusal;
+    for how in [DeltaRefusal::Gone, DeltaRefusal::SyncStateNotFound] {
+        let env = Env::start().await;
+        let tree = env.tree();
+        env.write_desired(&format!("users = [{{ group = \"{}\" }}]\n", tree.root));
+        env.pass().await;
+        {
+            let state = env.sim.state();
+            state.lock().unwrap().directory.expire_delta_links(how);
+        }
+        env.sim.reset_stats();
+        let report = env.pass().await;
+        assert_eq!(report.plan.change_count(), 0, "{how:?}: {}", report.plan);
+        assert_eq!(report.plan.selectors[0].status, Status::Expanded);
+        let stats = env.sim.stats();
+        // The root's name is read only by a full read of the tree.
+        assert_eq!(stats.calls(GROUP), 1, "{how:?}: {:?}", stats.calls_by_route);
+        assert_eq!(env.members(), ids(&tree.users));
+        // Subscribed afresh: the pass after it is cheap again.
+        env.sim.reset_stats();
+        env.pass().await;
+        assert_eq!(env.sim.stats().calls(GROUP), 0, "{how:?}");
+        assert_eq!(env.sim.stats().calls(MEMBERS), 0, "{how:?}");
+    }
 }
 
 #[tokio::test]

@@ -254,6 +254,12 @@ impl Directory {
         Some(out)
     }
 
+    /// Declares every delta link issued so far expired; links issued from now on are not.
+    pub fn expire_delta_links(&mut self, how: DeltaRefusal) {
+        self.delta_refused_upto = Some((self.delta_seq, how));
+        self.delta_seq += 1;
+    }
+
     /// Adds a member; false when it already was one.
     pub fn add_member(&mut self, group: &Uuid, member: Uuid) -> bool {
         self.delta_seq += 1;

@@ -208,7 +208,7 @@ fn directory(t: &mut Tenant, method: &str, segs: &[&str], body: &[u8]) -> Option
         // Declares every delta link issued so far expired: the next use of one is refused.
         ("POST", ["delta", "expire"]) => match parse::<DeltaExpire>(body) {
             Ok(e) => {
-                t.directory.delta_refused_upto = Some((t.directory.delta_seq, e.how));
+                t.directory.expire_delta_links(e.how);
                 Reply::empty(204)
             }
             Err(r) => r,

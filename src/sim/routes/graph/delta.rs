@@ -1,5 +1,7 @@
-//! Graph `groups/delta`: a full first round paged by `$skiptoken`, then member changes since
-//! a `$deltatoken`, and the refusal of links the simulator declared expired.
+//! Graph `groups/delta`: a full first round paged by `$skiptoken` (or, with
+//! `$deltatoken=latest`, an empty round from now), then member changes since a `$deltatoken`
+//! (a deleted group shows as `@removed`), and the refusal of links the simulator declared
+//! expired.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -50,7 +52,8 @@ pub(super) fn delta(t: &Tenant, req: &ApiReq) -> Reply {
 /// The state a request continues from, decoded from its token or started afresh. Token forms:
 /// `full|{seq}|{group index}|{after id or -}|{ids}` and `delta|{seq}|{ids}`.
 fn round_state(t: &Tenant, req: &ApiReq) -> Result<String, Reply> {
-    if let Some(tok) = req.q("$deltatoken") {
+    let latest = req.q("$deltatoken") == Some("latest");
+    if let Some(tok) = req.q("$deltatoken").filter(|_| !latest) {
         let s = routes::skiptoken_decode(tok).ok_or_else(bad_token)?;
         return match refused_link(t, req, &s) {
             Some(refused) => Err(refused),
@@ -80,8 +83,12 @@ fn round_state(t: &Tenant, req: &ApiReq) -> Result<String, Reply> {
             }
         },
     };
+    // `$deltatoken=latest` ("sync from now"): a round of changes since now, which is empty
+    // and carries the deltaLink to start from.
+    let round = if latest { "delta" } else { "full" };
+    let from = if latest { "" } else { "|0|-" };
     Ok(format!(
-        "full|{}|0|-|{}",
+        "{round}|{}{from}|{}",
         t.directory.delta_seq,
         ids.join(",")
     ))
@@ -187,6 +194,11 @@ fn changes_round(
     let mut value = Vec::new();
     for gid in &ids {
         let Some(g) = t.directory.group(gid) else {
+            // A tracked group that was deleted shows as removed itself.
+            value.push(
+                json!({"@odata.type": "#microsoft.graph.group", "id": gid.to_string(),
+                "@removed": {"reason": "deleted"}}),
+            );
             continue;
         };
         // The last change per member since the token, in member order.
