@@ -328,13 +328,8 @@ fn selectors_into(
         }
     }
     resolved.listed_nothing = resolved.users.is_empty() && resolved.devices.is_empty();
-    resolved.removals_held = desired.removals_held.clone().or_else(|| {
-        expansion.hold_removals.then(|| {
-            "a selector could not be expanded and was never read before, so what it keeps in \
-             scope is unknown"
-                .to_string()
-        })
-    });
+    resolved.removals_held = desired.removals_held.clone();
+    resolved.selector_hold = expansion.held_by.clone();
 }
 
 /// One reconcile pass: read, settle audit rows an interrupted pass left pending, plan, record

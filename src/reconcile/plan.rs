@@ -31,6 +31,9 @@ pub struct ResolvedDesired {
     pub listed_nothing: bool,
     /// The desired state's `removals_held`: entries vanished with their file, remove nothing.
     pub removals_held: Option<String>,
+    /// A selector that could not be expanded and has no earlier expansion to keep: what it
+    /// keeps in scope is unknown, so nothing is removed. Names the selector.
+    pub selector_hold: Option<String>,
 }
 
 /// The tenant as read at the start of the pass.
@@ -173,6 +176,8 @@ pub enum KeptBecause {
     MatchesUnresolved { entry: String },
     /// Entries vanished from the desired state with their file (it vanished or emptied).
     FileVanished { files: String },
+    /// A selector could not be expanded and was never read well before.
+    SelectorUnresolved { selector: String },
 }
 
 impl fmt::Display for KeptBecause {
@@ -189,6 +194,11 @@ impl fmt::Display for KeptBecause {
             KeptBecause::FileVanished { files } => {
                 write!(f, "desired-state file vanished or emptied: {files}")
             }
+            KeptBecause::SelectorUnresolved { selector } => write!(
+                f,
+                "selector {selector} unresolved and never expanded before: what it keeps in \
+                 scope is unknown, so nothing is removed until it expands"
+            ),
         }
     }
 }
@@ -410,10 +420,15 @@ pub fn plan(desired: &ResolvedDesired, actual: &Actual, settings: &PlanSettings)
         Some(files) => Some(KeptBecause::FileVanished {
             files: files.clone(),
         }),
-        None if desired.listed_nothing && !desired.declared_empty_ok => {
-            Some(KeptBecause::EmptyDesiredState)
-        }
-        None => None,
+        None => match &desired.selector_hold {
+            Some(selector) => Some(KeptBecause::SelectorUnresolved {
+                selector: selector.clone(),
+            }),
+            None if desired.listed_nothing && !desired.declared_empty_ok => {
+                Some(KeptBecause::EmptyDesiredState)
+            }
+            None => None,
+        },
     };
 
     let (user_adds, user_candidates) = user_changes(desired, actual);
@@ -821,6 +836,7 @@ mod tests {
             declared_empty_ok: false,
             listed_nothing: users.is_empty() && devices.is_empty(),
             removals_held: None,
+            selector_hold: None,
         }
     }
 

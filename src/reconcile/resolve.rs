@@ -72,6 +72,7 @@ pub async fn resolve(
             declared_empty_ok: desired.allow_empty,
             listed_nothing: desired.is_empty(),
             removals_held: held_for_selectors(desired),
+            selector_hold: None,
         },
         actual: Actual { members, tagged },
     })

@@ -152,8 +152,9 @@ pub struct Expansion {
     pub findings: Vec<Finding>,
     /// (selector key, yielded (id, label)) for each selector read well this pass.
     pub store: Vec<(String, Vec<(String, String)>)>,
-    /// Some selector is not expanded: what it would keep is unknown.
-    pub hold_removals: bool,
+    /// The selector (key and place) that is not expanded and has no earlier expansion to
+    /// keep: what it would keep is unknown, so every removal is held.
+    pub held_by: Option<String>,
 }
 
 fn user_key(k: &UserKey) -> &str {
@@ -277,7 +278,7 @@ fn yielded(
     Some(match read {
         Read::NotExpanded => {
             finding.status = Status::NotExpanded;
-            out.hold_removals = true;
+            hold(out, finding);
             return None;
         }
         Read::Unchanged {
@@ -293,7 +294,7 @@ fn yielded(
                 None => {
                     // Only read as unchanged with a stored expansion; without one what it
                     // keeps in scope is unknown.
-                    out.hold_removals = true;
+                    hold(out, finding);
                     finding.status = Status::Unresolved {
                         why: "no stored expansion to compare with".into(),
                         kept: 0,
@@ -304,7 +305,9 @@ fn yielded(
         }
         Read::Unreadable { why } => {
             // Never read well before: what it would keep in scope is unknown.
-            out.hold_removals |= !last.contains_key(key);
+            if !last.contains_key(key) {
+                hold(out, finding);
+            }
             let kept = last.get(key).cloned().unwrap_or_default();
             finding.status = Status::Unresolved {
                 why,
@@ -331,4 +334,11 @@ fn yielded(
             }
         }
     })
+}
+
+/// Every removal is held because of this selector (the first one named).
+fn hold(out: &mut Expansion, finding: &Finding) {
+    if out.held_by.is_none() {
+        out.held_by = Some(format!("{} at {}", finding.selector, finding.at));
+    }
 }

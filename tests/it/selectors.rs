@@ -565,6 +565,39 @@ async fn a_deleted_source_group_removes_nothing_and_warns() {
 }
 
 #[tokio::test]
+async fn a_selector_never_read_holds_removals_with_its_own_reason() {
+    let env = Env::start().await;
+    let listed = env.user(9, UserAttrs::default());
+    let stray = env.user(11, UserAttrs::default());
+    let scoped = Uuid::parse_str(&env.sim.user_group_id()).unwrap();
+    env.sim
+        .state()
+        .lock()
+        .unwrap()
+        .directory
+        .add_member(&scoped, stray);
+    let missing = Uuid::from_u128(0x6e0_0404);
+    env.write_desired(&format!(
+        "users = [\"user9@contoso.com\", {{ group = \"{missing}\" }}]\n"
+    ));
+    env.sim.reset_stats();
+    let report = env.pass().await;
+    assert_eq!(env.sim.stats().calls(REMOVE_REF), 0);
+    assert_eq!(env.members(), ids(&[listed, stray]));
+    let text = report.plan.to_string();
+    assert!(
+        text.contains(&format!(
+            "selector users: group {missing} at {}",
+            env.desired_path().display()
+        )) && text.contains("unresolved and never expanded before"),
+        "{text}"
+    );
+    assert!(!text.contains("vanished"), "{text}");
+    let json = serde_json::to_value(&report.plan).unwrap().to_string();
+    assert!(json.contains("\"selector_unresolved\""), "{json}");
+}
+
+#[tokio::test]
 async fn shrinking_past_max_removals_is_refused_by_the_guard() {
     let env = Env::start().await;
     env.write_config("max_removals = 2\n");
