@@ -7,9 +7,8 @@
 //! checked locally for every condition. What they yield joins the desired users and devices
 //! of the reconcile pass, so adds, removals and the removal guard treat them like single
 //! entries; [`expand`] decides the safety rules (pure).
-//!
-//! `health_status` and `onboarding_status` are validated but not expanded: the machine list
-//! as read carries neither, so such a selector holds every removal while it is listed.
+//! `health_status` and `onboarding_status` are evaluated by the service only (the machine list
+//! as read here does not keep them).
 
 pub mod expand;
 pub mod track;
@@ -281,55 +280,83 @@ async fn read_devices(
                 no_machine,
             }
         }
-        SelectorSource::Where(conditions) => {
-            if conditions
-                .iter()
-                .any(|c| matches!(c.key, "health_status" | "onboarding_status"))
-            {
-                return Read::NotExpanded;
-            }
-            let listed = match service_filter(conditions) {
-                Some(filter) => clients.defender.machines(Some(&filter)).await,
-                None => clients.defender.all_machines().await,
-            };
-            match listed {
-                Ok(list) => Read::Answered {
-                    origin: format!("via {}", selector.source),
-                    found: list
-                        .iter()
-                        .filter(|m| conditions.iter().all(|c| machine_matches(m, c)))
-                        .map(machine_found)
-                        .collect(),
-                    other_types: 0,
-                    no_machine: 0,
-                },
-                Err(e) => Read::Unreadable { why: e.to_string() },
-            }
-        }
+        SelectorSource::Where(conditions) => match where_machines(clients, conditions).await {
+            Ok(list) => Read::Answered {
+                origin: format!("via {}", selector.source),
+                found: list
+                    .iter()
+                    .filter(|m| conditions.iter().all(|c| machine_matches(m, c)))
+                    .map(machine_found)
+                    .collect(),
+                other_types: 0,
+                no_machine: 0,
+            },
+            Err(e) => Read::Unreadable { why: e.to_string() },
+        },
     }
 }
 
-/// The part of a device `where` the machine list's `$filter` serves: one key's values joined
-/// by `or` (MDE documents `machineTags/any(tag: tag eq 'X')` and `osPlatform eq 'X'`); the
-/// rest is checked locally on what it returns.
-pub fn service_filter(conditions: &[Condition]) -> Option<String> {
+/// The machines a device `where` may match: one machine list per filter the service serves,
+/// kept where every list has them (by machine id); the whole list when it serves none.
+async fn where_machines(
+    clients: Clients<'_>,
+    conditions: &[Condition],
+) -> Result<Vec<Machine>, crate::defender::Error> {
+    let filters = service_filters(conditions);
+    let Some((first, rest)) = filters.split_first() else {
+        return clients.defender.all_machines().await;
+    };
+    let mut list = clients.defender.machines(Some(first)).await?;
+    for filter in rest {
+        if list.is_empty() {
+            break;
+        }
+        let also: std::collections::HashSet<String> = clients
+            .defender
+            .machines(Some(filter))
+            .await?
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        list.retain(|m| also.contains(&m.id.to_string()));
+    }
+    Ok(list)
+}
+
+/// The parts of a device `where` the machine list's `$filter` serves, one filter per key,
+/// each key's values joined by `or` (the forms MDE documents: `machineTags/any(tag: tag eq
+/// 'X')`, `osPlatform eq 'X'`, `healthStatus eq 'X'`, `onboardingStatus eq 'X'`). Keys are
+/// not joined with `and` in one filter: the documented examples never combine fields, so
+/// each is its own read and the answers are intersected. `os` is served only without a
+/// `tag` (it is checked locally on what the tag read returns); `name_prefix` is always local.
+/// `healthStatus` and `onboardingStatus` are only ever evaluated by the service: the machine
+/// list as read here does not keep them.
+pub fn service_filters(conditions: &[Condition]) -> Vec<String> {
     let quoted = |v: &str| format!("'{}'", v.replace('\'', "''"));
-    let tag = conditions.iter().find(|c| c.key == "tag").map(|c| {
+    let any_of = |c: &Condition, field: &str| {
         c.values
             .iter()
-            .map(|v| crate::defender::tag_filter(v))
+            .map(|v| format!("{field} eq {}", quoted(v)))
             .collect::<Vec<_>>()
             .join(" or ")
-    });
-    tag.or_else(|| {
-        conditions.iter().find(|c| c.key == "os").map(|c| {
-            c.values
-                .iter()
-                .map(|v| format!("osPlatform eq {}", quoted(v)))
-                .collect::<Vec<_>>()
-                .join(" or ")
+    };
+    let has_tag = conditions.iter().any(|c| c.key == "tag");
+    conditions
+        .iter()
+        .filter_map(|c| match c.key {
+            "tag" => Some(
+                c.values
+                    .iter()
+                    .map(|v| crate::defender::tag_filter(v))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ),
+            "os" if !has_tag => Some(any_of(c, "osPlatform")),
+            "health_status" => Some(any_of(c, "healthStatus")),
+            "onboarding_status" => Some(any_of(c, "onboardingStatus")),
+            _ => None,
         })
-    })
+        .collect()
 }
 
 /// Whether `machine` meets one device condition (case-insensitive, as MDE compares).
@@ -343,6 +370,8 @@ pub fn machine_matches(machine: &Machine, c: &Condition) -> bool {
                 .iter()
                 .any(|p| n.as_str().starts_with(&p.to_ascii_lowercase()))
         }),
+        // Evaluated by the service only (see [`service_filters`]).
+        "health_status" | "onboarding_status" => true,
         _ => false,
     }
 }

@@ -703,6 +703,53 @@ async fn device_selectors_by_mde_filter_with_an_exclusion() {
 }
 
 #[tokio::test]
+async fn device_selectors_by_health_and_onboarding_status_are_served_by_the_service() {
+    use dexscope::sim::model::MachineStatus;
+    let env = Env::start().await;
+    let [m1, _m2, _m3, m4] = fleet(&env);
+    {
+        let state = env.sim.state();
+        let mut t = state.lock().unwrap();
+        let index = |t: &dexscope::sim::model::Tenant, n: u8| t.mde.by_id[&[n; 20]];
+        let (i2, i3) = (index(&t, 2), index(&t, 3));
+        let inactive = MachineStatus {
+            health: "Inactive",
+            ..MachineStatus::default()
+        };
+        let not_onboarded = MachineStatus {
+            onboarding: "CanBeOnboarded",
+            ..MachineStatus::default()
+        };
+        t.mde.status.insert(i2, inactive);
+        t.mde.status.insert(i3, not_onboarded);
+    }
+    // The inactive Berlin server is left out by the service's healthStatus filter.
+    env.write_desired(
+        "devices = [{ where = { name_prefix = \"srv-\", health_status = \"Active\" } }]\n",
+    );
+    let report = env.pass().await;
+    assert_eq!(report.plan.selectors[0].status, Status::Expanded);
+    assert_eq!(env.tagged(), HashSet::from([m1.clone(), m4]));
+
+    // Tag and onboarding status: two filtered reads, intersected.
+    env.write_desired(
+        "devices = [{ where = { tag = \"Berlin\", onboarding_status = \"Onboarded\" } }]\n",
+    );
+    let report = env.pass().await;
+    assert_eq!(report.plan.selectors[0].identities, 1, "{}", report.plan);
+    assert_eq!(env.tagged(), HashSet::from([m1.clone()]));
+
+    // A value the service does not know is refused by it: unresolved, nothing removed.
+    env.write_desired("devices = [{ where = { health_status = \"Sleepy\" } }]\n");
+    let report = env.pass().await;
+    match &report.plan.selectors[0].status {
+        Status::Unresolved { why, .. } => assert!(why.contains("400"), "{why}"),
+        other => panic!("expected unresolved, got {other:?}"),
+    }
+    assert_eq!(env.tagged(), HashSet::from([m1]));
+}
+
+#[tokio::test]
 async fn a_device_selector_by_entra_device_group_joins_on_the_entra_device_id() {
     let env = Env::start().await;
     let [_, m2, ..] = fleet(&env);

@@ -128,9 +128,51 @@ pub struct Mde {
     /// Names of every group id ever used, so a machine still reporting a removed group names it.
     pub group_names: HashMap<i64, String>,
     pub next_group_id: i64,
+    /// `healthStatus` and `onboardingStatus` of machines that are not `Active` / `Onboarded`,
+    /// by machine index.
+    pub status: HashMap<u32, MachineStatus>,
 }
 
+/// A machine's `healthStatus` and `onboardingStatus`, spelled as `/api/machines` returns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineStatus {
+    pub health: &'static str,
+    pub onboarding: &'static str,
+}
+
+impl Default for MachineStatus {
+    fn default() -> Self {
+        MachineStatus {
+            health: "Active",
+            onboarding: "Onboarded",
+        }
+    }
+}
+
+/// The `healthStatus` values `/api/machines` documents.
+pub const HEALTH_STATUSES: &[&str] = &[
+    "Active",
+    "Inactive",
+    "ImpairedCommunication",
+    "NoSensorData",
+    "NoSensorDataImpairedCommunication",
+    "Unknown",
+];
+
+/// The `onboardingStatus` values `/api/machines` documents.
+pub const ONBOARDING_STATUSES: &[&str] = &[
+    "Onboarded",
+    "CanBeOnboarded",
+    "Unsupported",
+    "InsufficientInfo",
+];
+
 impl Mde {
+    /// The health and onboarding status of the machine at `index`.
+    pub fn status_of(&self, index: u32) -> MachineStatus {
+        self.status.get(&index).copied().unwrap_or_default()
+    }
+
     pub fn intern_tag(&mut self, tag: &str) -> u32 {
         let key: Box<str> = tag.to_lowercase().into();
         if let Some(&id) = self.tag_ids.get(&key) {

@@ -25,8 +25,8 @@ pub use incidents::{
     PlannedChange,
 };
 pub use mde::{
-    DeviceGroup, GroupRule, Machine, Mde, Os, UNASSIGNED_GROUP, UNASSIGNED_GROUP_ID,
-    parse_machine_id,
+    DeviceGroup, GroupRule, HEALTH_STATUSES, Machine, MachineStatus, Mde, ONBOARDING_STATUSES, Os,
+    UNASSIGNED_GROUP, UNASSIGNED_GROUP_ID, parse_machine_id,
 };
 
 use super::faults::{FaultConfig, Faults};

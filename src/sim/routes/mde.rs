@@ -5,7 +5,7 @@ use axum::http::Method;
 use serde_json::{Map, Value, json};
 
 use super::{ApiReq, Reply, Tok, lex, mde_error};
-use crate::sim::model::{Machine, Tenant};
+use crate::sim::model::{HEALTH_STATUSES, Machine, ONBOARDING_STATUSES, Tenant};
 use crate::sim::quota::Cost;
 
 const READ: &[&str] = &["Machine.Read.All", "Machine.ReadWrite.All"];
@@ -99,6 +99,7 @@ pub fn machine_json(t: &Tenant, i: u32) -> Value {
     let first_seen = t.now() - chrono::Duration::minutes(i64::from(m.first_seen_min));
     let last_seen = t.now() - chrono::Duration::minutes(i64::from(m.first_seen_min % 720));
     let ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+    let status = t.mde.status_of(i);
     json!({
         "id": m.id_hex(), "computerDnsName": &*m.dns,
         "firstSeen": first_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -106,7 +107,8 @@ pub fn machine_json(t: &Tenant, i: u32) -> Value {
         "osPlatform": m.os.as_str(), "version": "22H2", "osProcessor": "x64",
         "osArchitecture": "64-bit", "osBuild": 19045,
         "lastIpAddress": ip, "lastExternalIpAddress": "203.0.113.7",
-        "healthStatus": "Active", "onboardingStatus": "Onboarded", "deviceValue": "Normal",
+        "healthStatus": status.health, "onboardingStatus": status.onboarding,
+        "deviceValue": "Normal",
         "rbacGroupId": group, "rbacGroupName": t.mde.group_name(group),
         "riskScore": "Low", "exposureLevel": "Medium",
         "isAadJoined": m.aad_device_id.is_some(),
@@ -124,10 +126,14 @@ enum Clause {
     Aad(String),
     RbacGroupId(i64),
     Os(String),
+    Health(&'static str),
+    Onboarding(&'static str),
 }
 
 /// Clauses joined by `or`: `machineTags/any(tag: tag eq 'X')`, `id eq '…'`,
-/// `computerDnsName eq '…'`, `aadDeviceId eq '…'`, `rbacGroupId eq 140`, `osPlatform eq '…'`.
+/// `computerDnsName eq '…'`, `aadDeviceId eq '…'`, `rbacGroupId eq 140`, `osPlatform eq '…'`,
+/// `healthStatus eq '…'` and `onboardingStatus eq '…'` (a value the service does not document
+/// for the field is refused).
 fn parse_filter(f: &str) -> Result<Vec<Clause>, String> {
     let toks = lex(f)?;
     let mut out = Vec::new();
@@ -187,6 +193,12 @@ fn parse_filter(f: &str) -> Result<Vec<Clause>, String> {
                 "computerdnsname" => Clause::Dns(value),
                 "aaddeviceid" => Clause::Aad(value),
                 "osplatform" => Clause::Os(value),
+                "healthstatus" => {
+                    Clause::Health(documented(&value, "healthStatus", HEALTH_STATUSES)?)
+                }
+                "onboardingstatus" => {
+                    Clause::Onboarding(documented(&value, "onboardingStatus", ONBOARDING_STATUSES)?)
+                }
                 "rbacgroupid" => Clause::RbacGroupId(
                     value
                         .parse()
@@ -204,6 +216,15 @@ fn parse_filter(f: &str) -> Result<Vec<Clause>, String> {
         }
     }
     Ok(out)
+}
+
+/// The documented spelling of `value` for `field` (compared case-insensitively).
+fn documented(value: &str, field: &str, values: &[&'static str]) -> Result<&'static str, String> {
+    values
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(value))
+        .copied()
+        .ok_or_else(|| format!("'{value}' is not a valid value of {field}"))
 }
 
 fn matching(t: &Tenant, clauses: &[Clause]) -> Vec<u32> {
@@ -241,6 +262,12 @@ fn matching(t: &Tenant, clauses: &[Clause]) -> Vec<u32> {
                     .enumerate()
                     .filter(|(_, m)| m.os.as_str().eq_ignore_ascii_case(os))
                     .map(|(i, _)| i as u32),
+            ),
+            Clause::Health(h) => out.extend(
+                (0..t.mde.machines.len() as u32).filter(|i| t.mde.status_of(*i).health == *h),
+            ),
+            Clause::Onboarding(o) => out.extend(
+                (0..t.mde.machines.len() as u32).filter(|i| t.mde.status_of(*i).onboarding == *o),
             ),
             Clause::RbacGroupId(g) => out.extend(
                 t.mde
@@ -461,6 +488,15 @@ mod tests {
                 ]),
             ),
             ("rbacGroupId eq 140", Ok(vec![Clause::RbacGroupId(140)])),
+            (
+                "healthStatus eq 'active' or onboardingStatus eq 'CanBeOnboarded'",
+                Ok(vec![
+                    Clause::Health("Active"),
+                    Clause::Onboarding("CanBeOnboarded"),
+                ]),
+            ),
+            ("healthStatus eq 'Sleepy'", Err(())),
+            ("riskScore eq 'High'", Err(())),
             ("lastSeen gt 2018-08-01Z", Err(())),
             ("id eq 'a' and id eq 'b'", Err(())),
         ];
