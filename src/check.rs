@@ -81,6 +81,8 @@ pub struct Inputs {
     pub coverage_gaps: Vec<String>,
     pub passes: Vec<LoopPass>,
     pub schedule: Option<Schedule>,
+    /// How each selector fared in the last pass that stored them.
+    pub selectors: Vec<crate::selectors::Finding>,
 }
 
 /// One thing wrong, with the status it implies.
@@ -273,6 +275,11 @@ pub fn evaluate(inputs: &Inputs, now: DateTime<Utc>) -> Outcome {
                 if n == 1 { "it" } else { "them" }
             ),
         );
+    }
+    // A selector that cannot be read keeps its last expansion: nothing is lost yet, but the
+    // desired state no longer follows its source.
+    for w in inputs.selectors.iter().filter_map(|f| f.warning()) {
+        add(Status::Warning, one_line(&w));
     }
     for p in &inputs.passes {
         if let Some(text) = pass_problem(p, inputs.schedule.as_ref(), now) {
@@ -601,6 +608,7 @@ async fn gather(
         coverage_gaps,
         passes,
         schedule: Some(config.schedule.clone()),
+        selectors: crate::selectors::last_findings(state),
     })
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::alerts::{AlertRecord, AlertState};
 use crate::config::Config;
+use crate::selectors::Finding;
 use crate::state::GitSourceRecord;
 use crate::state::records::{self, PriorityFigures, ReconcileFigures};
 use crate::state::records::{INCIDENTS, PRIORITY, RECONCILE};
@@ -42,6 +43,8 @@ pub struct Inputs {
     pub pickup_7d: Vec<AgreementCount>,
     /// The git source's last fetch, when the daemon reads one.
     pub git: Option<GitSourceRecord>,
+    /// How each selector fared in the last pass that stored them.
+    pub selectors: Vec<Finding>,
 }
 
 /// The loops and their intervals (a loop is stale by [`records::is_stale`], the rule `check`
@@ -84,6 +87,9 @@ pub struct Status {
     pub pickup_7d: Vec<Agreement>,
     /// The git source: applied commit, verified or refused head, last fetch.
     pub git_source: Option<GitSourceRecord>,
+    /// How each selector fared in the last pass that stored them (what it yields, its origin,
+    /// whether it is unresolved and what it keeps).
+    pub selectors: Vec<Finding>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -169,6 +175,7 @@ pub fn gather(state: &State, now: DateTime<Utc>) -> Result<Inputs, StateError> {
         verdicts_24h: state.verdict_counts(now - TimeDelta::hours(24))?,
         pickup_7d: state.pickup_agreement(now - AGREEMENT_WINDOW)?,
         git: state.git_source()?,
+        selectors: crate::selectors::last_findings(state),
     })
 }
 
@@ -186,18 +193,7 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
         .iter()
         .map(|(name, every)| loop_status(name, *every, pass(name), now))
         .collect();
-    let alerts_firing: Vec<Firing> = inputs
-        .alerts
-        .iter()
-        .filter(|a| a.state == AlertState::Firing)
-        .map(|a| Firing {
-            alert: a.kind.as_str().into(),
-            subject: a.subject.clone(),
-            severity: a.severity.as_str().into(),
-            since: a.since,
-            summary: a.summary.clone(),
-        })
-        .collect();
+    let alerts_firing = firing(&inputs.alerts);
     let guard_refusals: Vec<Refusal> = inputs
         .refusals
         .iter()
@@ -221,11 +217,18 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
             r.removals, r.group, r.max_removals
         ));
     }
-    // The priority finding and the guard refusals are already said above; their alerts would
-    // only repeat them.
+    let selector_warnings: Vec<String> = inputs
+        .selectors
+        .iter()
+        .filter_map(Finding::warning)
+        .collect();
+    problems.extend(selector_warnings.iter().cloned());
+    // The priority finding, the guard refusals and the selectors are already said above; their
+    // alerts would only repeat them.
     let said = |alert: &str| match alert {
         "priority_misconfigured" => priority_critical(&priority),
         "removal_guard_tripped" => !guard_refusals.is_empty(),
+        "selector_unresolved" => !selector_warnings.is_empty(),
         _ => false,
     };
     for a in alerts_firing.iter().filter(|a| !said(&a.alert)) {
@@ -269,7 +272,23 @@ pub fn summarize(inputs: &Inputs, settings: &Settings, now: DateTime<Utc>) -> St
             .collect(),
         pickup_7d: agreements(&inputs.pickup_7d),
         git_source: inputs.git.clone(),
+        selectors: inputs.selectors.clone(),
     }
+}
+
+/// The alerts that fire now.
+fn firing(alerts: &[AlertRecord]) -> Vec<Firing> {
+    alerts
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .map(|a| Firing {
+            alert: a.kind.as_str().into(),
+            subject: a.subject.clone(),
+            severity: a.severity.as_str().into(),
+            since: a.since,
+            summary: a.summary.clone(),
+        })
+        .collect()
 }
 
 fn agreements(counts: &[AgreementCount]) -> Vec<Agreement> {
@@ -398,6 +417,13 @@ impl Status {
             None => {
                 let _ = writeln!(s, "groups: no successful reconcile pass recorded");
             }
+        }
+        if !self.selectors.is_empty() {
+            let _ = writeln!(
+                s,
+                "selectors:        {}",
+                crate::selectors::expand::summary(&self.selectors)
+            );
         }
     }
 

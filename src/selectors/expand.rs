@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::desired::{DesiredState, DeviceKey, Selector, Subject, UserKey};
 use crate::model::{MachineId, UserId};
@@ -42,6 +42,7 @@ pub enum Read {
     /// The source reported no change since its last good expansion (every group of the tree
     /// followed with `groups/delta`): that expansion stands, with the counts it had.
     Unchanged {
+        origin: String,
         other_types: usize,
         skipped_disabled: usize,
         no_machine: usize,
@@ -52,11 +53,18 @@ pub enum Read {
     NotExpanded,
 }
 
-/// How one selector fared in this pass, for `plan`, the logs and the alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// How one selector fared in this pass, for `plan`, the logs, the alert, `status` and `check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// The selector's stable key (`users: group …`).
     pub selector: String,
+    /// Its source for people: `group Berlin-Staff`, `where department = Finance` (a group
+    /// that was not read is named by its id).
+    #[serde(default)]
+    pub source: String,
+    /// Groups in the tree of a group selector, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_groups: Option<usize>,
     /// Where it is written (`file:line:col`).
     pub at: String,
     /// Users or devices it puts in scope this pass (after exclusions; kept ones included).
@@ -73,7 +81,7 @@ pub struct Finding {
 }
 
 /// Whether a selector's users are what its source says now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     Expanded,
@@ -222,6 +230,8 @@ pub fn combine(
         let key = selector.key();
         let mut finding = Finding {
             selector: key.clone(),
+            source: selector.source.to_string(),
+            tree_groups: None,
             at: selector.at.to_string(),
             identities: 0,
             skipped_other_types: 0,
@@ -282,10 +292,12 @@ fn yielded(
             return None;
         }
         Read::Unchanged {
+            origin,
             other_types,
             skipped_disabled,
             no_machine,
         } => {
+            finding.source = source_of(&origin);
             finding.skipped_other_types = other_types;
             finding.skipped_disabled = skipped_disabled;
             finding.no_machine = no_machine;
@@ -323,6 +335,7 @@ fn yielded(
         } => {
             finding.skipped_other_types = other_types;
             finding.no_machine = no_machine;
+            finding.source = source_of(&origin);
             let now = labelled(found, selector, &origin, finding);
             if now.is_empty() {
                 let kept = last.get(key).cloned().unwrap_or_default();
@@ -340,5 +353,104 @@ fn yielded(
 fn hold(out: &mut Expansion, finding: &Finding) {
     if out.held_by.is_none() {
         out.held_by = Some(format!("{} at {}", finding.selector, finding.at));
+    }
+}
+
+/// The source named in an origin: `via group Berlin-Staff` → `group Berlin-Staff`.
+fn source_of(origin: &str) -> String {
+    origin.strip_prefix("via ").unwrap_or(origin).to_string()
+}
+
+/// One line for people: each selector's source and what it yields, then the ones that did not
+/// expand with what they keep ("group Berlin-Staff 1,234 users (tree of 7 groups); where
+/// department = Finance 56 users; 1 unresolved (kept 12 from last expansion)").
+pub fn summary(findings: &[Finding]) -> String {
+    let mut parts = Vec::new();
+    let (mut unresolved, mut kept) = (0, 0);
+    for f in findings {
+        match &f.status {
+            Status::Expanded => {
+                let tree = f
+                    .tree_groups
+                    .map(|g| format!(" (tree of {g} groups)"))
+                    .unwrap_or_default();
+                parts.push(format!(
+                    "{} {} {}{tree}",
+                    f.source,
+                    thousands(f.identities),
+                    f.noun()
+                ));
+            }
+            Status::Unresolved { kept: k, .. } | Status::Empty { kept: k } => {
+                unresolved += 1;
+                kept += k;
+            }
+            Status::NotExpanded => unresolved += 1,
+        }
+    }
+    if unresolved > 0 {
+        parts.push(format!(
+            "{unresolved} unresolved (kept {} from last expansion)",
+            thousands(kept)
+        ));
+    }
+    parts.join("; ")
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(source: &str, identities: usize, tree: Option<usize>, status: Status) -> Finding {
+        Finding {
+            selector: format!("users: {source}"),
+            source: source.into(),
+            tree_groups: tree,
+            at: "d.toml:1:1".into(),
+            identities,
+            skipped_other_types: 0,
+            skipped_disabled: 0,
+            excluded: 0,
+            no_machine: 0,
+            status,
+        }
+    }
+
+    #[test]
+    fn the_summary_names_each_source_and_what_unresolved_ones_keep() {
+        let findings = [
+            finding("group Berlin-Staff", 1234, Some(7), Status::Expanded),
+            finding("where department = Finance", 56, None, Status::Expanded),
+            finding(
+                "group 6e000000-0000-0000-0000-000000000404",
+                12,
+                None,
+                Status::Unresolved {
+                    why: "404".into(),
+                    kept: 12,
+                },
+            ),
+        ];
+        assert_eq!(
+            summary(&findings),
+            "group Berlin-Staff 1,234 users (tree of 7 groups); where department = Finance \
+             56 users; 1 unresolved (kept 12 from last expansion)"
+        );
+        assert_eq!(summary(&[]), "");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(999), "999");
     }
 }

@@ -70,7 +70,10 @@ pub async fn expand_selectors(
         };
         reads.push((selector, read));
     }
-    let expansion = expand::combine(desired, reads, &last);
+    let mut expansion = expand::combine(desired, reads, &last);
+    for f in &mut expansion.findings {
+        f.tree_groups = tracked.get(&f.selector).map(|t| t.groups);
+    }
     for f in &expansion.findings {
         match f.warning() {
             Some(w) => tracing::warn!(alert = "selector_unresolved", "{w}"),
@@ -109,6 +112,10 @@ fn stored_selector(state: &State, key: &str) -> (Option<Vec<(String, String)>>, 
 /// selector that did not expand (unreadable, empty) forgets its tracking, so the next pass
 /// reads its tree in full.
 fn store_expansion(state: &State, expansion: &Expansion, mut tracked: HashMap<String, Tracking>) {
+    let findings = serde_json::to_string(&expansion.findings).unwrap_or_else(|_| "[]".into());
+    if let Err(e) = state.set_selector_findings(&findings) {
+        tracing::warn!(error = %e, "storing how the selectors fared failed; status shows the last stored");
+    }
     for (key, yielded) in &expansion.store {
         if let Err(e) = state.set_selector_expansion(key, yielded) {
             tracing::warn!(error = %e, selector = %key,
@@ -145,6 +152,7 @@ async fn read_user_tree(
         match track::follow(graph, root, &previous.links).await {
             Ok(Followed::Unchanged(links)) => {
                 let read = Read::Unchanged {
+                    origin: previous.origin.clone(),
                     other_types: previous.other_types,
                     skipped_disabled: previous.skipped_disabled,
                     no_machine: 0,
@@ -167,6 +175,7 @@ async fn read_user_tree(
             Ok(links) => Some(Tracking {
                 links,
                 groups: tree.groups.len(),
+                origin: format!("via group {}", tree.path(0)),
                 other_types: 0,
                 skipped_disabled: 0,
                 read_at: now,
@@ -393,4 +402,17 @@ fn property(subject: Subject, c: &Condition) -> Option<&'static str> {
         .iter()
         .find(|(k, _)| *k == c.key)
         .map(|(_, p)| *p)
+}
+
+/// How each selector fared in the last pass that stored its expansions (`status`, `check`);
+/// empty when none did or the record cannot be read.
+pub fn last_findings(state: &State) -> Vec<Finding> {
+    match state.selector_findings() {
+        Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading how the selectors fared failed");
+            Vec::new()
+        }
+    }
 }

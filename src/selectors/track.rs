@@ -30,6 +30,9 @@ pub struct Tracking {
     pub links: Vec<String>,
     /// Groups in the tree when it was read.
     pub groups: usize,
+    /// Why its users are in scope, for people ("via group Berlin-Staff").
+    #[serde(default)]
+    pub origin: String,
     /// The counts of the last full read, shown again while nothing changes.
     pub other_types: usize,
     pub skipped_disabled: usize,

@@ -78,3 +78,32 @@ impl State {
         })
     }
 }
+
+/// The `cursor` row holding how every selector fared in the last pass that stored them.
+const FINDINGS: &str = "selectors-last-pass";
+
+impl State {
+    /// How the selectors fared in the last storing pass (opaque text to this table).
+    pub fn selector_findings(&self) -> Result<Option<String>, StateError> {
+        self.read("read how the selectors fared", |conn| {
+            conn.query_row(
+                "select value from cursor where name = ?1",
+                [FINDINGS],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Replaces the record of how the selectors fared.
+    pub fn set_selector_findings(&self, value: &str) -> Result<(), StateError> {
+        self.write("store how the selectors fared", |tx| {
+            tx.execute(
+                "insert into cursor (name, value) values (?1, ?2) \
+                 on conflict (name) do update set value = excluded.value",
+                params![FINDINGS, value],
+            )?;
+            Ok(())
+        })
+    }
+}

@@ -83,6 +83,15 @@ impl Env {
         .unwrap()
     }
 
+    /// `dexscope status` as text, read from the state database only.
+    fn status(&self) -> String {
+        use dexscope::status;
+        let state = State::open(self.dir.path().join("state.db")).unwrap();
+        let inputs = status::gather(&state, Utc::now()).unwrap();
+        let settings = status::Settings::from_config(&self.config());
+        status::summarize(&inputs, &settings, Utc::now()).to_string()
+    }
+
     fn write_desired(&self, text: &str) {
         std::fs::write(self.desired_path(), text).unwrap();
     }
@@ -311,6 +320,11 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     );
     let _ = tree.soc;
 
+    let status = env.status();
+    assert!(
+        status.contains("selectors:        group Berlin-Staff 5 users (tree of 3 groups)"),
+        "{status}"
+    );
     // Converged: the next pass changes nothing, and reads the unchanged tree with one
     // groups/delta round for its three groups (plus the scoped group's own round).
     env.sim.reset_stats();
@@ -321,6 +335,11 @@ async fn a_nested_group_with_a_cycle_yields_its_enabled_users_once() {
     assert_eq!(stats.calls(DELTA), 2, "{:?}", stats.calls_by_route);
     assert_eq!(again.plan.selectors[0].skipped_other_types, 5);
     assert_eq!(again.plan.selectors[0].skipped_disabled, 1);
+    assert!(
+        env.status()
+            .contains("selectors:        group Berlin-Staff 5 users (tree of 3 groups)"),
+        "the unchanged pass keeps the summary"
+    );
 
     // With include_disabled the disabled account is taken too.
     env.write_desired(&format!(
@@ -562,6 +581,19 @@ async fn a_deleted_source_group_removes_nothing_and_warns() {
     // `plan` says the same without writing.
     let plan = env.plan().await;
     assert!(plan.to_string().contains("keeping the 5 users"), "{plan}");
+    // `status` sums it up from the state alone, and `check` gives it a WARNING line of its own.
+    let status = env.status();
+    assert!(
+        status.contains("selectors:        1 unresolved (kept 5 from last expansion)"),
+        "{status}"
+    );
+    let check = dexscope::check::run_with(&env.config(), Utc::now())
+        .await
+        .render(dexscope::check::CheckFormat::Text);
+    assert!(
+        check.starts_with("DEXSCOPE WARNING") && check.contains("could not be read"),
+        "{check}"
+    );
 }
 
 #[tokio::test]
