@@ -325,11 +325,61 @@ fn conditions(
             continue;
         };
         if let Some(values) = values(known, v, problems) {
+            if let Some(problem) = undocumented_value(known, &values) {
+                problems.push((v.span(), problem));
+                continue;
+            }
             out.push(Condition { key: known, values });
         }
     }
     out.sort();
     (problems.len() == before).then_some(Source::Where(out))
+}
+
+/// The values the machine list documents for its `healthStatus` and `onboardingStatus`
+/// fields (MDE "Machine resource type"; compared case-insensitively).
+const DOCUMENTED_VALUES: &[(&str, &[&str])] = &[
+    (
+        "health_status",
+        &[
+            "Active",
+            "Inactive",
+            "ImpairedCommunication",
+            "NoSensorData",
+            "NoSensorDataImpairedCommunication",
+            "Unknown",
+        ],
+    ),
+    (
+        "onboarding_status",
+        &[
+            "Onboarded",
+            "CanBeOnboarded",
+            "Unsupported",
+            "InsufficientInfo",
+        ],
+    ),
+];
+
+/// The problem with a value of `key` the service does not document, if any: the service
+/// would refuse the filter, and the selector would never expand.
+fn undocumented_value(key: &str, values: &[String]) -> Option<String> {
+    let (_, allowed) = DOCUMENTED_VALUES.iter().find(|(k, _)| *k == key)?;
+    let bad = values
+        .iter()
+        .find(|v| !allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))?;
+    let lower = bad.to_ascii_lowercase();
+    let hint = allowed
+        .iter()
+        .filter(|a| crate::text::edit_distance(&lower, &a.to_ascii_lowercase()) <= 2)
+        .min_by_key(|a| crate::text::edit_distance(&lower, &a.to_ascii_lowercase()))
+        .map(|a| format!(" (did you mean `{a}`?)"))
+        .unwrap_or_default();
+    Some(format!(
+        "`{key}` value `{}` is not one the machine list knows{hint}; allowed values: {}",
+        clip(bad),
+        allowed.join(", ")
+    ))
 }
 
 /// A condition's value: a non-empty string or a non-empty list of them.

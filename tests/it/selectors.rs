@@ -771,13 +771,22 @@ async fn device_selectors_by_health_and_onboarding_status_are_served_by_the_serv
     assert_eq!(report.plan.selectors[0].identities, 1, "{}", report.plan);
     assert_eq!(env.tagged(), HashSet::from([m1.clone()]));
 
-    // A value the service does not know is refused by it: unresolved, nothing removed.
-    env.write_desired("devices = [{ where = { health_status = \"Sleepy\" } }]\n");
-    let report = env.pass().await;
-    match &report.plan.selectors[0].status {
-        Status::Unresolved { why, .. } => assert!(why.contains("400"), "{why}"),
-        other => panic!("expected unresolved, got {other:?}"),
-    }
+    // A value the service does not document is refused by `validate`, with a hint.
+    env.write_desired("devices = [{ where = { health_status = \"Activ\" } }]\n");
+    let refused = desired::load(
+        &[env.desired_path()],
+        Utc::now().date_naive(),
+        Mode::Runtime,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains(
+            "`health_status` value `Activ` is not one the machine list knows (did you mean \
+             `Active`?)"
+        ),
+        "{refused}"
+    );
     assert_eq!(env.tagged(), HashSet::from([m1]));
 }
 
