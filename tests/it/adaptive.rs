@@ -573,7 +573,7 @@ async fn streaming_setup(faults: FaultConfig) -> (SimHandle, tempfile::TempDir, 
 /// the full plan with its guard is made; the requests are those of resolving everything first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adds_start_while_lookups_run_and_removals_wait_for_the_last_lookup() {
-    let (sim, dir, config) = streaming_setup(FaultConfig::default()).await;
+    let (sim, _dir, config) = streaming_setup(FaultConfig::default()).await;
     // `plan` resolves every entry before it is done and writes nothing: the lookups and
     // envelopes of a pass that resolves first.
     let (code, out) = run(&sim, &config, &["plan"]).await;
@@ -605,11 +605,6 @@ async fn adds_start_while_lookups_run_and_removals_wait_for_the_last_lookup() {
     assert_eq!(s.calls(REMOVE_REF), 20, "{s:?}");
     let envelopes = |s: &sim::Stats| s.http_by_route.get(BATCH).copied().unwrap_or(0);
     assert_eq!(envelopes(&s), envelopes(&planned) + 30 + 1, "{s:?}");
-    // Every round's changes were noted in the member snapshot as they were answered.
-    let state = dexscope::state::State::open(dir.path().join("state.db")).unwrap();
-    let (_, snapshot) = state.member_snapshot().unwrap().expect("a snapshot");
-    assert_eq!(snapshot.len(), 12_020);
-    drop(state);
 
     // Nothing left: the next pass looks up only the unknown UPN and writes nothing.
     sim.reset_stats();
