@@ -14,8 +14,6 @@
 //! and its answer and run again: "already a member", "not a member" and re-applying a tag are
 //! success, and the next pass plans only what is still missing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
@@ -113,42 +111,24 @@ pub async fn apply_after_adds(
 /// rounds ([`ADDS_PER_ROUND_TRIP`]) go out as soon as they fill, several in flight, and the
 /// last, partial round when the channel closes, so the adds take the same requests as when
 /// the whole list is known at once. A user handed over twice (found early, then listed again
-/// by the full plan) is written once. Returns every add applied, in the order sent. Each
-/// round's adds are noted in the member snapshot as its answer comes in, while `snapshot` is
-/// set (see [`note_in_snapshot`]), so little is left to note after the last.
+/// by the full plan) is written once. Returns every add applied, in the order sent.
 pub async fn add_users_fed(
     target: Target<'_>,
     fed: UnboundedReceiver<Vec<Change<UserId>>>,
-    snapshot: &AtomicBool,
     now: DateTime<Utc>,
 ) -> Result<Vec<Applied>, StateError> {
     let in_flight = rounds_in_flight(target, std::iter::empty());
     let mut done = Vec::new();
-    let rounds = fed_rounds(fed);
-    let (op, note) = (Operation::Add, Some(snapshot));
-    member_rounds(target, op, rounds, (in_flight, note), now, &mut done).await?;
+    member_rounds(
+        target,
+        Operation::Add,
+        fed_rounds(fed),
+        in_flight,
+        now,
+        &mut done,
+    )
+    .await?;
     Ok(done)
-}
-
-/// Writes applied user changes into the member snapshot while `keep` is set, so the next pass
-/// sees them even before the membership delta does (its processing lags). Idempotent set
-/// operations: the delta link stays where it was, so the next round replays these changes
-/// harmlessly, and a crash before this write loses nothing (the replay brings them). When the
-/// write fails the snapshot is dropped and `keep` cleared: the next pass reads in full rather
-/// than trust a snapshot that misses our own changes, and nothing more is written into it.
-pub fn note_in_snapshot(state: &State, keep: &AtomicBool, applied: &[Applied]) {
-    if !keep.load(Ordering::Relaxed) {
-        return;
-    }
-    let (present, removed) = snapshot_changes(applied);
-    if present.is_empty() && removed.is_empty() {
-        return;
-    }
-    if let Err(e) = state.update_member_snapshot(None, &present, &removed) {
-        tracing::warn!(error = %e, "updating the member snapshot after the changes failed; dropping it");
-        keep.store(false, Ordering::Relaxed);
-        let _ = state.clear_member_snapshot();
-    }
 }
 
 /// What [`fed_rounds`] carries between rounds: the channel, adds not yet in a round, the
@@ -209,7 +189,7 @@ async fn add_users(
     // Named functions, not closures: the pass future must stay `Send` for every lifetime.
     let rounds = futures::stream::iter(adds.chunks(ADDS_PER_ROUND_TRIP).map(add_round));
     let in_flight = rounds_in_flight(target, adds.iter().map(|c| c.id.as_str()));
-    member_rounds(target, Operation::Add, rounds, (in_flight, None), now, done).await
+    member_rounds(target, Operation::Add, rounds, in_flight, now, done).await
 }
 
 /// Removes members (any type), always with `DELETE …/members/{id}/$ref`, one `$batch` per
@@ -226,15 +206,7 @@ async fn remove_members(
     }
     let rounds = futures::stream::iter(removes.chunks(MAX_BATCH_ITEMS).map(round));
     let in_flight = rounds_in_flight(target, removes.iter().map(|c| c.id.as_str()));
-    member_rounds(
-        target,
-        Operation::Remove,
-        rounds,
-        (in_flight, None),
-        now,
-        done,
-    )
-    .await
+    member_rounds(target, Operation::Remove, rounds, in_flight, now, done).await
 }
 
 /// One member-write round: the ids and, in the same order, `(id, label)` for the audit rows.
@@ -280,7 +252,7 @@ async fn member_rounds(
     target: Target<'_>,
     operation: Operation,
     rounds: impl Stream<Item = Round>,
-    (in_flight, snapshot): (usize, Option<&AtomicBool>),
+    in_flight: usize,
     now: DateTime<Utc>,
     done: &mut Vec<Applied>,
 ) -> Result<(), StateError> {
@@ -293,9 +265,6 @@ async fn member_rounds(
         let unknown = outcomes.as_ref().err().is_some_and(graph_outcome_unknown);
         let applied = member_results(GroupKind::Users, operation, &labels, outcomes);
         finish(target, &rows, &applied, unknown)?;
-        if let Some(keep) = snapshot {
-            note_in_snapshot(target.state, keep, &applied);
-        }
         Ok::<_, StateError>(applied)
     };
     let mut results = std::pin::pin!(rounds.map(round).buffered(in_flight.max(1)));

@@ -12,7 +12,6 @@ pub mod plan;
 pub mod resolve;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -254,9 +253,6 @@ pub async fn plan_once(
 struct Writing<'a> {
     state: &'a State,
     feed: resolve::AddFeed,
-    /// Set once the members are read when the pass keeps a member snapshot: the writer then
-    /// notes its rounds in it as their answers come in.
-    snapshot: &'a AtomicBool,
 }
 
 async fn read_and_plan(
@@ -282,10 +278,7 @@ async fn read_and_plan(
     let mut read = scope::read_members(&tenant.graph, user_group, members).await?;
     // Rows an interrupted pass left pending, taken before this pass's adds write their own.
     let (settle, feed) = match writing {
-        Some(w) => {
-            w.snapshot.store(read.snapshot_stored, Ordering::Relaxed);
-            (Some((w.state, w.state.pending_changes()?)), w.feed)
-        }
+        Some(w) => (Some((w.state, w.state.pending_changes()?)), w.feed),
         None => (None, None),
     };
     // Moved, not cloned: the caller needs only how the members were read.
@@ -427,12 +420,10 @@ async fn reconcile_within_deadline(
     // then the full plan hands over all of its adds (the writer skips those it has) and the
     // channel closes. Removals wait for the writer and the full plan with its guard.
     let (feed, fed) = futures::channel::mpsc::unbounded();
-    let snapshot = AtomicBool::new(false);
     let planned = async {
         let writing = Writing {
             state: ctx.state,
             feed: Some(feed.clone()),
-            snapshot: &snapshot,
         };
         let planned = read_and_plan(
             ctx.tenant,
@@ -451,14 +442,14 @@ async fn reconcile_within_deadline(
         drop(feed);
         planned
     };
-    let writer = apply::add_users_fed(target, fed, &snapshot, now);
-    let (planned, added) = futures::join!(planned, writer);
+    let (planned, added) = futures::join!(planned, apply::add_users_fed(target, fed, now));
     let (plan, read, counts) = planned?;
     let mut applied = added?;
-    let noted = applied.len();
     apply::apply_after_adds(target, &plan, now, &mut applied).await?;
     trace_memory("apply");
-    apply::note_in_snapshot(ctx.state, &snapshot, &applied[noted..]);
+    if read.snapshot_stored {
+        note_applied(ctx.state, &applied);
+    }
     // A pass the deadline ended while the service throttles does not re-read the tenant to
     // verify: the service holds the surface past the deadline, and the changes left are the
     // failed ones, which the next pass plans again from a fresh read.
@@ -485,6 +476,23 @@ async fn reconcile_within_deadline(
         "reconcile pass done"
     );
     Ok(report)
+}
+
+/// Writes the applied user changes into the member snapshot, so the next pass sees them even
+/// before the membership delta does (its processing lags). Idempotent set operations: the
+/// delta link stays where it was, so the next round replays these changes harmlessly, and a
+/// crash before this write loses nothing (the replay brings them). When the write fails the
+/// snapshot is dropped: the next pass reads in full rather than trust a snapshot that misses
+/// our own changes.
+fn note_applied(state: &State, applied: &[Applied]) {
+    let (present, removed) = apply::snapshot_changes(applied);
+    if present.is_empty() && removed.is_empty() {
+        return;
+    }
+    if let Err(e) = state.update_member_snapshot(None, &present, &removed) {
+        tracing::warn!(error = %e, "updating the member snapshot after the changes failed; dropping it");
+        let _ = state.clear_member_snapshot();
+    }
 }
 
 /// Stores the guard's outcome per group: a refusal is kept (and seen by `check` in another
