@@ -199,14 +199,7 @@ impl Client {
             attempts = round,
             "the service holds this surface past the pass deadline; not sending these batch items"
         );
-        for &i in pending {
-            outcomes[i].get_or_insert(BatchOutcome {
-                status: 429,
-                body: None,
-                request_id: None,
-                attempts: round,
-            });
-        }
+        end_items(pending, 429, round, outcomes);
         true
     }
 
@@ -364,14 +357,7 @@ impl Client {
                 attempts = round,
                 "batch items still failing, giving up on them"
             );
-            for &i in still {
-                outcomes[i].get_or_insert(BatchOutcome {
-                    status: 500,
-                    body: None,
-                    request_id: None,
-                    attempts: round,
-                });
-            }
+            end_items(still, 500, round, outcomes);
             return false;
         }
         info!(
@@ -406,6 +392,19 @@ struct Left {
     longest_retry_after: Option<Duration>,
     /// Every item left was throttled (429, 424, or a `Retry-After`): retried without a cap.
     only_throttled: bool,
+}
+
+/// Ends `items` that will not be sent again after `round` envelopes: each keeps its last
+/// answer, or gets `status` when it never had one.
+fn end_items(items: &[usize], status: u16, round: u32, outcomes: &mut [Option<BatchOutcome>]) {
+    for &i in items {
+        outcomes[i].get_or_insert(BatchOutcome {
+            status,
+            body: None,
+            request_id: None,
+            attempts: round,
+        });
+    }
 }
 
 fn add_cells(by: &mut Vec<(Surface, u32)>, item: &BatchItem) {

@@ -15,6 +15,8 @@
 //! success, and the next pass plans only what is still missing.
 
 use chrono::{DateTime, Utc};
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::defender::{DefenderClient, MAX_IDS_PER_TAG_CALL, TagAction};
@@ -87,17 +89,90 @@ pub async fn apply(
 ) -> Result<Vec<Applied>, StateError> {
     let mut done = Vec::new();
     add_users(target, &plan.users.add, now, &mut done).await?;
-    remove_members(target, &plan.users.remove, now, &mut done).await?;
-    tag(target, TagAction::Add, &plan.devices.add, now, &mut done).await?;
-    tag(
+    apply_after_adds(target, plan, now, &mut done).await?;
+    Ok(done)
+}
+
+/// Carries out what follows the user adds: user removals, tags, untags, in that order,
+/// appending to `done`. A pass that fed its adds to [`add_users_fed`] calls this once the
+/// writer is done and the full plan, removal guard included, is decided.
+pub async fn apply_after_adds(
+    target: Target<'_>,
+    plan: &Plan,
+    now: DateTime<Utc>,
+    done: &mut Vec<Applied>,
+) -> Result<(), StateError> {
+    remove_members(target, &plan.users.remove, now, done).await?;
+    tag(target, TagAction::Add, &plan.devices.add, now, done).await?;
+    tag(target, TagAction::Remove, &plan.devices.remove, now, done).await
+}
+
+/// Adds users as they are handed over on `fed`, while the caller is still resolving: full
+/// rounds ([`ADDS_PER_ROUND_TRIP`]) go out as soon as they fill, several in flight, and the
+/// last, partial round when the channel closes, so the adds take the same requests as when
+/// the whole list is known at once. A user handed over twice (found early, then listed again
+/// by the full plan) is written once. Returns every add applied, in the order sent.
+pub async fn add_users_fed(
+    target: Target<'_>,
+    fed: UnboundedReceiver<Vec<Change<UserId>>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Applied>, StateError> {
+    let in_flight = rounds_in_flight(target, std::iter::empty());
+    let mut done = Vec::new();
+    member_rounds(
         target,
-        TagAction::Remove,
-        &plan.devices.remove,
+        Operation::Add,
+        fed_rounds(fed),
+        in_flight,
         now,
         &mut done,
     )
     .await?;
     Ok(done)
+}
+
+/// What [`fed_rounds`] carries between rounds: the channel, adds not yet in a round, the
+/// users already taken, and whether the channel closed.
+type Feed = (
+    UnboundedReceiver<Vec<Change<UserId>>>,
+    std::collections::VecDeque<Change<UserId>>,
+    std::collections::HashSet<UserId>,
+    bool,
+);
+
+/// Full add rounds as soon as the handed-over adds fill one; the rest when `fed` closes.
+fn fed_rounds(fed: UnboundedReceiver<Vec<Change<UserId>>>) -> impl Stream<Item = Round> {
+    let start: Feed = (fed, Default::default(), Default::default(), false);
+    futures::stream::unfold(
+        start,
+        |(mut fed, mut queue, mut taken, mut closed)| async move {
+            loop {
+                if queue.len() >= ADDS_PER_ROUND_TRIP || (closed && !queue.is_empty()) {
+                    let n = queue.len().min(ADDS_PER_ROUND_TRIP);
+                    let round: Vec<Change<UserId>> = queue.drain(..n).collect();
+                    return Some((add_round(&round), (fed, queue, taken, closed)));
+                }
+                if closed {
+                    return None;
+                }
+                match fed.next().await {
+                    Some(adds) => {
+                        queue.extend(adds.into_iter().filter(|c| taken.insert(c.id.clone())))
+                    }
+                    None => closed = true,
+                }
+            }
+        },
+    )
+}
+
+/// One add round: the users' object ids and their audit labels.
+fn add_round(round: &[Change<UserId>]) -> Round {
+    let ids = round
+        .iter()
+        .map(|c| ObjectId::parse(c.id.as_str()).expect("a user id is a GUID"))
+        .collect();
+    (ids, labels(round))
 }
 
 /// Adds users, one `$batch` of PATCHes per round, several rounds in flight (see
@@ -112,14 +187,7 @@ async fn add_users(
     done: &mut Vec<Applied>,
 ) -> Result<(), StateError> {
     // Named functions, not closures: the pass future must stay `Send` for every lifetime.
-    fn round(round: &[Change<crate::model::UserId>]) -> Round {
-        let ids = round
-            .iter()
-            .map(|c| ObjectId::parse(c.id.as_str()).expect("a user id is a GUID"))
-            .collect();
-        (ids, labels(round))
-    }
-    let rounds = adds.chunks(ADDS_PER_ROUND_TRIP).map(round);
+    let rounds = futures::stream::iter(adds.chunks(ADDS_PER_ROUND_TRIP).map(add_round));
     let in_flight = rounds_in_flight(target, adds.iter().map(|c| c.id.as_str()));
     member_rounds(target, Operation::Add, rounds, in_flight, now, done).await
 }
@@ -136,7 +204,7 @@ async fn remove_members(
     fn round(round: &[Change<ObjectId>]) -> Round {
         (round.iter().map(|c| c.id.clone()).collect(), labels(round))
     }
-    let rounds = removes.chunks(MAX_BATCH_ITEMS).map(round);
+    let rounds = futures::stream::iter(removes.chunks(MAX_BATCH_ITEMS).map(round));
     let in_flight = rounds_in_flight(target, removes.iter().map(|c| c.id.as_str()));
     member_rounds(target, Operation::Remove, rounds, in_flight, now, done).await
 }
@@ -183,12 +251,11 @@ fn all_distinct<'a>(ids: impl Iterator<Item = &'a str>) -> bool {
 async fn member_rounds(
     target: Target<'_>,
     operation: Operation,
-    rounds: impl Iterator<Item = Round>,
+    rounds: impl Stream<Item = Round>,
     in_flight: usize,
     now: DateTime<Utc>,
     done: &mut Vec<Applied>,
 ) -> Result<(), StateError> {
-    use futures::StreamExt;
     let round = |(ids, labels): Round| async move {
         let rows = begin(target, GroupKind::Users, operation, &labels, now)?;
         let outcomes = match operation {
@@ -200,7 +267,7 @@ async fn member_rounds(
         finish(target, &rows, &applied, unknown)?;
         Ok::<_, StateError>(applied)
     };
-    let mut results = futures::stream::iter(rounds.map(round)).buffered(in_flight.max(1));
+    let mut results = std::pin::pin!(rounds.map(round).buffered(in_flight.max(1)));
     while let Some(applied) = results.next().await {
         done.extend(applied?);
     }
@@ -467,19 +534,20 @@ pub fn settle(pending: &[PendingChange], actual: &Actual) -> Vec<FinishedChange>
         .collect()
 }
 
-/// Settles the audit rows an earlier, interrupted pass left pending, by the tenant as read at
-/// the start of this pass. Idempotent: only pending rows change, so it may run again after a
-/// crash between the read and the update.
+/// Settles `pending`, the audit rows an earlier, interrupted pass left pending (taken before
+/// this pass wrote rows of its own), by the tenant as read at the start of this pass.
+/// Idempotent: only pending rows change, so it may run again after a crash between the read
+/// and the update.
 pub fn settle_pending(
     state: &State,
+    pending: &[PendingChange],
     actual: &Actual,
     now: DateTime<Utc>,
 ) -> Result<usize, StateError> {
-    let pending = state.pending_changes()?;
     if pending.is_empty() {
         return Ok(0);
     }
-    let settled = settle(&pending, actual);
+    let settled = settle(pending, actual);
     state.finish_changes(&settled, Some(now))?;
     tracing::info!(
         rows = settled.len(),

@@ -248,6 +248,13 @@ pub async fn plan_once(
     .0)
 }
 
+/// What a pass that writes adds to [`read_and_plan`]: the state whose pending audit rows it
+/// settles, and where user adds found safe while lookups run are handed to the writer.
+struct Writing<'a> {
+    state: &'a State,
+    feed: resolve::AddFeed,
+}
+
 async fn read_and_plan(
     tenant: &Tenant,
     user_group: &ObjectId,
@@ -255,7 +262,7 @@ async fn read_and_plan(
     desired: &DesiredState,
     settings: &PlanSettings,
     members: MemberSource<'_>,
-    settle: Option<&State>,
+    writing: Option<Writing<'_>>,
 ) -> Result<(Plan, Members, PassCounts), ReconcileError> {
     let now = members.now;
     let expansion = if desired.selectors.is_empty() {
@@ -269,6 +276,11 @@ async fn read_and_plan(
         Some(selectors::expand_selectors(clients, state, members.store, desired).await)
     };
     let mut read = scope::read_members(&tenant.graph, user_group, members).await?;
+    // Rows an interrupted pass left pending, taken before this pass's adds write their own.
+    let (settle, feed) = match writing {
+        Some(w) => (Some((w.state, w.state.pending_changes()?)), w.feed),
+        None => (None, None),
+    };
     // Moved, not cloned: the caller needs only how the members were read.
     let r = resolve::resolve(
         &tenant.graph,
@@ -276,6 +288,7 @@ async fn read_and_plan(
         std::mem::take(&mut read.members),
         device_tag,
         desired,
+        feed,
     )
     .await?;
     let mut r = r;
@@ -283,11 +296,11 @@ async fn read_and_plan(
         selectors_into(&mut r.desired, desired, expansion);
     }
     trace_memory("resolve");
-    if let Some(state) = settle {
+    if let Some((state, pending)) = settle {
         // By the tenant as read now. A change an interrupted pass made may not show yet in the
         // membership delta (its processing lags); such a row settles as not applied and the
         // plan below re-sends the change, which the tenant answers "already" and audits again.
-        apply::settle_pending(state, &r.actual, now)?;
+        apply::settle_pending(state, &pending, &r.actual, now)?;
     }
     let counts = PassCounts {
         desired_users: r.desired.users.len(),
@@ -390,17 +403,6 @@ async fn reconcile_within_deadline(
         resync_every: ctx.member_resync,
         now,
     };
-    let (plan, read, counts) = read_and_plan(
-        ctx.tenant,
-        ctx.user_group,
-        ctx.device_tag,
-        desired,
-        settings,
-        source,
-        Some(ctx.state),
-    )
-    .await?;
-    record_guard(ctx.state, &plan, now)?;
     let target = Target {
         graph: &ctx.tenant.graph,
         defender: &ctx.tenant.defender,
@@ -409,7 +411,36 @@ async fn reconcile_within_deadline(
         device_tag: ctx.device_tag,
         commit: desired.commit.as_deref(),
     };
-    let applied = apply::apply(target, &plan, now).await?;
+    // Adds start while the lookups run: each lookup round hands its safe adds to the writer,
+    // then the full plan hands over all of its adds (the writer skips those it has) and the
+    // channel closes. Removals wait for the writer and the full plan with its guard.
+    let (feed, fed) = futures::channel::mpsc::unbounded();
+    let planned = async {
+        let writing = Writing {
+            state: ctx.state,
+            feed: Some(feed.clone()),
+        };
+        let planned = read_and_plan(
+            ctx.tenant,
+            ctx.user_group,
+            ctx.device_tag,
+            desired,
+            settings,
+            source,
+            Some(writing),
+        )
+        .await;
+        if let Ok((plan, ..)) = &planned {
+            record_guard(ctx.state, plan, now)?;
+            let _ = feed.unbounded_send(plan.users.add.clone());
+        }
+        drop(feed);
+        planned
+    };
+    let (planned, added) = futures::join!(planned, apply::add_users_fed(target, fed, now));
+    let (plan, read, counts) = planned?;
+    let mut applied = added?;
+    apply::apply_after_adds(target, &plan, now, &mut applied).await?;
     trace_memory("apply");
     if read.snapshot_stored {
         note_applied(ctx.state, &applied);

@@ -26,7 +26,12 @@ use crate::scope::{
 };
 use crate::telemetry::trace_memory;
 
-use super::plan::{Actual, ResolvedDesired};
+use crate::graph::MAX_UPNS_PER_FILTER;
+use crate::http::MAX_BATCH_ITEMS;
+use crate::text::label;
+use futures::channel::mpsc::UnboundedSender;
+
+use super::plan::{Actual, Change, ObjectKind, Reason, ResolvedDesired};
 
 /// The desired state resolved, and the tenant as read for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,16 +40,23 @@ pub struct Resolution {
     pub actual: Actual,
 }
 
+/// Where [`resolve`] hands the adds it finds safe while lookups still run: each lookup round's
+/// resolved users who are not direct members (see [`EarlyAdds`]). `None` for a read-only
+/// pass. Dropped when the users are resolved, which closes the channel.
+pub type AddFeed = Option<UnboundedSender<Vec<Change<UserId>>>>;
+
 /// Resolves `desired` against `members` (the group as just read) and the machine list.
-/// Read-only.
+/// Read-only; user adds found safe on the way go to `feed`.
 pub async fn resolve(
     graph: &GraphClient,
     defender: &DefenderClient,
     members: Vec<GroupMember>,
     device_tag: &str,
     desired: &DesiredState,
+    feed: AddFeed,
 ) -> Result<Resolution, ResolveError> {
-    let (mut users, mut unresolved) = resolve_users(graph, desired, &members).await?;
+    let (mut users, mut unresolved) =
+        resolve_users_in_rounds(graph, desired, &members, feed).await?;
 
     let (tagged, devices) = if desired.devices.is_empty() {
         let tagged = defender
@@ -108,22 +120,143 @@ pub async fn resolve_users(
             .await
             .map_err(ResolveError::Users)?
     };
-    let by_id: HashSet<UserId> = if split.id_lookups.is_empty() {
-        HashSet::new()
-    } else {
-        let ids: Vec<ObjectId> = split
-            .id_lookups
-            .iter()
-            .map(|id| ObjectId::parse(id.as_str()).expect("a user id is a GUID"))
-            .collect();
-        graph
-            .users_by_id(&ids)
-            .await
-            .map_err(ResolveError::Users)?
-            .into_keys()
-            .collect()
-    };
+    let by_id = users_by_id(graph, &split.id_lookups).await?;
     Ok(finish_users(split, &by_upn, &by_id))
+}
+
+/// Desired users looked up per round: one `$batch` envelope of `in` filters. The whole list
+/// looked up at once goes out as the same envelopes, so rounds cost no extra request.
+const LOOKUPS_PER_ROUND: usize = MAX_UPNS_PER_FILTER * MAX_BATCH_ITEMS;
+
+/// Like [`resolve_users`], in rounds of [`LOOKUPS_PER_ROUND`] entries, several in flight (the
+/// configured envelopes in flight; the read surface's own slots bound them too). After each
+/// round its users who are not direct members go to `feed`: an add is safe as soon as its
+/// entry resolves, whatever the other entries turn out to be. Removals are not decided here;
+/// they wait for the full resolution and the plan. The result is the one [`resolve_users`]
+/// gives. A failed round fails the resolution (rounds still in flight are dropped).
+pub async fn resolve_users_in_rounds(
+    graph: &GraphClient,
+    desired: &DesiredState,
+    members: &[GroupMember],
+    feed: AddFeed,
+) -> Result<(Vec<DesiredUserRef>, Vec<Unresolved>), ResolveError> {
+    use futures::StreamExt;
+    let Some(feed) = feed else {
+        return resolve_users(graph, desired, members).await;
+    };
+    let split = split_users(desired, members);
+    let mut early = EarlyAdds::new(members);
+    let in_flight = graph.http().settings().write_batches_in_flight.max(1);
+    let upns = dedup_upns(&split.upn_lookups);
+    // Rounds by index: a closure taking a borrowed round would not be `Send` for every
+    // lifetime, which the daemon's pass future must be.
+    let upns = &upns;
+    let round = move |i: usize| async move {
+        let round = &upns[i * LOOKUPS_PER_ROUND..upns.len().min((i + 1) * LOOKUPS_PER_ROUND)];
+        (round, graph.users_by_upn(round).await)
+    };
+    let mut rounds = futures::stream::iter((0..upns.len().div_ceil(LOOKUPS_PER_ROUND)).map(round))
+        .buffered(in_flight);
+    let mut by_upn: HashMap<Upn, UserId> = HashMap::new();
+    while let Some((round, found)) = rounds.next().await {
+        let found = found.map_err(ResolveError::Users)?;
+        let resolved: Vec<DesiredUserRef> = round
+            .iter()
+            .filter_map(|upn| {
+                found.get(upn).map(|id| DesiredUserRef {
+                    id: id.clone(),
+                    label: upn.to_string(),
+                })
+            })
+            .collect();
+        send_adds(&feed, early.adds(&resolved));
+        by_upn.extend(found);
+    }
+    drop(rounds);
+    let by_id = users_by_id(graph, &split.id_lookups).await?;
+    let resolved: Vec<DesiredUserRef> = split
+        .id_lookups
+        .iter()
+        .filter(|id| by_id.contains(*id))
+        .map(|id| DesiredUserRef {
+            id: id.clone(),
+            label: id.to_string(),
+        })
+        .collect();
+    send_adds(&feed, early.adds(&resolved));
+    Ok(finish_users(split, &by_upn, &by_id))
+}
+
+/// Hands `adds` to the writer. A writer that stopped (its audit write failed) drops them: the
+/// pass then fails on that error and the plan never relies on an add sent here.
+fn send_adds(feed: &UnboundedSender<Vec<Change<UserId>>>, adds: Vec<Change<UserId>>) {
+    if !adds.is_empty() {
+        let _ = feed.unbounded_send(adds);
+    }
+}
+
+/// The UPNs to look up, each once, in their first order.
+fn dedup_upns(upns: &[Upn]) -> Vec<Upn> {
+    let mut seen: HashSet<&Upn> = HashSet::new();
+    upns.iter().filter(|u| seen.insert(*u)).cloned().collect()
+}
+
+/// Which of `ids` are existing users; no request when there are none.
+async fn users_by_id(graph: &GraphClient, ids: &[UserId]) -> Result<HashSet<UserId>, ResolveError> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<ObjectId> = ids
+        .iter()
+        .map(|id| ObjectId::parse(id.as_str()).expect("a user id is a GUID"))
+        .collect();
+    Ok(graph
+        .users_by_id(&ids)
+        .await
+        .map_err(ResolveError::Users)?
+        .into_keys()
+        .collect())
+}
+
+/// Pure: picks the user adds that are safe before every desired entry is resolved. A desired
+/// user who resolved and is not a direct user member is an add in the plan of the full
+/// resolution whatever the rest resolves to (adds are never held, guarded or protected), so
+/// it may be sent at once. It never picks a removal: what may be removed is known only when
+/// every entry is resolved. Each user is picked once across calls.
+pub struct EarlyAdds<'a> {
+    members: HashSet<&'a str>,
+    picked: HashSet<UserId>,
+}
+
+impl<'a> EarlyAdds<'a> {
+    pub fn new(members: &'a [GroupMember]) -> Self {
+        let members = members
+            .iter()
+            .filter_map(|m| match m {
+                GroupMember::User { id, .. } => Some(id.as_str()),
+                GroupMember::Other { .. } => None,
+            })
+            .collect();
+        Self {
+            members,
+            picked: Default::default(),
+        }
+    }
+
+    /// The adds among `resolved` not picked before, as the planner words them.
+    pub fn adds(&mut self, resolved: &[DesiredUserRef]) -> Vec<Change<UserId>> {
+        let (members, picked) = (&self.members, &mut self.picked);
+        resolved
+            .iter()
+            .filter(|u| !members.contains(u.id.as_str()) && picked.insert(u.id.clone()))
+            .map(|u| Change {
+                id: u.id.clone(),
+                kind: ObjectKind::User,
+                label: label(&u.label),
+                reason: Reason::NotAMember,
+            })
+            .collect()
+    }
 }
 
 /// Desired users split into those already resolved by the member list and those to look up.
@@ -222,6 +355,50 @@ mod tests {
 
     fn uid(n: u32) -> UserId {
         UserId::parse(&format!("{n:08x}-0000-4000-8000-000000000000")).unwrap()
+    }
+
+    #[test]
+    fn early_adds_are_the_plans_adds_picked_once_and_never_a_member() {
+        let member = |n| GroupMember::User {
+            id: uid(n),
+            upn: None,
+        };
+        let members = vec![member(1), member(2)];
+        let desired: Vec<DesiredUserRef> = (1..=6)
+            .map(|n| DesiredUserRef {
+                id: uid(n),
+                label: format!("u{n}@contoso.com"),
+            })
+            .collect();
+        let mut early = EarlyAdds::new(&members);
+        // Resolved in two rounds, the second repeating a user of the first.
+        let mut picked = early.adds(&desired[..4]);
+        picked.extend(early.adds(&desired[3..]));
+        let settings = super::super::plan::PlanSettings {
+            prune: true,
+            max_removals: 10,
+            allow_mass_removal: false,
+            user_group: "g".into(),
+            device_tag: "t".into(),
+        };
+        let full = super::super::plan::plan(
+            &ResolvedDesired {
+                users: desired,
+                ..ResolvedDesired::default()
+            },
+            &Actual {
+                members,
+                tagged: Vec::new(),
+            },
+            &settings,
+        );
+        let ids = |c: &[Change<UserId>]| {
+            let mut v: Vec<String> = c.iter().map(|c| c.id.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&picked), ids(&full.users.add));
+        assert_eq!(picked, full.users.add);
     }
 
     #[test]

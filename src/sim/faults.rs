@@ -34,6 +34,19 @@ pub struct FaultConfig {
     pub token_uses: u64,
     /// Surfaces the faults apply to; empty means every API surface (never the token endpoint).
     pub surfaces: Vec<Surface>,
+    /// Calls of one route answered with a status from a call count on: a failure at a point
+    /// fixed by the count instead of the clock or the generator. Not limited by `surfaces`.
+    pub route_fails: Option<RouteFault>,
+}
+
+/// Calls of `route` (its template, e.g. `GET /v1.0/users`) after the first `after` are
+/// answered `status` (a `$batch` item counts as a call of its own route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFault {
+    pub route: String,
+    pub after: u64,
+    pub status: u16,
 }
 
 impl Default for FaultConfig {
@@ -49,6 +62,7 @@ impl Default for FaultConfig {
             batch_item_429_rate: 0.0,
             token_uses: 0,
             surfaces: Vec::new(),
+            route_fails: None,
         }
     }
 }
@@ -109,6 +123,12 @@ impl Faults {
             return Fault::Slow(self.config.slow_ms);
         }
         Fault::None
+    }
+
+    /// The status for the `calls`-th call of `route` when [`FaultConfig::route_fails`] names it.
+    pub fn for_route(&self, route: &str, calls: u64) -> Option<u16> {
+        let f = self.config.route_fails.as_ref()?;
+        (f.route == route && calls > f.after).then_some(f.status)
     }
 
     /// The status fault for one `$batch` item (a batch item cannot drop a connection).

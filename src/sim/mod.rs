@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-pub use faults::FaultConfig;
+pub use faults::{FaultConfig, RouteFault};
 pub use model::{DeltaRefusal, DeviceGroup, GroupRule, MachineView, Stats, Tenant, Violation};
 pub use quota::{QuotaConfig, Surface};
 pub use scenario::Scenario;

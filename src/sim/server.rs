@@ -358,6 +358,14 @@ fn call(
         }
     };
     *t.stats.calls_by_route.entry(label.to_string()).or_default() += 1;
+    t.stats.calls_seen += 1;
+    let seen = t.stats.calls_seen;
+    t.stats
+        .call_span
+        .entry(label.to_string())
+        .or_insert((seen, seen))
+        .1 = seen;
+    let forced = forced.or_else(|| t.faults.for_route(label, t.stats.calls(label)));
     *t.stats
         .calls_by_surface
         .entry(surface.as_str().to_string())
@@ -462,6 +470,10 @@ fn fault_reply(
             "The service is temporarily unavailable.",
         ),
         504 => ("GatewayTimeout", "The gateway timed out."),
+        403 => (
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        ),
         _ => ("InternalServerError", "An internal server error occurred."),
     };
     let r = match service {

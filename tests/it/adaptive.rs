@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dexscope::sim::{self, FaultConfig, QuotaConfig, SeedSpec, SimHandle, SimOptions, Surface};
+use dexscope::sim::{
+    self, FaultConfig, QuotaConfig, RouteFault, SeedSpec, SimHandle, SimOptions, Surface,
+};
 use secrecy::ExposeSecret;
 
 const TAG: &str = "DEX-Scoped";
@@ -487,4 +489,189 @@ impl Daemon {
         let _ = self.child.kill();
         panic!("no exit after SIGTERM:\n{}", self.log_text());
     }
+}
+
+const LOOKUP: &str = "GET /v1.0/users";
+const REMOVE_REF: &str = "DELETE /v1.0/groups/{id}/members/{id}/$ref";
+const BATCH: &str = "POST /v1.0/$batch";
+
+/// A tenant of 12,200 users, 40 of them in the group, without quotas; every response is held
+/// back 40 ms after the call is served, so the 40 lookup rounds of 300 UPNs take a while
+/// however fast the machine is. The desired state keeps 20 members, adds 12,000 users and
+/// lists one UPN nobody has: 12,000 adds, 20 removals. `prune` is on.
+async fn streaming_setup(faults: FaultConfig) -> (SimHandle, tempfile::TempDir, PathBuf) {
+    let sim = sim::start(SimOptions {
+        seed: 7,
+        generate: SeedSpec {
+            users: 12_200,
+            devices: 5,
+            incidents: 0,
+            scoped_users: 40,
+            tagged_share: 0.0,
+            nested: false,
+        },
+        quotas: QuotaConfig {
+            enabled: false,
+            ..QuotaConfig::default()
+        },
+        placement_delay_secs: 0.0,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let (kept, added) = {
+        let members: std::collections::HashSet<String> = sim
+            .group_members(&sim.user_group_id())
+            .into_iter()
+            .collect();
+        let state = sim.state();
+        let t = state.lock().unwrap();
+        let all: Vec<_> = t.directory.users.iter().flatten().collect();
+        let (kept, added): (Vec<_>, Vec<_>) = all
+            .iter()
+            .partition(|u| members.contains(&u.id.to_string()));
+        let upns = |v: Vec<&&sim::model::User>, n| -> Vec<String> {
+            v.iter().take(n).map(|u| u.upn.to_string()).collect()
+        };
+        (upns(kept, 20), upns(added, 12_000))
+    };
+    let mut users = kept;
+    users.extend(added);
+    users.push("nobody.here@contoso.com".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let head = super::support::sim_config_head(&sim);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}device_tag = \"{TAG}\"\ndesired_state = \"{}\"\nprune = true\n\
+             max_removals = 500\n[state]\npath = \"{}\"\n{LIMITS}",
+            dir.path().join("desired.toml").display(),
+            dir.path().join("state.db").display()
+        ),
+    )
+    .unwrap();
+    let list = users
+        .iter()
+        .map(|u| format!("  {u:?},\n"))
+        .collect::<String>();
+    std::fs::write(
+        dir.path().join("desired.toml"),
+        format!("users = [\n{list}]\n"),
+    )
+    .unwrap();
+    sim.set_faults(FaultConfig {
+        slow_rate: 1.0,
+        slow_ms: 40,
+        surfaces: vec![Surface::GraphDirectory],
+        ..faults
+    });
+    (sim, dir, config)
+}
+
+/// Adds go out while lookups still run; removals only once the last lookup is answered and
+/// the full plan with its guard is made; the requests are those of resolving everything first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_start_while_lookups_run_and_removals_wait_for_the_last_lookup() {
+    let (sim, _dir, config) = streaming_setup(FaultConfig::default()).await;
+    // `plan` resolves every entry before it is done and writes nothing: the lookups and
+    // envelopes of a pass that resolves first.
+    let (code, out) = run(&sim, &config, &["plan"]).await;
+    assert_eq!(code, 2, "{out}");
+    let planned = sim.stats();
+    sim.reset_stats();
+
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nobody.here@contoso.com"), "{out}");
+    assert_eq!(sim.group_members(&sim.user_group_id()).len(), 12_020);
+    let s = sim.stats();
+    let (_, last_lookup) = s.span(LOOKUP).expect("lookups");
+    let (first_add, _) = s.span(PATCH_GROUP).expect("adds");
+    let (first_removal, _) = s.span(REMOVE_REF).expect("removals");
+    assert!(
+        first_add < last_lookup,
+        "the first add (call {first_add}) goes before the last lookup (call {last_lookup})"
+    );
+    assert!(
+        first_removal > last_lookup,
+        "no removal (first at call {first_removal}) before the last lookup (call {last_lookup})"
+    );
+    // 12,001 UPNs in 801 filters, 41 envelopes, as when resolving first; 12,000 adds in 600
+    // PATCHes of 20 and 30 envelopes of 20; 20 removals in one envelope.
+    assert_eq!(s.calls(LOOKUP), planned.calls(LOOKUP), "{s:?}");
+    assert_eq!(s.calls(LOOKUP), 801);
+    assert_eq!(s.calls(PATCH_GROUP), 600, "{s:?}");
+    assert_eq!(s.calls(REMOVE_REF), 20, "{s:?}");
+    let envelopes = |s: &sim::Stats| s.http_by_route.get(BATCH).copied().unwrap_or(0);
+    assert_eq!(envelopes(&s), envelopes(&planned) + 30 + 1, "{s:?}");
+
+    // Nothing left: the next pass looks up only the unknown UPN and writes nothing.
+    sim.reset_stats();
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    let s = sim.stats();
+    assert_eq!(s.calls(LOOKUP), 1, "{s:?}");
+    assert_eq!(s.calls(PATCH_GROUP) + s.calls(REMOVE_REF), 0, "{s:?}");
+    sim.shutdown().await;
+}
+
+/// A lookup refused for good after 400 filters (6,000 UPNs) fails the pass with the lookup's
+/// error. The adds already found went out and were audited, no member was removed, and the
+/// next pass, with the lookups answered again, converges writing no member twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lookup_fails_the_pass_after_safe_adds_and_removes_nothing() {
+    let refused = FaultConfig {
+        route_fails: Some(RouteFault {
+            route: LOOKUP.to_string(),
+            after: 400,
+            status: 403,
+        }),
+        ..FaultConfig::default()
+    };
+    let (sim, dir, config) = streaming_setup(refused).await;
+    let before: std::collections::HashSet<String> = sim
+        .group_members(&sim.user_group_id())
+        .into_iter()
+        .collect();
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("looking up users (userPrincipalName in 15 values) failed with status 403"),
+        "{out}"
+    );
+    let s = sim.stats();
+    assert_eq!(s.calls(REMOVE_REF), 0, "no removal: {s:?}");
+    let after: std::collections::HashSet<String> = sim
+        .group_members(&sim.user_group_id())
+        .into_iter()
+        .collect();
+    assert!(after.is_superset(&before), "every member stays");
+    assert!(after.len() > before.len(), "the adds found first went out");
+    let state = dexscope::state::State::open(dir.path().join("state.db")).unwrap();
+    assert_eq!(
+        state.pending_changes().unwrap(),
+        vec![],
+        "every add audited"
+    );
+    drop(state);
+
+    sim.set_faults(FaultConfig {
+        slow_rate: 1.0,
+        slow_ms: 40,
+        surfaces: vec![Surface::GraphDirectory],
+        ..FaultConfig::default()
+    });
+    let (code, out) = run(&sim, &config, &["apply"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(sim.group_members(&sim.user_group_id()).len(), 12_020);
+    let adds: Vec<String> = sim
+        .writes()
+        .into_iter()
+        .filter(|w| w.op == "add")
+        .map(|w| w.object)
+        .collect();
+    let distinct: std::collections::HashSet<&String> = adds.iter().collect();
+    assert_eq!((adds.len(), distinct.len()), (12_000, 12_000));
+    sim.shutdown().await;
 }

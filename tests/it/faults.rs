@@ -13,6 +13,7 @@ use dexscope::desired::{self, Mode};
 use dexscope::incidents::comment::MARKER_PREFIX;
 use dexscope::incidents::poll::{self, PollSettings};
 use dexscope::reconcile::{self, Context};
+use dexscope::sim::quota::QuotaStep;
 use dexscope::sim::{self, FaultConfig, QuotaConfig, SeedSpec, SimHandle, SimOptions, Stats};
 use dexscope::state::State;
 use dexscope::tenant::Tenant;
@@ -31,6 +32,8 @@ struct Case {
     quotas: QuotaConfig,
     /// `[http] timeout` of the client.
     timeout: &'static str,
+    /// `[limits]` of the client, when not the defaults (the documented quotas).
+    limits: &'static str,
     /// The `/_sim/stats` fault counter (or `unauthorized`, `throttled`) that proves the fault
     /// was injected.
     evidence: &'static str,
@@ -45,7 +48,38 @@ fn case(name: &'static str, faults: FaultConfig, evidence: &'static str) -> Case
             ..QuotaConfig::default()
         },
         timeout: "2s",
+        limits: "",
         evidence,
+    }
+}
+
+/// dexscope configured with budgets four times what the service of "service tighter than
+/// documented" grants (documented window lengths; the service's are 0.01 of them).
+const TIGHT_LIMITS: &str = "[limits]\ngraph_directory_writes_per_150s = 2400\n\
+                            graph_directory_reads_per_10s = 8000\n\
+                            graph_security_per_minute = 1200\ndefender_per_minute = 1200\n\
+                            defender_per_hour = 120000\n";
+
+/// dexscope configured with the budgets the service of "quota changes mid-pass" grants
+/// before and after its change.
+const CHANGING_LIMITS: &str = "[limits]\ngraph_directory_writes_per_150s = 600\n\
+                               graph_directory_reads_per_10s = 8000\n\
+                               graph_security_per_minute = 1200\ndefender_per_minute = 300\n\
+                               defender_per_hour = 120000\n";
+
+/// The service's budgets (Graph writes per 150 s, MDE calls per minute), its windows shrunk by
+/// 0.01, granting `factor` of them and changing as `schedule` says.
+fn service(writes: u64, mde: u64, factor: f64, schedule: Vec<QuotaStep>) -> QuotaConfig {
+    QuotaConfig {
+        scale: 0.01,
+        graph_ru_per_10s: 8_000,
+        graph_writes_per_150s: writes,
+        security_per_min: 1_200,
+        mde_per_min: mde,
+        mde_per_hour: 120_000,
+        factor,
+        schedule,
+        ..QuotaConfig::default()
     }
 }
 
@@ -54,6 +88,14 @@ fn status(code: u16, rate: f64) -> FaultConfig {
         error_rate: rate,
         error_statuses: vec![code],
         ..FaultConfig::default()
+    }
+}
+
+fn step(after_requests: u64, factor: f64) -> QuotaStep {
+    QuotaStep {
+        after_requests: Some(after_requests),
+        after_ms: None,
+        factor,
     }
 }
 
@@ -121,6 +163,27 @@ fn cases() -> Vec<Case> {
             },
             "unauthorized",
         ),
+        // The service grants a quarter of what dexscope is configured with, on every surface.
+        Case {
+            quotas: service(2_400, 1_200, 0.25, Vec::new()),
+            limits: TIGHT_LIMITS,
+            ..case(
+                "service tighter than documented",
+                FaultConfig::default(),
+                "throttled",
+            )
+        },
+        // The service halves its grant from the 10th request and restores it from the 60th:
+        // points fixed by the request count.
+        Case {
+            quotas: service(600, 300, 1.0, vec![step(10, 0.5), step(60, 1.0)]),
+            limits: CHANGING_LIMITS,
+            ..case(
+                "quota changes mid-pass",
+                FaultConfig::default(),
+                "throttled",
+            )
+        },
         case(
             "a throttled item inside a $batch",
             FaultConfig {
@@ -214,8 +277,8 @@ async fn setup(case: &Case) -> Setup {
              [incidents]\nlookback = \"30d\"\n\
              severities = [\"high\", \"medium\", \"low\", \"informational\"]\n\
              [state]\npath = \"state.db\"\n\
-             [http]\ntimeout = \"{}\"\nmax_attempts = 8\nmax_retry_time = \"1m\"\n",
-            case.timeout
+             [http]\ntimeout = \"{}\"\nmax_attempts = 8\nmax_retry_time = \"1m\"\n{}",
+            case.timeout, case.limits
         ),
     )
     .unwrap();

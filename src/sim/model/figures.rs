@@ -56,6 +56,11 @@ pub struct Stats {
     pub tokens_issued: u64,
     pub unauthorized: u64,
     pub violations: Vec<Violation>,
+    /// API calls served so far, numbered from 1 in the order the tenant handled them.
+    pub calls_seen: u64,
+    /// Per route template: the numbers of its first and last call, so a test can tell which
+    /// kind of call came before which.
+    pub call_span: BTreeMap<String, (u64, u64)>,
 }
 
 impl Stats {
@@ -69,6 +74,11 @@ impl Stats {
 
     pub fn calls(&self, route: &str) -> u64 {
         self.calls_by_route.get(route).copied().unwrap_or(0)
+    }
+
+    /// The numbers of the first and last call of `route` ([`Stats::call_span`]).
+    pub fn span(&self, route: &str) -> Option<(u64, u64)> {
+        self.call_span.get(route).copied()
     }
 }
 
