@@ -82,33 +82,39 @@ impl DefenderClient {
     /// Machines matching an OData `$filter` (or all), every page; 404 (no recent machines)
     /// is an empty list.
     pub async fn machines(&self, filter: Option<&str>) -> Result<Vec<Machine>, Error> {
-        let mut machines = Vec::new();
-        self.each_machine(filter, |m| machines.push(m)).await?;
-        Ok(machines)
+        self.collect_machines(filter, |m| m).await
     }
 
-    /// Hands every machine matching `filter` (or all) to `each`, page by page; 404 (no recent
-    /// machines) is none. Each item becomes a compact `Machine` as it is parsed
-    /// (`wire::Item`), so a page is never held as wire values.
-    async fn each_machine(
+    /// Every machine matching `filter` (or all), each passed through `keep` as its page is
+    /// read. Each item becomes a compact `Machine` as it is parsed (`wire::Item`), so a page
+    /// is never held as wire values.
+    ///
+    /// The list grows by each page's count, not by doubling: the last page arrives (its body
+    /// in memory too) when a doubled list has up to half its room unused, 3 MB at 50k
+    /// machines, at the pass's peak. A list of pages is one mapped block, so each growth
+    /// moves no bytes.
+    async fn collect_machines(
         &self,
         filter: Option<&str>,
-        mut each: impl FnMut(Machine),
-    ) -> Result<(), Error> {
+        keep: impl Fn(Machine) -> Machine,
+    ) -> Result<Vec<Machine>, Error> {
         let mut pq = String::from("/api/machines?");
         if let Some(f) = filter {
             pq.push_str(&format!("$filter={}&", encode_query_value(f)));
         }
         pq.push_str(&format!("$top={MAX_MACHINES_TOP}"));
         let req = Request::get(Surface::Defender, self.http.defender_url(&pq)?);
+        let mut machines = Vec::new();
         self.http
             .for_each_page_or_empty(req, |page: Vec<wire::Item>| {
-                page.into_iter()
-                    .filter_map(|item| item.0)
-                    .for_each(&mut each);
+                machines.reserve_exact(page.len());
+                machines.extend(page.into_iter().filter_map(|item| item.0).map(&keep));
             })
             .await
-            .map_err(|source| Error::ListMachines { source })
+            .map_err(|source| Error::ListMachines { source })?;
+        // Items with an invalid id were skipped after their room was taken.
+        machines.shrink_to_fit();
+        Ok(machines)
     }
 
     /// Every machine, each reduced as its page is read to what resolving desired devices and
@@ -118,10 +124,27 @@ impl DefenderClient {
     /// strings per machine, held through the pass for nothing by a reconcile pass, which reads
     /// none of them.
     pub async fn machines_for_scope(&self, tag: &str) -> Result<Vec<Machine>, Error> {
-        let mut machines = Vec::new();
-        self.each_machine(None, |m| machines.push(for_scope(m, tag)))
-            .await?;
-        Ok(machines)
+        self.collect_machines(None, |m| for_scope(m, tag)).await
+    }
+
+    /// Every machine, the ones carrying `tag` with their tags and device group name (no OS,
+    /// no group number) and the others in the form of [`DefenderClient::machines_for_scope`]:
+    /// what a pass needs that resolves desired devices against every machine and checks the
+    /// tagged ones' device groups, in one read.
+    pub async fn machines_for_check(&self, tag: &str) -> Result<Vec<Machine>, Error> {
+        self.collect_machines(None, |m| {
+            if m.tags.iter().any(|t| t == tag) {
+                // The check reads the device group's name, not its number nor the OS.
+                Machine {
+                    os_platform: None,
+                    rbac_group_id: None,
+                    ..m
+                }
+            } else {
+                for_scope(m, tag)
+            }
+        })
+        .await
     }
 
     /// Every machine carrying `tag` (exact match).
@@ -231,17 +254,17 @@ pub fn tag_filter(tag: &str) -> String {
 
 /// `m` with only what [`DefenderClient::machines_for_scope`] keeps.
 fn for_scope(m: Machine, tag: &str) -> Machine {
-    let tagged = m.tags.iter().any(|t| t == tag);
+    // The machine's own list and string are kept (no new allocation per machine).
+    let mut tags = m.tags;
+    tags.retain(|t| t == tag);
+    tags.truncate(1);
+    tags.shrink_to_fit();
     Machine {
         id: m.id,
         dns_name: m.dns_name,
         aad_device_id: m.aad_device_id,
         os_platform: None,
-        tags: if tagged {
-            vec![tag.to_string()]
-        } else {
-            Vec::new()
-        },
+        tags,
         rbac_group_id: None,
         rbac_group_name: None,
     }
@@ -285,6 +308,35 @@ fn machine(m: wire::Machine<'_>) -> Option<Machine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scope_form_keeps_the_tag_alone_and_drops_the_rest() {
+        let machine = |tags: &[&str]| Machine {
+            id: MachineId::parse(&format!("{:040x}", 7)).unwrap(),
+            dns_name: Some(DnsName::parse("ws-7.contoso.local").unwrap()),
+            aad_device_id: None,
+            os_platform: Some("Windows11".into()),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            rbac_group_id: Some(3),
+            rbac_group_name: Some("Workstations".into()),
+        };
+        let lean = for_scope(
+            machine(&["Finance", "DEX-Scoped", "DEX-Scoped"]),
+            "DEX-Scoped",
+        );
+        assert_eq!(lean.tags, ["DEX-Scoped"]);
+        assert_eq!(lean.dns_name, machine(&[]).dns_name);
+        assert_eq!(
+            (lean.os_platform, lean.rbac_group_id, lean.rbac_group_name),
+            (None, None, None)
+        );
+        // Exact match, as the `machineTags/any` filter.
+        assert!(
+            for_scope(machine(&["dex-scoped", "Finance"]), "DEX-Scoped")
+                .tags
+                .is_empty()
+        );
+    }
 
     #[test]
     fn tag_filter_escapes_quotes() {

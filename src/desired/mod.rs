@@ -219,7 +219,9 @@ impl fmt::Display for DeviceKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<K> {
     pub key: K,
-    pub note: Option<String>,
+    /// `Box<str>`, not `String`: every entry carries the field, and a capacity word each is
+    /// 0.8 MB at 100k entries.
+    pub note: Option<Box<str>>,
     /// The entry is out of scope from this day on.
     pub expires: Option<NaiveDate>,
     /// Where the entry is written (its value: the string or the inline table).

@@ -75,8 +75,9 @@ pub enum PriorityError {
     #[error("priority check: cannot list the machines tagged {tag:?}: {source}")]
     ListTagged {
         tag: String,
+        // Boxed: the client's error is large, and every `Result` of a pass carries its size.
         #[source]
-        source: defender::Error,
+        source: Box<defender::Error>,
     },
     #[error("priority check: {0}")]
     State(#[from] StateError),
@@ -117,6 +118,41 @@ enum FirstSeen {
     Assume,
 }
 
+/// [`priority_once`] on machines the caller already read: `tagged` must be every machine
+/// carrying the scoped tag, with its device group. The daemon reads the machine list once for
+/// both the desired devices and this check (see [`machines_for_check`]), so it never holds
+/// two lists nor pays for a second read.
+pub fn priority_once_with(
+    state: &State,
+    scope: &Scope,
+    input: PriorityInput<'_>,
+    tagged: Vec<Machine>,
+    now: DateTime<Utc>,
+) -> Result<PriorityReport, PriorityError> {
+    check_tagged(state, scope, input, tagged, now, FirstSeen::Record)
+}
+
+/// Every machine in one read, for a pass that resolves desired devices and checks the tagged
+/// machines' placement: each tagged machine whole, each other machine reduced to what
+/// resolution reads (`machines_for_scope`'s form). Returns the desired devices resolved
+/// against all of them, and the tagged machines.
+pub async fn machines_for_check(
+    defender: &DefenderClient,
+    desired: &DesiredState,
+    tag: &str,
+) -> Result<(Vec<DesiredDeviceRef>, Vec<Machine>), PriorityError> {
+    let all =
+        defender
+            .machines_for_check(tag)
+            .await
+            .map_err(|source| PriorityError::ListTagged {
+                tag: tag.to_string(),
+                source: Box::new(source),
+            })?;
+    let (devices, _) = resolve_devices(desired, &all);
+    Ok((devices, scope::tagged_in(all, tag)))
+}
+
 async fn priority_pass(
     defender: &DefenderClient,
     state: &State,
@@ -130,8 +166,20 @@ async fn priority_pass(
         .await
         .map_err(|source| PriorityError::ListTagged {
             tag: scope.device_tag.clone(),
-            source,
+            source: Box::new(source),
         })?;
+    check_tagged(state, scope, input, machines, now, first_seen)
+}
+
+/// The pass once the tagged machines are read: first-seen tag times, then the pure check.
+fn check_tagged(
+    state: &State,
+    scope: &Scope,
+    input: PriorityInput<'_>,
+    machines: Vec<Machine>,
+    now: DateTime<Utc>,
+    first_seen: FirstSeen,
+) -> Result<PriorityReport, PriorityError> {
     let ids: Vec<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
     let mut since = state.tagged_since_all()?;
     let unseen: Vec<MachineId> = ids
@@ -148,20 +196,25 @@ async fn priority_pass(
     if first_seen == FirstSeen::Record {
         state.forget_untagged(&ids)?;
     }
-    let placement = placement(scope, &machines, &since, input);
+    drop(ids);
+    let tagged = machines.len();
+    let placement = placement(scope, machines, &since, input);
+    drop(since);
     let findings = check::check_priority(&placement, now);
     Ok(PriorityReport {
         counts: Counts::of(&findings),
         findings,
-        tagged: machines.len(),
+        tagged,
         newly_seen: unseen.len(),
     })
 }
 
-/// The pure check's input from what the pass read.
+/// The pure check's input from what the pass read. The machines are consumed: each one's
+/// device group name moves into its `TaggedMachine` rather than being copied, so the pass
+/// never holds the tagged machines twice (50,000 of them at the scale the daemon is sized for).
 fn placement(
     scope: &Scope,
-    tagged: &[Machine],
+    tagged: Vec<Machine>,
     since: &HashMap<MachineId, DateTime<Utc>>,
     input: PriorityInput<'_>,
 ) -> Placement {
@@ -176,12 +229,24 @@ fn placement(
             label: d.label.clone(),
         })
         .collect();
+    drop(tagged_ids);
     Placement {
         device_group_name: scope.device_group_name.clone(),
         propagation_grace: TimeDelta::from_std(scope.propagation_grace).unwrap_or(TimeDelta::MAX),
         tagged: tagged
-            .iter()
-            .map(|m| TaggedMachine::from_machine(m, since.get(&m.id).copied()))
+            .into_iter()
+            .map(|m| {
+                let at = since.get(&m.id).copied();
+                TaggedMachine {
+                    label: m
+                        .dns_name
+                        .as_ref()
+                        .map_or_else(|| m.id.to_string(), |d| d.to_string()),
+                    id: m.id,
+                    rbac_group_name: m.rbac_group_name,
+                    tagged_since: at,
+                }
+            })
             .collect(),
         missing_tag,
         sightings: input.sightings.to_vec(),

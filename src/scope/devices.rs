@@ -37,7 +37,9 @@ pub fn resolve_devices(
             Found::add(&mut by_aad, a.as_str(), &m.id);
         }
     }
-    let mut devices = Vec::new();
+    // Sized once: most entries resolve, and doubling would leave up to half the list's room
+    // unused (1 MB at 50k devices) through the pass.
+    let mut devices = Vec::with_capacity(entries.len());
     let mut unresolved = Vec::new();
     for entry in entries {
         let found: Vec<&MachineId> = match &entry.key {
@@ -99,10 +101,11 @@ impl<'a> Found<'a> {
 }
 
 /// The machines of `all` carrying `tag` (exact match, as the `machineTags/any` filter).
-pub fn tagged_in(all: Vec<Machine>, tag: &str) -> Vec<Machine> {
-    all.into_iter()
-        .filter(|m| m.tags.iter().any(|t| t == tag))
-        .collect()
+pub fn tagged_in(mut all: Vec<Machine>, tag: &str) -> Vec<Machine> {
+    all.retain(|m| m.tags.iter().any(|t| t == tag));
+    // The room of the untagged machines is given back: the list is held through the pass.
+    all.shrink_to_fit();
+    all
 }
 
 #[cfg(test)]

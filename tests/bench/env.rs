@@ -278,8 +278,14 @@ impl Env {
             std::fs::File::create(self.path(&format!("{name}.{ext}"))).expect("output file")
         };
         cmd.arg(MEASURE_FLAG)
-            .arg(self.path(&format!("{name}.rusage")))
-            .arg(env!("CARGO_BIN_EXE_dexscope"))
+            .arg(self.path(&format!("{name}.rusage")));
+        // A profiling aid, off unless asked for: `DEXSCOPE_BENCH_WRAP="heaptrack -o
+        // /tmp/heap.{name}"` runs each child under that command (`{name}` becomes the child's
+        // name). The figures of such a run are the wrapper's, not dexscope's alone.
+        if let Ok(wrap) = std::env::var("DEXSCOPE_BENCH_WRAP") {
+            cmd.args(wrap.split_whitespace().map(|w| w.replace("{name}", name)));
+        }
+        cmd.arg(env!("CARGO_BIN_EXE_dexscope"))
             .arg("--config")
             .arg(self.path("config.toml"))
             .args(args)

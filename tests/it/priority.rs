@@ -444,3 +444,52 @@ async fn webhook_retries_honour_retry_after_and_failures_are_not_fatal() {
     );
     assert!(!format!("{alerter:?}").contains("s3cr3t"));
 }
+
+/// The daemon's pass reads the machine list once for both the desired devices and the check
+/// (one page here), and finds exactly what a pass that reads the list twice finds.
+#[tokio::test]
+async fn one_machine_read_serves_the_desired_devices_and_the_check() {
+    let rig = rig().await;
+    add_servers_group(&rig.sim);
+    let dir = tempfile::tempdir().unwrap();
+    let desired = dexscope::desired::parse_str(
+        Path::new("desired.toml"),
+        "devices = [\"srv-01.contoso.local\", \"srv-02.contoso.local\", \"srv-03.contoso.local\", \
+         \"ws-01.contoso.local\", \"ws-02.contoso.local\", \"srv-04.contoso.local\"]\n",
+        Utc::now().date_naive(),
+        dexscope::desired::Mode::Runtime,
+    )
+    .unwrap()
+    .state;
+    let defender = &rig.tenant.defender;
+    let scope = &rig.config.scope;
+    let now = Utc::now();
+
+    let twice = State::open(dir.path().join("twice.db")).unwrap();
+    let all = defender.machines_for_scope(TAG).await.unwrap();
+    let (devices, _) = dexscope::priority::resolve_devices(&desired, &all);
+    let input = PriorityInput {
+        desired_devices: Some(&devices),
+        sightings: &[],
+    };
+    let want = priority_once(defender, &twice, scope, input, now)
+        .await
+        .unwrap();
+
+    rig.sim.reset_stats();
+    let once = State::open(dir.path().join("once.db")).unwrap();
+    let (devices, tagged) = dexscope::priority::machines_for_check(defender, &desired, TAG)
+        .await
+        .unwrap();
+    let input = PriorityInput {
+        desired_devices: Some(&devices),
+        sightings: &[],
+    };
+    let got = dexscope::priority::priority_once_with(&once, scope, input, tagged, now).unwrap();
+    let reads = rig.sim.stats().http_by_route.get(MACHINES).copied();
+
+    assert_eq!(reads, Some(1), "one read of the machine list");
+    assert_eq!((got.tagged, got.counts.missing_tag), (5, 1));
+    assert_eq!(got, want);
+    rig.sim.shutdown().await;
+}
