@@ -161,13 +161,19 @@ fn put_sync(tx: &Transaction<'_>, sync: &MemberSync) -> rusqlite::Result<()> {
 }
 
 fn upsert_members(tx: &Transaction<'_>, members: &[GroupMember]) -> rusqlite::Result<()> {
+    // In id order, each insert lands next to the last one in the primary-key b-tree, so the
+    // pages it touches stay in SQLite's page cache; in the order the service answered (random
+    // GUIDs) nearly every insert reads and rewrites a different index page once the index
+    // outgrows the cache.
+    let mut sorted: Vec<&GroupMember> = members.iter().collect();
+    sorted.sort_unstable_by(|a, b| member_id(a).cmp(member_id(b)));
     let mut stmt = tx.prepare(
         "insert into member_snapshot (id, odata_type, upn, display_name) values (?1, ?2, ?3, ?4) \
          on conflict (id) do update set odata_type = excluded.odata_type, \
          upn = coalesce(excluded.upn, member_snapshot.upn), \
          display_name = coalesce(excluded.display_name, member_snapshot.display_name)",
     )?;
-    for m in members {
+    for m in sorted {
         match m {
             GroupMember::User { id, upn } => stmt.execute(params![
                 id.as_str(),
@@ -188,4 +194,12 @@ fn upsert_members(tx: &Transaction<'_>, members: &[GroupMember]) -> rusqlite::Re
         };
     }
     Ok(())
+}
+
+/// The id a member is stored under.
+fn member_id(m: &GroupMember) -> &str {
+    match m {
+        GroupMember::User { id, .. } => id.as_str(),
+        GroupMember::Other { id, .. } => id.as_str(),
+    }
 }
