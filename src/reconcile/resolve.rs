@@ -19,11 +19,12 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use crate::defender::DefenderClient;
-use crate::desired::{DesiredState, UserKey};
+use crate::desired::{DesiredDevice, DesiredState, DeviceKey, UserKey};
 use crate::graph::GraphClient;
 use crate::model::{GroupMember, ObjectId, Upn, UserId};
 use crate::scope::{
-    DesiredUserRef, ResolveError, Unresolved, UnresolvedKind, resolve_devices, tagged_in,
+    DesiredUserRef, ResolveError, Unresolved, UnresolvedKind, resolve_device_keys, resolve_devices,
+    tagged_in,
 };
 use crate::telemetry::trace_memory;
 
@@ -74,9 +75,20 @@ pub async fn resolve(
     };
     let (mut users, mut unresolved) = resolve_users_in_rounds(graph, split, &members, feed).await?;
     trace_memory("users");
+    // Owned, only the device keys live through the machine read (48 bytes of each 96-byte
+    // entry); the rest of the desired state is dropped here. A fresh list, filled by
+    // `extend`: `collect` from the entries' own iterator reuses their buffer in place and
+    // would keep all of its room.
+    let wanted = match desired {
+        Cow::Borrowed(d) => WantedDevices::Entries(&d.devices),
+        Cow::Owned(d) => {
+            let mut keys = Vec::with_capacity(d.devices.len());
+            keys.extend(d.devices.into_iter().map(|e| e.key));
+            WantedDevices::Keys(keys)
+        }
+    };
 
-    let (tagged, devices) = if desired.devices.is_empty() {
-        drop(desired);
+    let (tagged, devices) = if wanted.is_empty() {
         let tagged = defender
             .machines_by_tag(device_tag)
             .await
@@ -88,8 +100,11 @@ pub async fn resolve(
             .await
             .map_err(ResolveError::Machines)?;
         trace_memory("machines");
-        let (devices, bad) = resolve_devices(&desired.devices, &all);
-        drop(desired);
+        let (devices, bad) = match &wanted {
+            WantedDevices::Entries(entries) => resolve_devices(entries, &all),
+            WantedDevices::Keys(keys) => resolve_device_keys(keys, &all),
+        };
+        drop(wanted);
         unresolved.extend(bad);
         (tagged_in(all, device_tag), devices)
     };
@@ -110,6 +125,22 @@ pub async fn resolve(
         },
         actual: Actual { members, tagged },
     })
+}
+
+/// The desired devices to resolve: the entries of a borrowed desired state, or the keys alone
+/// of an owned one.
+enum WantedDevices<'a> {
+    Entries(&'a [DesiredDevice]),
+    Keys(Vec<DeviceKey>),
+}
+
+impl WantedDevices<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            WantedDevices::Entries(e) => e.is_empty(),
+            WantedDevices::Keys(k) => k.is_empty(),
+        }
+    }
 }
 
 /// Selectors still in `desired` were not expanded against the tenant: what they would keep
