@@ -51,6 +51,11 @@ macro_rules! string_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The text by move: the `Box<str>` becomes a `String` without a copy.
+            pub fn into_string(self) -> String {
+                self.0.into()
+            }
         }
 
         impl fmt::Display for $name {

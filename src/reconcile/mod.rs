@@ -11,6 +11,7 @@ pub mod observe;
 pub mod plan;
 pub mod resolve;
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::time::Duration;
 
@@ -241,6 +242,7 @@ pub async fn plan_once(
     settings: &PlanSettings,
     members: MemberSource<'_>,
 ) -> Result<Plan, ReconcileError> {
+    let desired = Cow::Borrowed(desired);
     Ok(read_and_plan(
         tenant, user_group, device_tag, desired, settings, members, None,
     )
@@ -255,11 +257,13 @@ struct Writing<'a> {
     feed: resolve::AddFeed,
 }
 
+/// Reads, resolves and plans. An owned `desired` is dropped once resolved (see
+/// [`resolve::resolve`]); only what the plan still needs of it is kept.
 async fn read_and_plan(
     tenant: &Tenant,
     user_group: &ObjectId,
     device_tag: &str,
-    desired: &DesiredState,
+    desired: Cow<'_, DesiredState>,
     settings: &PlanSettings,
     members: MemberSource<'_>,
     writing: Option<Writing<'_>>,
@@ -273,15 +277,18 @@ async fn read_and_plan(
             graph: &tenant.graph,
             defender: &tenant.defender,
         };
-        Some(selectors::expand_selectors(clients, state, members.store, desired).await)
+        Some(selectors::expand_selectors(clients, state, members.store, &desired).await)
     };
+    // The desired state's own hold, for when the selectors were expanded.
+    let own_hold = desired.removals_held.clone();
     let mut read = scope::read_members(&tenant.graph, user_group, members).await?;
     // Rows an interrupted pass left pending, taken before this pass's adds write their own.
     let (settle, feed) = match writing {
         Some(w) => (Some((w.state, w.state.pending_changes()?)), w.feed),
         None => (None, None),
     };
-    // Moved, not cloned: the caller needs only how the members were read.
+    // Moved, not cloned: the caller needs only how the members were read. An owned desired
+    // state goes along and is dropped there.
     let r = resolve::resolve(
         &tenant.graph,
         &tenant.defender,
@@ -293,7 +300,7 @@ async fn read_and_plan(
     .await?;
     let mut r = r;
     if let Some(expansion) = &expansion {
-        selectors_into(&mut r.desired, desired, expansion);
+        selectors_into(&mut r.desired, own_hold, expansion);
     }
     trace_memory("resolve");
     if let Some((state, pending)) = settle {
@@ -322,7 +329,7 @@ async fn read_and_plan(
 /// hold applies only when nothing at all is in scope.
 fn selectors_into(
     resolved: &mut plan::ResolvedDesired,
-    desired: &DesiredState,
+    own_hold: Option<String>,
     expansion: &selectors::Expansion,
 ) {
     let mut have: std::collections::HashSet<crate::model::UserId> =
@@ -341,7 +348,7 @@ fn selectors_into(
         }
     }
     resolved.listed_nothing = resolved.users.is_empty() && resolved.devices.is_empty();
-    resolved.removals_held = desired.removals_held.clone();
+    resolved.removals_held = own_hold;
     resolved.selector_hold = expansion.held_by.clone();
 }
 
@@ -352,6 +359,17 @@ fn selectors_into(
 pub async fn reconcile_once(
     ctx: Context<'_>,
     desired: &DesiredState,
+    settings: &PlanSettings,
+    now: DateTime<Utc>,
+) -> Result<ReconcileReport, ReconcileError> {
+    reconcile_desired(ctx, Cow::Borrowed(desired), settings, now).await
+}
+
+/// [`reconcile_once`] with the desired state borrowed (the daemon keeps it between passes) or
+/// owned (the `apply` command, which drops it once it is resolved).
+async fn reconcile_desired(
+    ctx: Context<'_>,
+    desired: Cow<'_, DesiredState>,
     settings: &PlanSettings,
     now: DateTime<Utc>,
 ) -> Result<ReconcileReport, ReconcileError> {
@@ -392,7 +410,7 @@ pub async fn reconcile_once(
 /// deadline when the pass began.
 async fn reconcile_within_deadline(
     ctx: Context<'_>,
-    desired: &DesiredState,
+    desired: Cow<'_, DesiredState>,
     settings: &PlanSettings,
     now: DateTime<Utc>,
     throttled_before: u64,
@@ -403,13 +421,14 @@ async fn reconcile_within_deadline(
         resync_every: ctx.member_resync,
         now,
     };
+    let commit = desired.commit.clone();
     let target = Target {
         graph: &ctx.tenant.graph,
         defender: &ctx.tenant.defender,
         state: ctx.state,
         user_group: ctx.user_group,
         device_tag: ctx.device_tag,
-        commit: desired.commit.as_deref(),
+        commit: commit.as_deref(),
     };
     // Adds start while the lookups run: each lookup round hands its safe adds to the writer,
     // then the full plan hands over all of its adds (the writer skips those it has) and the
@@ -458,7 +477,7 @@ async fn reconcile_within_deadline(
         plan,
         applied,
         not_converged,
-        commit: desired.commit.clone(),
+        commit,
         counts,
         throttled: None,
     };
@@ -564,16 +583,18 @@ pub async fn plan_command(
         resync_every: config.scope.member_resync,
         now: Utc::now(),
     };
-    match plan_once(
+    // Owned: the desired state is dropped once resolved, before the plan is made.
+    let planned = read_and_plan(
         &tenant,
         &group,
         &config.scope.device_tag,
-        &desired,
+        Cow::Owned(desired),
         &settings,
         members,
+        None,
     )
-    .await
-    {
+    .await;
+    match planned.map(|(plan, ..)| plan) {
         Ok(plan) => {
             warn_unresolved(&plan.unresolved, err);
             warn_selectors(&plan.selectors, err);
@@ -626,7 +647,8 @@ pub async fn apply_command(
         member_resync: config.scope.member_resync,
     };
     let settings = settings_from_config(config, allow_mass_removal);
-    match reconcile_once(ctx, &desired, &settings, now).await {
+    // Owned: the desired state is dropped once resolved, before the plan is made.
+    match reconcile_desired(ctx, Cow::Owned(desired), &settings, now).await {
         Ok(report) => {
             warn_unresolved(&report.plan.unresolved, err);
             warn_selectors(&report.plan.selectors, err);

@@ -15,14 +15,16 @@
 //! Unknown and ambiguous entries are returned as [`Unresolved`]: they are skipped, they never
 //! block the other entries, and the planner makes sure they never cause a removal.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use crate::defender::DefenderClient;
-use crate::desired::{DesiredState, UserKey};
+use crate::desired::{DesiredDevice, DesiredState, DeviceKey, UserKey};
 use crate::graph::GraphClient;
 use crate::model::{GroupMember, ObjectId, Upn, UserId};
 use crate::scope::{
-    DesiredUserRef, ResolveError, Unresolved, UnresolvedKind, resolve_devices, tagged_in,
+    DesiredUserRef, ResolveError, Unresolved, UnresolvedKind, resolve_device_keys, resolve_devices,
+    tagged_in,
 };
 use crate::telemetry::trace_memory;
 
@@ -47,18 +49,46 @@ pub type AddFeed = Option<UnboundedSender<Vec<Change<UserId>>>>;
 
 /// Resolves `desired` against `members` (the group as just read) and the machine list.
 /// Read-only; user adds found safe on the way go to `feed`.
+///
+/// A borrowed desired state is left as it was (the daemon keeps its own between passes). An
+/// owned one is used up: its user entries are gone once split against the members (each UPN
+/// moves into its label), and the rest once the devices are resolved, so the entries are not
+/// live while the machine list and the plan are.
 pub async fn resolve(
     graph: &GraphClient,
     defender: &DefenderClient,
     members: Vec<GroupMember>,
     device_tag: &str,
-    desired: &DesiredState,
+    desired: Cow<'_, DesiredState>,
     feed: AddFeed,
 ) -> Result<Resolution, ResolveError> {
-    let (mut users, mut unresolved) =
-        resolve_users_in_rounds(graph, desired, &members, feed).await?;
+    let declared_empty_ok = desired.allow_empty;
+    let listed_nothing = desired.is_empty();
+    let removals_held = held_for_selectors(&desired);
+    let mut desired = desired;
+    let split = match &mut desired {
+        Cow::Borrowed(d) => split_users(d.users.iter().map(|e| e.key.clone()), &members),
+        Cow::Owned(d) => split_users(
+            std::mem::take(&mut d.users).into_iter().map(|e| e.key),
+            &members,
+        ),
+    };
+    let (mut users, mut unresolved) = resolve_users_in_rounds(graph, split, &members, feed).await?;
+    trace_memory("users");
+    // Owned, only the device keys live through the machine read (48 bytes of each 96-byte
+    // entry); the rest of the desired state is dropped here. A fresh list, filled by
+    // `extend`: `collect` from the entries' own iterator reuses their buffer in place and
+    // would keep all of its room.
+    let wanted = match desired {
+        Cow::Borrowed(d) => WantedDevices::Entries(&d.devices),
+        Cow::Owned(d) => {
+            let mut keys = Vec::with_capacity(d.devices.len());
+            keys.extend(d.devices.into_iter().map(|e| e.key));
+            WantedDevices::Keys(keys)
+        }
+    };
 
-    let (tagged, devices) = if desired.devices.is_empty() {
+    let (tagged, devices) = if wanted.is_empty() {
         let tagged = defender
             .machines_by_tag(device_tag)
             .await
@@ -70,7 +100,11 @@ pub async fn resolve(
             .await
             .map_err(ResolveError::Machines)?;
         trace_memory("machines");
-        let (devices, bad) = resolve_devices(&desired.devices, &all);
+        let (devices, bad) = match &wanted {
+            WantedDevices::Entries(entries) => resolve_devices(entries, &all),
+            WantedDevices::Keys(keys) => resolve_device_keys(keys, &all),
+        };
+        drop(wanted);
         unresolved.extend(bad);
         (tagged_in(all, device_tag), devices)
     };
@@ -84,13 +118,29 @@ pub async fn resolve(
             users,
             devices,
             unresolved,
-            declared_empty_ok: desired.allow_empty,
-            listed_nothing: desired.is_empty(),
-            removals_held: held_for_selectors(desired),
+            declared_empty_ok,
+            listed_nothing,
+            removals_held,
             selector_hold: None,
         },
         actual: Actual { members, tagged },
     })
+}
+
+/// The desired devices to resolve: the entries of a borrowed desired state, or the keys alone
+/// of an owned one.
+enum WantedDevices<'a> {
+    Entries(&'a [DesiredDevice]),
+    Keys(Vec<DeviceKey>),
+}
+
+impl WantedDevices<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            WantedDevices::Entries(e) => e.is_empty(),
+            WantedDevices::Keys(k) => k.is_empty(),
+        }
+    }
 }
 
 /// Selectors still in `desired` were not expanded against the tenant: what they would keep
@@ -114,7 +164,15 @@ pub async fn resolve_users(
     desired: &DesiredState,
     members: &[GroupMember],
 ) -> Result<(Vec<DesiredUserRef>, Vec<Unresolved>), ResolveError> {
-    let split = split_users(desired, members);
+    let keys = desired.users.iter().map(|e| e.key.clone());
+    look_up_all(graph, split_users(keys, members)).await
+}
+
+/// Looks up what `split` left unresolved, all at once.
+async fn look_up_all(
+    graph: &GraphClient,
+    split: UserSplit,
+) -> Result<(Vec<DesiredUserRef>, Vec<Unresolved>), ResolveError> {
     let by_upn = if split.upn_lookups.is_empty() {
         HashMap::new()
     } else {
@@ -131,23 +189,23 @@ pub async fn resolve_users(
 /// looked up at once goes out as the same envelopes, so rounds cost no extra request.
 const LOOKUPS_PER_ROUND: usize = MAX_UPNS_PER_FILTER * MAX_BATCH_ITEMS;
 
-/// Like [`resolve_users`], in rounds of [`LOOKUPS_PER_ROUND`] entries, several in flight (the
+/// Like [`resolve_users`] for the users `split` left to look up, in rounds of
+/// [`LOOKUPS_PER_ROUND`] entries, several in flight (the
 /// configured envelopes in flight; the read surface's own slots bound them too). After each
 /// round its users who are not direct members go to `feed`: an add is safe as soon as its
 /// entry resolves, whatever the other entries turn out to be. Removals are not decided here;
 /// they wait for the full resolution and the plan. The result is the one [`resolve_users`]
 /// gives. A failed round fails the resolution (rounds still in flight are dropped).
-pub async fn resolve_users_in_rounds(
+async fn resolve_users_in_rounds(
     graph: &GraphClient,
-    desired: &DesiredState,
+    split: UserSplit,
     members: &[GroupMember],
     feed: AddFeed,
 ) -> Result<(Vec<DesiredUserRef>, Vec<Unresolved>), ResolveError> {
     use futures::StreamExt;
     let Some(feed) = feed else {
-        return resolve_users(graph, desired, members).await;
+        return look_up_all(graph, split).await;
     };
-    let split = split_users(desired, members);
     let mut early = EarlyAdds::new(members);
     let in_flight = graph.http().settings().write_batches_in_flight.max(1);
     let upns = dedup_upns(&split.upn_lookups);
@@ -270,8 +328,9 @@ struct UserSplit {
     id_lookups: Vec<UserId>,
 }
 
-/// Pure: resolves desired users against the direct members; the rest need a lookup.
-fn split_users(desired: &DesiredState, members: &[GroupMember]) -> UserSplit {
+/// Pure: resolves desired users (their keys, in entry order) against the direct members; the
+/// rest need a lookup. A UPN resolved here moves into its label.
+fn split_users(keys: impl ExactSizeIterator<Item = UserKey>, members: &[GroupMember]) -> UserSplit {
     let mut member_by_upn: HashMap<&str, &UserId> = HashMap::new();
     let mut member_ids: HashSet<&str> = HashSet::new();
     for m in members {
@@ -285,25 +344,25 @@ fn split_users(desired: &DesiredState, members: &[GroupMember]) -> UserSplit {
     // Sized once: most desired users are members, and doubling would leave up to half the
     // list's room unused through the pass.
     let mut split = UserSplit {
-        resolved: Vec::with_capacity(desired.users.len()),
+        resolved: Vec::with_capacity(keys.len()),
         ..UserSplit::default()
     };
-    for entry in &desired.users {
-        match &entry.key {
+    for key in keys {
+        match key {
             UserKey::Upn(upn) => match member_by_upn.get(upn.as_str()) {
                 Some(id) => split.resolved.push(DesiredUserRef {
                     id: (*id).clone(),
-                    label: upn.to_string(),
+                    label: upn.into_string(),
                 }),
-                None => split.upn_lookups.push(upn.clone()),
+                None => split.upn_lookups.push(upn),
             },
             UserKey::Id(id) if member_ids.contains(id.as_str()) => {
                 split.resolved.push(DesiredUserRef {
-                    id: id.clone(),
                     label: id.to_string(),
+                    id,
                 })
             }
-            UserKey::Id(id) => split.id_lookups.push(id.clone()),
+            UserKey::Id(id) => split.id_lookups.push(id),
         }
     }
     split
@@ -321,7 +380,7 @@ fn finish_users(
         match by_upn.get(&upn) {
             Some(id) => users.push(DesiredUserRef {
                 id: id.clone(),
-                label: upn.to_string(),
+                label: upn.into_string(),
             }),
             None => unresolved.push(Unresolved {
                 entry: upn.to_string(),
@@ -426,7 +485,7 @@ mod tests {
                 upn: None,
             },
         ];
-        let split = split_users(&d, &members);
+        let split = split_users(d.users.iter().map(|e| e.key.clone()), &members);
         assert_eq!(
             split
                 .resolved

@@ -9,7 +9,7 @@ pub mod members;
 pub mod snapshot;
 pub mod vocab;
 
-pub use devices::{resolve_devices, tagged_in};
+pub use devices::{resolve_device_keys, resolve_devices, tagged_in};
 pub use members::{MemberSource, Members, MembersRead, read_members};
 pub use vocab::{DesiredDeviceRef, DesiredUserRef, GroupKind, Unresolved, UnresolvedKind};
 
