@@ -14,7 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 pub use super::lines::LineIndex;
-use super::selector::{self, Selector, Subject, did_you_mean as suggest};
+use super::selector::{self, Selector, Subject, clip, did_you_mean as suggest};
 use super::{DeviceKey, Diagnostic, Entry, Location, UserKey};
 use crate::model::{AadDeviceId, DnsName, MachineId, Upn, UserId, is_guid};
 
@@ -788,15 +788,6 @@ fn describe(value: &DeValue<'_>) -> &'static str {
         DeValue::Array(_) => "an array",
         DeValue::Table(_) => "a table",
     }
-}
-
-/// Cuts user text to keep a message one readable line.
-fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(80).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -485,7 +485,8 @@ fn describe(value: &DeValue<'_>) -> &'static str {
     }
 }
 
-fn clip(s: &str) -> String {
+/// Cuts user text to keep a message one readable line.
+pub(super) fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(80).collect();
     if out.len() < s.len() {
         out.push('…');
