@@ -245,7 +245,7 @@ async fn connect(config: Arc<Config>, out: &mut dyn std::io::Write) -> Result<De
                 daemon::GitWatch::open(git, state.clone()).map_err(daemon::DaemonError::from)?,
             );
             daemon::refresh_git(&watch, &scheduler.alerter, None).await;
-            let read = watch.current().and_then(|l| l.state.commit.clone());
+            let read = watch.current().and_then(|k| k.commit().map(str::to_owned));
             say(
                 out,
                 format!(

@@ -17,7 +17,7 @@ use crate::config::{ScopeGit, Verify};
 use crate::desired::source::{
     CommitId, DEFAULT_TIMEOUT, Fetched, GitCache, SourceError, cache_dir,
 };
-use crate::desired::{self, Loaded, Mode};
+use crate::desired::{self, Kept, Mode};
 use crate::state::{GitSourceRecord, RefusedHead, State};
 
 /// Where the passes read the desired state from: files on this host, or a git source.
@@ -29,7 +29,7 @@ pub enum DesiredSource {
 
 impl DesiredSource {
     /// The last valid desired state, if one was ever read.
-    pub fn current(&self) -> Option<Arc<Loaded>> {
+    pub fn current(&self) -> Option<Arc<Kept>> {
         match self {
             DesiredSource::Files(watch) => watch.current(),
             DesiredSource::Git(watch) => watch.current(),
@@ -63,7 +63,7 @@ impl std::fmt::Debug for GitWatch {
 
 #[derive(Debug, Default)]
 struct Inner {
-    current: Option<Arc<Loaded>>,
+    current: Option<Arc<Kept>>,
     record: GitSourceRecord,
     /// A head whose tree is not a valid desired state, and why.
     invalid: Option<(CommitId, String)>,
@@ -129,7 +129,7 @@ impl GitWatch {
         self.cache.source().fetch_every()
     }
 
-    pub fn current(&self) -> Option<Arc<Loaded>> {
+    pub fn current(&self) -> Option<Arc<Kept>> {
         lock(&self.inner).current.clone()
     }
 
@@ -143,7 +143,7 @@ impl GitWatch {
         }
         let commit = CommitId::parse(stored.applied.as_deref()?)?;
         let files = self.cache.read(&commit).ok()?;
-        let loaded = parse(&commit, &files, today).ok()?;
+        let loaded = parse(&commit, files, today).ok()?;
         inner.current = Some(Arc::new(loaded));
         inner.record.applied = Some(commit.to_string());
         inner.record.last_ok_fetch = stored.last_ok_fetch;
@@ -181,7 +181,7 @@ impl GitWatch {
                 rewritten,
             }) => {
                 inner.record.refused = None;
-                match parse(&commit, &files, today) {
+                match parse(&commit, files, today) {
                     Ok(loaded) => {
                         inner.current = Some(Arc::new(loaded));
                         inner.record.applied = Some(commit.to_string());
@@ -254,11 +254,12 @@ impl GitWatch {
     }
 }
 
+/// Validates the tree of `commit` and keeps it as its texts (see [`Kept`]).
 fn parse(
     commit: &CommitId,
-    files: &[(PathBuf, String)],
+    files: Vec<(PathBuf, String)>,
     today: NaiveDate,
-) -> Result<Loaded, String> {
+) -> Result<Kept, String> {
     let texts: Vec<(&Path, &str)> = files
         .iter()
         .map(|(p, t)| (p.as_path(), t.as_str()))
@@ -266,9 +267,10 @@ fn parse(
     let mut loaded = desired::parse_files(&texts, today, Mode::Runtime)
         .into_result()
         .map_err(|d| d.to_string())?;
+    drop(texts);
     loaded.state.commit = Some(commit.to_string());
     loaded.state.sources = files.iter().map(|(p, _)| p.clone()).collect();
-    Ok(loaded)
+    Ok(Kept::new(&loaded, files, today, Mode::Runtime))
 }
 
 /// The error and its sources, on one line.
@@ -295,8 +297,8 @@ pub async fn refresh_git(watch: &Arc<GitWatch>, alerter: &Alerter, trigger: Opti
             if rewritten {
                 tracing::warn!(source, commit = %commit, "the branch history was rewritten (force push or reset): the new head is not a descendant of the last applied commit; applying it");
             }
-            if let Some(loaded) = watch.current() {
-                tracing::info!(source, commit = %commit, users = loaded.state.users.len(), devices = loaded.state.devices.len(), "desired state read from git");
+            if let Some(kept) = watch.current() {
+                tracing::info!(source, commit = %commit, users = kept.users(), devices = kept.devices(), "desired state read from git");
             }
             if let Some(trigger) = trigger {
                 trigger.notify_one();

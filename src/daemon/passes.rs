@@ -80,9 +80,15 @@ pub async fn reconcile_pass(
         member_resync: scope.member_resync,
     };
     let settings = reconcile::settings_from_config(&ctx.config, false);
+    // This pass's own copy, dropped part by part as it is resolved.
+    let desired = desired.state().map_err(|e| {
+        PassError::new(format!(
+            "reconcile pass failed: the kept desired state: {e}"
+        ))
+    })?;
     // A pass never runs into the next one's slot.
     let deadline = tokio::time::Instant::now() + ctx.config.schedule.reconcile_every;
-    let pass = reconcile::reconcile_once(rctx, &desired.state, &settings, now);
+    let pass = reconcile::reconcile_owned(rctx, desired, &settings, now);
     let result = crate::http::with_deadline(deadline, pass).await;
     release_freed_memory();
     let report = result.map_err(|e| PassError::new(format!("reconcile pass failed: {e}")))?;
@@ -133,16 +139,23 @@ pub async fn priority_pass(
     let scope = &ctx.config.scope;
     let failed = |e: priority::PriorityError| PassError::new(format!("priority pass failed: {e}"));
     let report = match ctx.desired.current() {
-        Some(desired) if !desired.state.devices.is_empty() => {
+        Some(kept) if kept.devices() > 0 => {
+            let mut full = kept.state().map_err(|e| {
+                PassError::new(format!("priority pass failed: the kept desired state: {e}"))
+            })?;
+            drop(kept);
+            // Only the device entries are used: the rest goes before the machine list is read.
+            let desired = crate::desired::DesiredState {
+                devices: std::mem::take(&mut full.devices),
+                ..Default::default()
+            };
+            drop(full);
             // One read of the machine list serves both the desired devices and the check,
             // so the pass never holds two lists.
-            let (devices, tagged) = priority::machines_for_check(
-                &ctx.tenant.defender,
-                &desired.state,
-                &scope.device_tag,
-            )
-            .await
-            .map_err(failed)?;
+            let (devices, tagged) =
+                priority::machines_for_check(&ctx.tenant.defender, &desired, &scope.device_tag)
+                    .await
+                    .map_err(failed)?;
             let input = priority::PriorityInput {
                 desired_devices: Some(&devices),
                 sightings: &[],

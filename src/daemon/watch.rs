@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use super::lock;
 use crate::alerts::{Alerter, Observation, observe};
-use crate::desired::{self, Loaded, Mode};
+use crate::desired::{self, Kept, Mode};
 
 /// Keeps the last valid desired state and notices changes by polling the files' metadata.
 /// An invalid change keeps the last valid state.
@@ -45,9 +45,9 @@ struct WatchInner {
     read: Option<Fingerprint>,
     /// The fingerprint of the last look, when it differed from `read`.
     seen: Option<Fingerprint>,
-    current: Option<Arc<Loaded>>,
+    current: Option<Arc<Kept>>,
     /// The last state read without losing a file's entries: what a loss is measured against.
-    baseline: Option<Arc<Loaded>>,
+    baseline: Option<Arc<Kept>>,
     error: Option<String>,
 }
 
@@ -87,7 +87,7 @@ impl DesiredWatch {
     }
 
     /// The last valid desired state, if one was ever read.
-    pub fn current(&self) -> Option<Arc<Loaded>> {
+    pub fn current(&self) -> Option<Arc<Kept>> {
         lock(&self.inner).current.clone()
     }
 
@@ -106,7 +106,7 @@ impl DesiredWatch {
                 return Refresh::Settling;
             }
         }
-        let loaded = desired::load(std::slice::from_ref(&self.path), today, Mode::Runtime);
+        let loaded = desired::load_kept(std::slice::from_ref(&self.path), today, Mode::Runtime);
         let after = fingerprint(&self.path);
         let mut inner = lock(&self.inner);
         if after != print {
@@ -116,13 +116,13 @@ impl DesiredWatch {
         inner.read = Some(print);
         inner.seen = None;
         match loaded {
-            Ok(mut loaded) => {
-                let lost = inner
-                    .baseline
-                    .as_ref()
-                    .and_then(|base| lost_with_file(&base.state, &loaded.state, &after));
-                loaded.state.removals_held = lost.clone();
-                let loaded = Arc::new(loaded);
+            Ok((mut kept, _warnings)) => {
+                let lost = match &inner.baseline {
+                    Some(base) => lost_with_file(base, &kept, &after),
+                    None => None,
+                };
+                kept.set_removals_held(lost.clone());
+                let loaded = Arc::new(kept);
                 inner.error = lost.map(|files| {
                     format!(
                         "desired-state entries vanished with their file ({files}): nothing is \
@@ -168,14 +168,11 @@ impl DesiredWatch {
 }
 
 /// The files whose entries `new` lost against `old` because the file is gone or empty now
-/// (comma-separated), or `None` when no entry vanished that way.
-fn lost_with_file(
-    old: &desired::DesiredState,
-    new: &desired::DesiredState,
-    print: &Fingerprint,
-) -> Option<String> {
+/// (comma-separated), or `None` when no entry vanished that way. Both are parsed again only
+/// when a file of `old` is gone or empty.
+fn lost_with_file(old: &Kept, new: &Kept, print: &Fingerprint) -> Option<String> {
     let gone: BTreeSet<&Path> = old
-        .sources
+        .sources()
         .iter()
         .map(PathBuf::as_path)
         .filter(|file| {
@@ -186,6 +183,8 @@ fn lost_with_file(
     if gone.is_empty() {
         return None;
     }
+    // Texts that were valid when kept parse again; should one not, nothing is taken as lost.
+    let (old, new) = (old.state().ok()?, new.state().ok()?);
     let users: BTreeSet<String> = new.users.iter().map(|e| e.key.to_string()).collect();
     let devices: BTreeSet<String> = new.devices.iter().map(|e| e.key.to_string()).collect();
     let mut lost: BTreeSet<&Path> = BTreeSet::new();
@@ -265,9 +264,9 @@ async fn report(
     match refreshed {
         Ok(Refresh::Unchanged | Refresh::Settling) | Err(_) => return,
         Ok(Refresh::Loaded) => {
-            if let Some(loaded) = desired.current() {
-                tracing::info!(path = %desired.path().display(), users = loaded.state.users.len(), devices = loaded.state.devices.len(), commit = loaded.state.commit.as_deref(), "desired state read");
-                if let Some(files) = &loaded.state.removals_held {
+            if let Some(kept) = desired.current() {
+                tracing::info!(path = %desired.path().display(), users = kept.users(), devices = kept.devices(), commit = kept.commit(), "desired state read");
+                if let Some(files) = kept.removals_held() {
                     tracing::error!(path = %desired.path().display(), "desired-state entries vanished with their file ({files}); nothing is removed until it is back");
                 }
             }
@@ -324,7 +323,7 @@ mod tests {
         assert!(!watch.observation().is_bad());
         std::fs::write(&path, "users = [\"ann@contoso.com\", \"not an upn\"\n").unwrap();
         assert!(matches!(two_looks(&watch), Refresh::Invalid(_)));
-        assert_eq!(watch.current().unwrap().state.users.len(), 1);
+        assert_eq!(watch.current().unwrap().users(), 1);
         assert!(watch.observation().is_bad());
         std::fs::write(
             &path,
@@ -332,7 +331,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(two_looks(&watch), Refresh::Loaded);
-        assert_eq!(watch.current().unwrap().state.users.len(), 2);
+        assert_eq!(watch.current().unwrap().users(), 2);
     }
 
     #[test]
@@ -349,9 +348,9 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             assert_eq!(watch.refresh(today()), Refresh::Settling);
         }
-        assert_eq!(watch.current().unwrap().state.devices.len(), 0);
+        assert_eq!(watch.current().unwrap().devices(), 0);
         assert_eq!(watch.refresh(today()), Refresh::Loaded);
-        assert_eq!(watch.current().unwrap().state.devices.len(), 1);
+        assert_eq!(watch.current().unwrap().devices(), 1);
     }
 
     #[test]
@@ -362,27 +361,27 @@ mod tests {
         std::fs::write(&b, "users = [\"bob@contoso.com\"]\n").unwrap();
         let watch = DesiredWatch::new(dir.path());
         assert_eq!(two_looks(&watch), Refresh::Loaded);
-        assert_eq!(watch.current().unwrap().state.removals_held, None);
+        assert_eq!(watch.current().unwrap().removals_held(), None);
 
         std::fs::remove_file(&b).unwrap();
         assert_eq!(two_looks(&watch), Refresh::Loaded);
-        let held = watch.current().unwrap().state.removals_held.clone();
+        let held = watch.current().unwrap().removals_held().map(str::to_owned);
         assert!(held.unwrap().ends_with("b.toml"));
         assert!(watch.observation().is_bad());
         // Another change while b.toml is gone still holds: the loss is measured against the
         // last state that had it.
         std::fs::write(&a, "users = [\"ann@contoso.com\", \"cy@contoso.com\"]\n").unwrap();
         assert_eq!(two_looks(&watch), Refresh::Loaded);
-        assert!(watch.current().unwrap().state.removals_held.is_some());
+        assert!(watch.current().unwrap().removals_held().is_some());
 
         std::fs::write(&b, "users = [\"bob@contoso.com\"]\n").unwrap();
         assert_eq!(two_looks(&watch), Refresh::Loaded);
-        assert_eq!(watch.current().unwrap().state.removals_held, None);
+        assert_eq!(watch.current().unwrap().removals_held(), None);
         assert!(!watch.observation().is_bad());
         // An entry moved from a vanished file to another one is not lost.
         std::fs::write(&a, "users = [\"ann@contoso.com\", \"bob@contoso.com\"]\n").unwrap();
         std::fs::remove_file(&b).unwrap();
         assert_eq!(two_looks(&watch), Refresh::Loaded);
-        assert_eq!(watch.current().unwrap().state.removals_held, None);
+        assert_eq!(watch.current().unwrap().removals_held(), None);
     }
 }

@@ -19,6 +19,7 @@
 //! only the file it is in.
 
 pub mod git;
+pub mod kept;
 pub mod lines;
 pub mod merge;
 pub mod parse;
@@ -35,6 +36,7 @@ use chrono::NaiveDate;
 
 use crate::model::{AadDeviceId, DnsName, MachineId, Upn, UserId};
 
+pub use kept::Kept;
 pub use selector::{Condition, Selector, Source as SelectorSource, Subject};
 
 pub use validate::{ValidateFormat, validate_command, validate_git_command};
@@ -308,18 +310,41 @@ pub fn load(paths: &[PathBuf], today: NaiveDate, mode: Mode) -> Result<Loaded, D
     evaluate(paths, today, mode).into_result()
 }
 
+/// Like [`load`], but the state comes back as [`Kept`] texts, for a process that keeps it
+/// between passes, with what was found on the way (the warnings).
+pub fn load_kept(
+    paths: &[PathBuf],
+    today: NaiveDate,
+    mode: Mode,
+) -> Result<(Kept, Vec<Diagnostic>), Diagnostics> {
+    let (outcome, files) = evaluate_files(paths, today, mode);
+    let loaded = outcome.into_result()?;
+    let kept = Kept::new(&loaded, files, today, mode);
+    Ok((kept, loaded.warnings))
+}
+
 /// Like [`load`], but returns everything found, valid or not.
 pub fn evaluate(paths: &[PathBuf], today: NaiveDate, mode: Mode) -> Outcome {
+    evaluate_files(paths, today, mode).0
+}
+
+/// [`evaluate`], and the texts read.
+fn evaluate_files(
+    paths: &[PathBuf],
+    today: NaiveDate,
+    mode: Mode,
+) -> (Outcome, Vec<(PathBuf, String)>) {
     let mut diagnostics = Vec::new();
     if paths.is_empty() {
         diagnostics.push(Diagnostic::error(
             Location::whole(""),
             "no desired-state path given: name a .toml file or a directory of them",
         ));
-        return Outcome {
+        let outcome = Outcome {
             state: DesiredState::default(),
             diagnostics,
         };
+        return (outcome, Vec::new());
     }
     let files = read::read_all(paths, &mut diagnostics);
     let texts: Vec<(&Path, &str)> = files
@@ -327,11 +352,12 @@ pub fn evaluate(paths: &[PathBuf], today: NaiveDate, mode: Mode) -> Outcome {
         .map(|(p, t)| (p.as_path(), t.as_str()))
         .collect();
     let mut outcome = parse_files(&texts, today, mode);
+    drop(texts);
     // Problems with the paths themselves (missing, unreadable) come first.
     diagnostics.append(&mut outcome.diagnostics);
     outcome.diagnostics = diagnostics;
     outcome.state.commit = git::head_commit(&paths[0]);
-    outcome
+    (outcome, files)
 }
 
 /// Parses and validates several in-memory files as one desired state. Pure.

@@ -365,8 +365,20 @@ pub async fn reconcile_once(
     reconcile_desired(ctx, Cow::Borrowed(desired), settings, now).await
 }
 
-/// [`reconcile_once`] with the desired state borrowed (the daemon keeps it between passes) or
-/// owned (the `apply` command, which drops it once it is resolved).
+/// [`reconcile_once`] with a desired state of the pass's own, dropped part by part once
+/// resolved (see [`resolve::resolve`]): the daemon's passes, each with its own parse of the
+/// kept texts.
+pub async fn reconcile_owned(
+    ctx: Context<'_>,
+    desired: DesiredState,
+    settings: &PlanSettings,
+    now: DateTime<Utc>,
+) -> Result<ReconcileReport, ReconcileError> {
+    reconcile_desired(ctx, Cow::Owned(desired), settings, now).await
+}
+
+/// [`reconcile_once`] with the desired state borrowed or owned (the `apply` command and the
+/// daemon, which drop it once it is resolved).
 async fn reconcile_desired(
     ctx: Context<'_>,
     desired: Cow<'_, DesiredState>,
