@@ -117,7 +117,7 @@ pub fn build(members: &[GroupMember], machines: &[Machine], tag: &str) -> Export
     out
 }
 
-fn ignored(id: &str, odata_type: &str, display_name: &Option<String>) -> Ignored {
+fn ignored(id: &str, odata_type: &str, display_name: &Option<Box<str>>) -> Ignored {
     let kind = odata_type
         .rsplit('.')
         .next()
@@ -134,7 +134,7 @@ fn ignored(id: &str, odata_type: &str, display_name: &Option<String>) -> Ignored
     Ignored {
         id: id.to_string(),
         kind,
-        display_name: display_name.clone(),
+        display_name: display_name.as_deref().map(str::to_owned),
         reason,
     }
 }

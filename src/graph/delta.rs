@@ -318,7 +318,7 @@ mod tests {
             matches!(&changes[0], MemberChange::Present(GroupMember::User { id, upn: None }) if id.as_str() == u)
         );
         assert!(
-            matches!(&changes[1], MemberChange::Present(GroupMember::Other { odata_type, .. }) if odata_type == "#microsoft.graph.group")
+            matches!(&changes[1], MemberChange::Present(GroupMember::Other { odata_type, .. }) if &**odata_type == "#microsoft.graph.group")
         );
         assert_eq!(
             changes[2],

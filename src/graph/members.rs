@@ -316,9 +316,12 @@ pub(super) fn group_member(m: wire::Member) -> Option<GroupMember> {
     match ObjectId::parse(&m.id) {
         Ok(id) => Some(GroupMember::Other {
             id,
-            odata_type,
+            odata_type: odata_type.into(),
             // A tenant's display name is free text; from here on it is a one-line label.
-            display_name: m.display_name.as_deref().map(crate::text::label),
+            display_name: m
+                .display_name
+                .as_deref()
+                .map(|name| crate::text::label(name).into()),
         }),
         Err(e) => {
             tracing::warn!(error = %e, "group member with an id that is not a GUID is ignored");

@@ -137,8 +137,8 @@ fn snapshot_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<GroupMember
         };
         Ok(Ok(GroupMember::Other {
             id,
-            odata_type: odata_type.to_string(),
-            display_name: r.get(3)?,
+            odata_type: odata_type.into(),
+            display_name: r.get::<_, Option<String>>(3)?.map(String::into_boxed_str),
         }))
     }
 }

@@ -102,7 +102,7 @@ async fn members_are_read_over_three_pages_and_split_by_type() {
     );
     assert!(matches!(&members[1], GroupMember::User { upn: None, .. }));
     assert!(
-        matches!(&members[2], GroupMember::Other { odata_type, .. } if odata_type == "#microsoft.graph.group")
+        matches!(&members[2], GroupMember::Other { odata_type, .. } if &**odata_type == "#microsoft.graph.group")
     );
     let reqs = server.received_requests().await.unwrap();
     let queries: Vec<&str> = reqs.iter().map(|r| r.url.query().unwrap()).collect();
