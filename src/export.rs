@@ -91,7 +91,10 @@ pub fn build(members: &[GroupMember], machines: &[Machine], tag: &str) -> Export
             *name_count.entry(n.as_str()).or_default() += 1;
         }
     }
-    for m in machines.iter().filter(|m| m.tags.iter().any(|t| t == tag)) {
+    for m in machines
+        .iter()
+        .filter(|m| m.tags.iter().any(|t| &**t == tag))
+    {
         let shared = m
             .dns_name
             .as_ref()

@@ -5,6 +5,7 @@
 //! converted into these at the boundary.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -280,10 +281,12 @@ pub struct Machine {
     pub id: MachineId,
     pub dns_name: Option<DnsName>,
     pub aad_device_id: Option<AadDeviceId>,
-    pub os_platform: Option<String>,
-    pub tags: Vec<String>,
+    /// Shared: a tenant has a handful of platforms and device groups, and 50k machines each
+    /// with copies of their names hold megabytes through a pass.
+    pub os_platform: Option<Arc<str>>,
+    pub tags: Vec<Arc<str>>,
     pub rbac_group_id: Option<i64>,
-    pub rbac_group_name: Option<String>,
+    pub rbac_group_name: Option<Arc<str>>,
 }
 
 /// The name MDE reports for devices that match no device group.

@@ -5,7 +5,7 @@
 
 mod wire;
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::http::{self, Request, Surface, encode_query_value};
 use crate::model::{AadDeviceId, DnsName, Machine, MachineId};
@@ -133,7 +133,7 @@ impl DefenderClient {
     /// tagged ones' device groups, in one read.
     pub async fn machines_for_check(&self, tag: &str) -> Result<Vec<Machine>, Error> {
         self.collect_machines(None, |m| {
-            if m.tags.iter().any(|t| t == tag) {
+            if m.tags.iter().any(|t| &**t == tag) {
                 // The check reads the device group's name, not its number nor the OS.
                 Machine {
                     os_platform: None,
@@ -256,7 +256,7 @@ pub fn tag_filter(tag: &str) -> String {
 fn for_scope(m: Machine, tag: &str) -> Machine {
     // The machine's own list and string are kept (no new allocation per machine).
     let mut tags = m.tags;
-    tags.retain(|t| t == tag);
+    tags.retain(|t| &**t == tag);
     tags.truncate(1);
     tags.shrink_to_fit();
     Machine {
@@ -288,20 +288,42 @@ fn machine(m: wire::Machine<'_>) -> Option<Machine> {
             .aad_device_id
             .as_deref()
             .and_then(|d| AadDeviceId::parse(d).ok()),
-        os_platform: m.os_platform.map(Cow::into_owned),
-        // Shrunk to their number: the parser's list has room for four (and collecting in
-        // place keeps that room); a machine has one or two tags, and 50k machines each keeping
-        // the spare room hold megabytes through the pass.
+        os_platform: m.os_platform.as_deref().map(shared),
+        // Sized to their number, each name shared: a machine has one or two tags, and most
+        // machines carry the same few.
         tags: m
             .machine_tags
             .map(|tags| {
-                let mut tags: Vec<String> = tags.into_iter().map(Cow::into_owned).collect();
-                tags.shrink_to_fit();
-                tags
+                let mut names = Vec::with_capacity(tags.len());
+                names.extend(tags.iter().map(|t| shared(t)));
+                names
             })
             .unwrap_or_default(),
         rbac_group_id: m.rbac_group_id,
-        rbac_group_name: m.rbac_group_name.map(Cow::into_owned),
+        rbac_group_name: m.rbac_group_name.as_deref().map(shared),
+    })
+}
+
+/// How many distinct names [`shared`] remembers per thread.
+const SHARED_NAMES: usize = 256;
+
+/// One copy of each distinct platform, tag or device-group name per thread: a tenant has a handful
+/// of each, and a copy per machine costs about 64 bytes (3 MB at 50k machines). Bounded, so a
+/// tenant with unusual variety gets a copy per machine beyond the first names, as before.
+fn shared(name: &str) -> Arc<str> {
+    thread_local! {
+        static SEEN: std::cell::RefCell<std::collections::HashSet<Arc<str>>> = Default::default();
+    }
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        if let Some(kept) = seen.get(name) {
+            return kept.clone();
+        }
+        let fresh: Arc<str> = Arc::from(name);
+        if seen.len() < SHARED_NAMES {
+            seen.insert(fresh.clone());
+        }
+        fresh
     })
 }
 
@@ -316,7 +338,7 @@ mod tests {
             dns_name: Some(DnsName::parse("ws-7.contoso.local").unwrap()),
             aad_device_id: None,
             os_platform: Some("Windows11".into()),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
+            tags: tags.iter().map(|t| (*t).into()).collect(),
             rbac_group_id: Some(3),
             rbac_group_name: Some("Workstations".into()),
         };
@@ -324,7 +346,7 @@ mod tests {
             machine(&["Finance", "DEX-Scoped", "DEX-Scoped"]),
             "DEX-Scoped",
         );
-        assert_eq!(lean.tags, ["DEX-Scoped"]);
+        assert_eq!(lean.tags, [Arc::from("DEX-Scoped")]);
         assert_eq!(lean.dns_name, machine(&[]).dns_name);
         assert_eq!(
             (lean.os_platform, lean.rbac_group_id, lean.rbac_group_name),

@@ -41,7 +41,7 @@ pub struct TaggedMachine {
     pub id: MachineId,
     /// The DNS name, or the id when the machine has none.
     pub label: String,
-    pub rbac_group_name: Option<String>,
+    pub rbac_group_name: Option<std::sync::Arc<str>>,
     /// When dexscope tagged it or first saw it tagged (the state database); `None` means it was
     /// first seen just now, so its grace starts now.
     pub tagged_since: Option<DateTime<Utc>>,
@@ -334,7 +334,7 @@ mod tests {
         TaggedMachine {
             id: mid(n),
             label: format!("ws-{n:02}"),
-            rbac_group_name: group.map(str::to_string),
+            rbac_group_name: group.map(Into::into),
             tagged_since: minutes_ago.map(|m| now() - TimeDelta::minutes(m)),
         }
     }

@@ -119,7 +119,7 @@ impl<'a> Found<'a> {
 
 /// The machines of `all` carrying `tag` (exact match, as the `machineTags/any` filter).
 pub fn tagged_in(mut all: Vec<Machine>, tag: &str) -> Vec<Machine> {
-    all.retain(|m| m.tags.iter().any(|t| t == tag));
+    all.retain(|m| m.tags.iter().any(|t| &**t == tag));
     // The room of the untagged machines is given back: the list is held through the pass.
     all.shrink_to_fit();
     all

@@ -68,7 +68,7 @@ async fn machines_by_tag_filter_page_and_convert() {
     let m = &machines[1];
     assert_eq!(m.id.as_str(), "73e7e2de709dff64ef64b1d0c30e67fab63279db");
     assert_eq!(m.dns_name.as_ref().unwrap().as_str(), "ws1.contoso.local");
-    assert_eq!(m.tags, vec!["O'Brien".to_string()]);
+    assert_eq!(m.tags, vec![std::sync::Arc::from("O'Brien")]);
     assert_eq!(m.rbac_group_id, Some(140));
     let first = &server.received_requests().await.unwrap()[0];
     let params: Vec<(String, String)> = first

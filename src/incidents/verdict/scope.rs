@@ -24,10 +24,10 @@ pub struct ScopedDevice {
     pub dns_name: Option<DnsName>,
     pub aad_device_id: Option<AadDeviceId>,
     /// The platform MDE reports for the machine; used when the evidence does not carry one.
-    pub os_platform: Option<String>,
+    pub os_platform: Option<std::sync::Arc<str>>,
     /// Where MDE currently places the machine (`rbacGroupName`); used when the evidence does
     /// not say.
-    pub rbac_group_name: Option<String>,
+    pub rbac_group_name: Option<std::sync::Arc<str>>,
     /// When the machine was tagged (by dexscope) or first seen tagged; drives the propagation
     /// grace period. `None` when unknown: then no grace is given.
     pub added_at: Option<DateTime<Utc>>,
