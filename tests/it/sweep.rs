@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, TimeDelta, Utc};
 use dexscope::incidents::poll::{self, Handled};
-use dexscope::sim::{FaultConfig, IncidentSpec, SimHandle};
+use dexscope::sim::{FaultConfig, IncidentSpec, RouteFault, SimHandle};
 
 use super::incidents::{LIST_ROUTE, POST_ROUTE, Poller, picks, poller, start_sim, write_config};
 
@@ -158,5 +158,71 @@ async fn a_late_visible_incident_is_judged_by_the_next_sweep_from_the_last_sweep
     let fresh = p.pass_at(t0 + OVERLAP + TimeDelta::seconds(1)).await;
     assert!(!fresh.sweep);
     assert_eq!(fresh.count(Handled::Posted), 0, "{fresh:?}");
+    sim.shutdown().await;
+}
+
+/// A pass at `now` that fails.
+async fn failing(p: &Poller, now: chrono::DateTime<Utc>) -> poll::PollError {
+    poll::poll_once(&p.tenant, &p.state, &p.settings, now)
+        .await
+        .unwrap_err()
+}
+
+/// The list route answers 400 from its `after + 1`-th call (counted from now) on.
+fn list_fails_after(sim: &SimHandle, after: u64) {
+    sim.reset_stats();
+    sim.set_faults(FaultConfig {
+        route_fails: Some(RouteFault {
+            route: LIST_ROUTE.into(),
+            after,
+            status: 400,
+        }),
+        ..FaultConfig::default()
+    });
+}
+
+/// A sweep that fails (here its second list page is refused) stores neither the cursor nor
+/// its record, so the next pass sweeps again and finishes what the failed one started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sweep_is_not_recorded_and_the_next_pass_sweeps_again() {
+    let sim = start_sim(60, FaultConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = poller(&sim, &write_config(&sim, dir.path(), true, "30s"));
+    let stored = |name| p.state.get_cursor(name).unwrap();
+    let t0 = Utc::now().trunc_subsecs(3);
+
+    // The first pass judges its first page, then the second page is refused.
+    list_fails_after(&sim, 1);
+    let err = failing(&p, t0).await;
+    assert!(matches!(err, poll::PollError::List(_)), "{err}");
+    assert_eq!(sim.stats().calls(LIST_ROUTE), 2);
+    let posted_before = sim.stats().calls(POST_ROUTE);
+    assert!(posted_before > 0, "the first page was judged");
+    for name in [poll::CURSOR, poll::SWEEP_FROM, poll::SWEPT_AT] {
+        assert_eq!(stored(name), None, "{name}");
+    }
+    sim.set_faults(FaultConfig::default());
+    let again = p.pass_at(t0 + TimeDelta::seconds(1)).await;
+    assert!(again.sweep);
+    assert_eq!(again.listed, 60, "{again:?}");
+    assert_eq!(
+        again.count(Handled::Posted) as u64 + posted_before,
+        sim.stats().calls(POST_ROUTE)
+    );
+    assert_eq!(stored(poll::SWEPT_AT), Some(t0 + TimeDelta::seconds(1)));
+
+    // A due sweep refused at its first page: nothing new stored, the next pass sweeps.
+    let cursor = stored(poll::CURSOR);
+    let from = stored(poll::SWEEP_FROM);
+    let due = t0 + TimeDelta::seconds(1) + OVERLAP;
+    list_fails_after(&sim, 0);
+    failing(&p, due).await;
+    assert_eq!(stored(poll::CURSOR), cursor);
+    assert_eq!(stored(poll::SWEEP_FROM), from);
+    assert_eq!(stored(poll::SWEPT_AT), Some(t0 + TimeDelta::seconds(1)));
+    sim.set_faults(FaultConfig::default());
+    let swept = p.pass_at(due + TimeDelta::seconds(1)).await;
+    assert!(swept.sweep, "{swept:?}");
+    assert_eq!(stored(poll::SWEPT_AT), Some(due + TimeDelta::seconds(1)));
     sim.shutdown().await;
 }
