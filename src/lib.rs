@@ -48,7 +48,8 @@
 //! - `priority`: `check` (pure), `priority_once`.
 //! - `incidents`: `verdict` (pure: `scope`, `policy`, `assets`, `coverage`, `types`) and `comment`
 //!   (pure), `observe` (pure: pass report → alert observations), `pickup` (pure: what Defender
-//!   Experts did with each judged incident, coverage gaps, scope mismatches), `poll`, `poll_once`.
+//!   Experts did with each judged incident, coverage gaps, scope mismatches), `window` (pure: a
+//!   fresh pass from the cursor or a sweep back over the overlap), `poll`, `poll_once`.
 //! - `alerts`: the one alert path, the `Alerter` (load, step, save, then every sink);
 //!   `transition` (pure), `observe` (pure: the daemon's own findings as alerts) and `sinks`
 //!   (log, webhook through `http`, alert figures).
@@ -89,6 +90,7 @@
 //! Pure modules (no `async fn`, no client, runtime, database or file type, no clock read; `now`
 //! is a parameter): `model`, `desired::parse`, `desired::selector`, `reconcile::plan`,
 //! `priority::check`, `incidents::verdict`, `incidents::comment`, `incidents::pickup`,
+//! `incidents::window`,
 //! `scope::vocab`, `scope::snapshot`, `selectors::expand`,
 //! `alerts::transition`, `alerts::observe`, `state::records`.
 //!

@@ -244,7 +244,9 @@ pub struct IncidentPolicy {
     /// eligible; compared case-insensitively.
     pub excluded_sources: Vec<String>,
     pub platforms: Vec<Platform>,
-    /// How far before the stored cursor each poll starts again.
+    /// How late an update may show up in the incident list: at most once per `overlap` a poll
+    /// sweeps back this far before the cursor of the last sweep (the others list from the
+    /// cursor).
     pub overlap: Duration,
     /// The `assignedTo` value of an incident Defender Experts took on.
     pub pickup_assignee: String,

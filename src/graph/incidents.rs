@@ -1,6 +1,6 @@
 //! Security incidents: list, get, post a comment, and the wire → `model::Incident` conversion.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::Deserialize;
 
 use super::{Error, GraphClient, wire};
@@ -121,9 +121,16 @@ impl GraphClient {
         q: IncidentQuery,
     ) -> Result<IncidentPages<'_>, Error> {
         let top = q.top.clamp(1, MAX_INCIDENTS_TOP);
+        // To the millisecond, rounded down (never after `since`): cut to whole seconds, the
+        // filter listed again every incident updated earlier in the cursor's second, a whole
+        // backlog when its comments were posted within one second. OData `DateTimeOffset`
+        // literals take fractional seconds (`2025-03-01T10:00:00.123Z`); whole seconds are
+        // written without a fraction.
         let filter = format!(
             "lastUpdateDateTime ge {}",
-            since.to_rfc3339_opts(SecondsFormat::Secs, true)
+            since
+                .trunc_subsecs(3)
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
         );
         let mut pq = format!(
             "/security/incidents?$filter={}&$top={top}",

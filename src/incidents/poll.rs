@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{self, Config};
@@ -23,6 +23,7 @@ use crate::incidents::pickup;
 use crate::incidents::verdict::{
     self, ExcludedKind, Outcome, PlatformClass, Policy, PriorityFinding, Scope, Verdict,
 };
+use crate::incidents::window::{self, Stored, Window};
 use crate::model::{Incident, IncidentComment, ObjectId};
 use crate::scope::{MemberSource, ResolveError, read_members};
 use crate::state::{AlertKind, AlertState, PostedVerdict, State, StateError};
@@ -32,6 +33,10 @@ use crate::{defender, model};
 
 /// The name of the incident cursor in the state database.
 pub const CURSOR: &str = "incidents";
+/// The incident cursor as it was when the last successful sweep started (see [`window`]).
+pub const SWEEP_FROM: &str = "incidents-sweep-from";
+/// When the last successful sweep started, by the local clock.
+pub const SWEPT_AT: &str = "incidents-swept-at";
 
 /// What a pass needs from the config.
 #[derive(Debug, Clone)]
@@ -200,6 +205,8 @@ pub struct EvidenceFinding {
 pub struct PollReport {
     /// The lower bound of this pass's `lastUpdateDateTime` filter.
     pub since: Option<DateTime<Utc>>,
+    /// The pass was a sweep (reaching back the overlap), not a fresh pass from the cursor.
+    pub sweep: bool,
     /// The cursor stored at the end of the pass (unchanged when nothing was listed).
     pub cursor: Option<DateTime<Utc>>,
     pub listed: usize,
@@ -307,8 +314,8 @@ pub fn decide(
 /// `lastUpdateDateTime` of every incident the list returned and whether it was handled;
 /// malformed incidents have no trustworthy time and do not appear. The cursor moves to the
 /// newest time seen when everything was handled, and otherwise no further than the oldest
-/// unhandled incident, so that incident is listed again (the overlap is subtracted on read).
-/// Pure.
+/// unhandled incident, so that incident is listed again (every pass lists from the cursor or
+/// earlier, see [`window`]). Pure.
 pub fn next_cursor(
     stored: Option<DateTime<Utc>>,
     listed: &[(DateTime<Utc>, bool)],
@@ -442,9 +449,11 @@ pub async fn post_verdict(
     }
 }
 
-/// One pass: list the incidents updated since the cursor (minus the overlap; the first pass
-/// looks back `lookback` from `now`), judge each with its alerts against the scope read afresh,
-/// post each verdict exactly once, and move the cursor past what was handled.
+/// One pass: list the incidents updated since the cursor (a fresh pass), or at most once per
+/// `overlap` since the start of the last sweep minus the overlap (a sweep, for incidents that
+/// became visible late; the first pass looks back `lookback` from `now`), judge each with its
+/// alerts against the scope read afresh, post each verdict exactly once, and move the cursor
+/// past what was handled. [`window`] decides which.
 ///
 /// The list is worked one page at a time and each page is dropped once judged, so a backlog
 /// of thousands of incidents (with alerts and evidence) is never held at once; what outlives a
@@ -453,23 +462,28 @@ pub async fn post_verdict(
 /// and a comment only moves an incident already listed to the front (at worst an incident is
 /// listed twice, and judged once).
 ///
-/// Idempotent: the cursor is stored only at the end and never past an unhandled incident, and
-/// every POST is preceded by a read of the incident's comments, so a pass killed anywhere and
-/// run again neither misses an incident nor duplicates a comment.
+/// Idempotent: the cursor and the sweep's record are stored only at the end, the cursor never
+/// past an unhandled incident, and every POST is preceded by a read of the incident's
+/// comments, so a pass killed anywhere and run again neither misses an incident nor duplicates
+/// a comment (a sweep killed midway is not recorded, so the next pass sweeps again).
 pub async fn poll_once(
     tenant: &Tenant,
     state: &State,
     settings: &PollSettings,
     now: DateTime<Utc>,
 ) -> Result<PollReport, PollError> {
-    let stored = state.get_cursor(CURSOR).map_err(PollError::ReadCursor)?;
-    let since = match stored {
-        Some(cursor) => cursor - delta(settings.overlap),
-        None => now - delta(settings.lookback),
-    };
+    let cursors = stored_cursors(state).map_err(PollError::ReadCursor)?;
+    let stored = cursors.cursor;
+    let Window { since, sweep } = window::window(cursors, now, settings.overlap, settings.lookback);
+    if sweep.is_some() {
+        tracing::info!(%since, "incident pass: a sweep back over the overlap");
+    } else {
+        tracing::debug!(%since, "incident pass: fresh, from the cursor");
+    }
     let mut pass = Pass {
         report: PollReport {
             since: Some(since),
+            sweep: sweep.is_some(),
             ..PollReport::default()
         },
         times: Vec::new(),
@@ -516,13 +530,23 @@ pub async fn poll_once(
     report.pickup =
         review_pickups(state, settings.pickup_within, now).map_err(PollError::Pickup)?;
     report.cursor = stored;
-    if let Some(next) = next_cursor(stored, &pass.times) {
-        state
-            .set_cursor(CURSOR, next)
-            .map_err(PollError::StoreCursor)?;
-        report.cursor = Some(next);
+    let next = next_cursor(stored, &pass.times);
+    let mut writes: Vec<(&str, DateTime<Utc>)> = next.map(|n| (CURSOR, n)).into_iter().collect();
+    if let Some(swept) = sweep {
+        writes.extend([(SWEEP_FROM, swept.from), (SWEPT_AT, swept.at)]);
     }
+    state.set_cursors(&writes).map_err(PollError::StoreCursor)?;
+    report.cursor = next.or(stored);
     Ok(report)
+}
+
+/// The incident cursor and the record of the last sweep, as stored.
+fn stored_cursors(state: &State) -> Result<Stored, StateError> {
+    Ok(Stored {
+        cursor: state.get_cursor(CURSOR)?,
+        sweep_from: state.get_cursor(SWEEP_FROM)?,
+        swept_at: state.get_cursor(SWEPT_AT)?,
+    })
 }
 
 fn is_server_error(e: &graph::Error) -> bool {
@@ -763,10 +787,6 @@ pub fn review_pickups(
         }
     }
     Ok(out)
-}
-
-fn delta(d: Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
 #[cfg(test)]

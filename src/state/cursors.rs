@@ -32,12 +32,23 @@ impl State {
     }
 
     pub fn set_cursor(&self, name: &str, at: DateTime<Utc>) -> Result<(), StateError> {
+        self.set_cursors(&[(name, at)])
+    }
+
+    /// Stores several poll cursors in one transaction: all of them or none. Nothing is written
+    /// when `cursors` is empty.
+    pub fn set_cursors(&self, cursors: &[(&str, DateTime<Utc>)]) -> Result<(), StateError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
         self.write("store the poll cursor", |tx| {
-            tx.execute(
-                "insert into cursor (name, value) values (?1, ?2) \
-                 on conflict (name) do update set value = excluded.value",
-                params![name, ts(at)],
-            )?;
+            for (name, at) in cursors {
+                tx.execute(
+                    "insert into cursor (name, value) values (?1, ?2) \
+                     on conflict (name) do update set value = excluded.value",
+                    params![name, ts(*at)],
+                )?;
+            }
             Ok(())
         })
     }

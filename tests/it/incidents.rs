@@ -19,13 +19,13 @@ use dexscope::tenant::Tenant;
 use rand::{Rng, SeedableRng};
 use secrecy::ExposeSecret;
 
-const POST_ROUTE: &str = "POST /v1.0/security/incidents/{id}/comments";
-const LIST_ROUTE: &str = "GET /v1.0/security/incidents";
+pub(super) const POST_ROUTE: &str = "POST /v1.0/security/incidents/{id}/comments";
+pub(super) const LIST_ROUTE: &str = "GET /v1.0/security/incidents";
 const GET_ROUTE: &str = "GET /v1.0/security/incidents/{id}";
 
 /// A simulated tenant with incidents of every kind and no quotas in the way (quotas are not
 /// what these tests are about; the http tests cover them).
-async fn start_sim(incidents: usize, faults: FaultConfig) -> SimHandle {
+pub(super) async fn start_sim(incidents: usize, faults: FaultConfig) -> SimHandle {
     sim::start(SimOptions {
         generate: SeedSpec {
             incidents,
@@ -44,7 +44,12 @@ async fn start_sim(incidents: usize, faults: FaultConfig) -> SimHandle {
 }
 
 /// Writes a config pointed at the simulator; returns its path.
-fn write_config(sim: &SimHandle, dir: &Path, post_comments: bool, timeout: &str) -> PathBuf {
+pub(super) fn write_config(
+    sim: &SimHandle,
+    dir: &Path,
+    post_comments: bool,
+    timeout: &str,
+) -> PathBuf {
     let path = dir.join("config.toml");
     let head = super::support::sim_config_head(sim);
     std::fs::write(
@@ -65,13 +70,13 @@ fn write_config(sim: &SimHandle, dir: &Path, post_comments: bool, timeout: &str)
     path
 }
 
-struct Poller {
-    tenant: Tenant,
-    state: State,
-    settings: PollSettings,
+pub(super) struct Poller {
+    pub(super) tenant: Tenant,
+    pub(super) state: State,
+    pub(super) settings: PollSettings,
 }
 
-fn poller(sim: &SimHandle, config: &Path) -> Poller {
+pub(super) fn poller(sim: &SimHandle, config: &Path) -> Poller {
     let secret = sim.client_secret().expose_secret().to_string();
     let config = Config::load(config, [("DEXSCOPE_CLIENT_SECRET", secret.as_str())]).unwrap();
     Poller {
@@ -82,8 +87,13 @@ fn poller(sim: &SimHandle, config: &Path) -> Poller {
 }
 
 impl Poller {
-    async fn pass(&self) -> poll::PollReport {
-        poll::poll_once(&self.tenant, &self.state, &self.settings, Utc::now())
+    pub(super) async fn pass(&self) -> poll::PollReport {
+        self.pass_at(Utc::now()).await
+    }
+
+    /// A pass that takes `now` as the local clock's time (the simulator keeps its own).
+    pub(super) async fn pass_at(&self, now: chrono::DateTime<Utc>) -> poll::PollReport {
+        poll::poll_once(&self.tenant, &self.state, &self.settings, now)
             .await
             .unwrap()
     }
@@ -144,14 +154,14 @@ fn assert_exactly_one_each(sim: &SimHandle) -> BTreeMap<String, &'static str> {
 }
 
 /// Assets to build incidents with known verdicts from.
-struct Picks {
-    scoped_upn: String,
-    unscoped_upn: String,
-    tagged_windows: String,
-    untagged_windows: String,
+pub(super) struct Picks {
+    pub(super) scoped_upn: String,
+    pub(super) unscoped_upn: String,
+    pub(super) tagged_windows: String,
+    pub(super) untagged_windows: String,
 }
 
-fn picks(sim: &SimHandle) -> Picks {
+pub(super) fn picks(sim: &SimHandle) -> Picks {
     let s = sim.state();
     let t = s.lock().unwrap();
     let members: HashSet<_> = t

@@ -44,6 +44,7 @@ mod staleness;
 mod state;
 mod status;
 mod support;
+mod sweep;
 mod tenant;
 mod throttle;
 mod truncation;

@@ -31,6 +31,10 @@ pub struct IncidentSpec {
     pub assigned_to: Option<String>,
     /// Created this many minutes before now (0 = now).
     pub minutes_ago: u32,
+    /// `lastUpdateDateTime` this many seconds before now (0 = now), as an incident shows up
+    /// when the service's list makes it visible only after it was updated. Never before its
+    /// creation: an earlier update time moves the creation back with it.
+    pub updated_secs_ago: u32,
 }
 
 impl Default for IncidentSpec {
@@ -48,6 +52,7 @@ impl Default for IncidentSpec {
             redirect_to: None,
             assigned_to: None,
             minutes_ago: 0,
+            updated_secs_ago: 0,
         }
     }
 }
@@ -98,7 +103,8 @@ pub fn create_incident(t: &mut Tenant, spec: &IncidentSpec) -> u64 {
         });
     }
     let now = t.now();
-    let created = now - Duration::minutes(i64::from(spec.minutes_ago));
+    let updated = now - Duration::seconds(i64::from(spec.updated_secs_ago));
+    let created = (now - Duration::minutes(i64::from(spec.minutes_ago))).min(updated);
     let id = t.incidents.next_id.max(1000);
     let a = alert(
         format!("da{id:010}_0"),
@@ -116,7 +122,7 @@ pub fn create_incident(t: &mut Tenant, spec: &IncidentSpec) -> u64 {
         classification: "unknown".into(),
         determination: "unknown".into(),
         created,
-        last_update: now,
+        last_update: updated,
         redirect_to: spec.redirect_to,
         assigned_to: spec.assigned_to.clone(),
         mixed_case: spec.mixed_case,
