@@ -28,7 +28,8 @@
 //!   `assertion` (certificate), `roles` (self-check).
 //! - `retry_after`: `Retry-After` header values read into a bounded wait (pure), for `auth` and `http`.
 //! - `http`: the HTTP client, limiters and the send rate each surface learns from throttling
-//!   (`adapt`), retry, paging, `$batch`, error classification.
+//!   (`adapt`), retry, paging, `$batch`, error classification; `body` (a body read within its
+//!   cap, a list page split into its items as it arrives).
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `selector`
 //!   (`group` and `where` entries checked offline, pure), `lines` (offsets → `line:col`); `kept`

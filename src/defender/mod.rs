@@ -86,13 +86,13 @@ impl DefenderClient {
     }
 
     /// Every machine matching `filter` (or all), each passed through `keep` as its page is
-    /// read. Each item becomes a compact `Machine` as it is parsed (`wire::Item`), so a page
-    /// is never held as wire values.
+    /// read. Each item becomes a compact `Machine` as it is parsed (`wire::Item`), and it is
+    /// parsed as its bytes arrive, so a page is held neither as wire values nor as its body
+    /// (about 6 MB of JSON for 10,000 machines).
     ///
-    /// The list grows by each page's count, not by doubling: the last page arrives (its body
-    /// in memory too) when a doubled list has up to half its room unused, 3 MB at 50k
-    /// machines, at the pass's peak. A list of pages is one mapped block, so each growth
-    /// moves no bytes.
+    /// The list grows by each page's count, not by doubling: the last page arrives when a
+    /// doubled list has up to half its room unused, 3 MB at 50k machines, at the pass's peak.
+    /// A list of pages is one mapped block, so each growth moves no bytes.
     async fn collect_machines(
         &self,
         filter: Option<&str>,

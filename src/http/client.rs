@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
+use super::body::{Collect, Items, read_capped};
 use super::error::is_retryable_status;
 use super::limit::{Limits, Permit};
 use super::retry::{Backoff, parse_retry_after};
@@ -56,6 +57,8 @@ pub struct Request {
     /// False for requests that must not run twice (posting a comment): those are retried only
     /// when the server certainly did not process them.
     pub idempotent: bool,
+    /// A list page whose items are parsed as they arrive (see [`super::body`]).
+    pub(crate) items: Option<Items>,
 }
 
 impl Request {
@@ -68,6 +71,7 @@ impl Request {
             body: None,
             headers: Vec::new(),
             idempotent: true,
+            items: None,
         }
     }
 
@@ -240,40 +244,51 @@ impl Client {
 
     /// GETs `first` and every page after it, following `@odata.nextLink` verbatim until it
     /// is absent, and returns the `value` items of all pages in order.
-    pub async fn get_all<T: DeserializeOwned>(&self, first: Request) -> Result<Vec<T>, Error> {
+    pub async fn get_all<T: DeserializeOwned + Send + 'static>(
+        &self,
+        first: Request,
+    ) -> Result<Vec<T>, Error> {
         let mut items = Vec::new();
-        self.pages(first, false, |page| items.extend(page)).await?;
+        self.pages(first, false, false, |page| items.extend(page))
+            .await?;
         Ok(items)
     }
 
     /// Like [`Client::get_all`], but a 404 on the first page means "no items" (MDE answers
     /// 404 when there are no recent machines).
-    pub async fn get_all_or_empty<T: DeserializeOwned>(
+    pub async fn get_all_or_empty<T: DeserializeOwned + Send + 'static>(
         &self,
         first: Request,
     ) -> Result<Vec<T>, Error> {
         let mut items = Vec::new();
-        self.pages(first, true, |page| items.extend(page)).await?;
+        self.pages(first, true, false, |page| items.extend(page))
+            .await?;
         Ok(items)
     }
 
-    /// Like [`Client::get_all_or_empty`], but hands each page's items to `each` before the
-    /// next page is read, so a caller that keeps a compact form of the items never holds
-    /// more than one page of wire values (and one response body) at a time.
-    pub async fn for_each_page_or_empty<T: DeserializeOwned>(
+    /// Like [`Client::get_all_or_empty`], but each page's items are parsed as its body
+    /// arrives (see [`super::body`]) and handed to `each` before the next page is read, so a
+    /// caller that keeps a compact form of the items holds neither a page's body nor more than
+    /// one page of items at a time.
+    pub async fn for_each_page_or_empty<T: DeserializeOwned + Send + 'static>(
         &self,
         first: Request,
         each: impl FnMut(Vec<T>),
     ) -> Result<(), Error> {
-        self.pages(first, true, each).await
+        self.pages(first, true, true, each).await
     }
 
-    async fn pages<T: DeserializeOwned>(
+    async fn pages<T: DeserializeOwned + Send + 'static>(
         &self,
-        first: Request,
+        mut first: Request,
         not_found_is_empty: bool,
+        split: bool,
         mut each: impl FnMut(Vec<T>),
     ) -> Result<(), Error> {
+        let sink = split.then(|| Arc::new(Collect::<T>::new()));
+        if let Some(sink) = &sink {
+            first.items = Some(Items(sink.clone()));
+        }
         let origin = first.url.origin();
         let first_path = first.url.path().to_string();
         let mut seen = std::collections::HashSet::from([first.url.to_string()]);
@@ -293,11 +308,19 @@ impl Client {
                 }
                 other => other?,
             };
-            let page: Page<T> = resp.json()?;
+            let split_items = match &sink {
+                Some(sink) => Some(sink.take().map_err(|detail| Error::Decode {
+                    method: req.method.to_string(),
+                    path: req.url.path().to_string(),
+                    detail,
+                })?),
+                None => None,
+            };
+            let Page { value, next_link } = resp.json()?;
             // The body is no longer needed once decoded; free it before the items are used.
             drop(resp);
-            each(page.value);
-            let Some(link) = page.next_link else {
+            each(split_items.unwrap_or(value));
+            let Some(link) = next_link else {
                 return Ok(());
             };
             // Verbatim: the link is used as sent, never rebuilt from its parts.
@@ -666,7 +689,9 @@ impl Client {
         let resp = b.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let Some(body) = read_capped(resp, self.inner.settings.max_body_bytes).await? else {
+        // Only a page's items are split as they come; an error's body is read whole.
+        let items = req.items.as_ref().filter(|_| (200..300).contains(&status));
+        let Some(body) = read_capped(resp, self.inner.settings.max_body_bytes, items).await? else {
             return Ok(Err(BodyTooLarge));
         };
         Ok(Ok((status, headers, body)))
@@ -683,41 +708,6 @@ impl Client {
 
 /// A response body ran past [`Settings::max_body_bytes`].
 struct BodyTooLarge;
-
-/// The body, or `None` once it runs past `limit` bytes (announced or received). One piece is
-/// kept as it came; more are each copied into one buffer (sized from `Content-Length`) and
-/// dropped, so a page of 10,000 machines (6 MB) is never held as pieces and joined copy both.
-async fn read_capped(
-    mut resp: reqwest::Response,
-    limit: u64,
-) -> Result<Option<bytes::Bytes>, reqwest::Error> {
-    let announced = resp.content_length();
-    if announced.is_some_and(|n| n > limit) {
-        return Ok(None);
-    }
-    let Some(first) = resp.chunk().await? else {
-        return Ok(Some(bytes::Bytes::new()));
-    };
-    let mut total = first.len() as u64;
-    let Some(mut next) = resp.chunk().await? else {
-        return Ok((total <= limit).then_some(first));
-    };
-    let size = announced.map_or(0, |n| usize::try_from(n).unwrap_or(0));
-    let mut body = bytes::BytesMut::with_capacity(size.max(first.len()));
-    body.extend_from_slice(&first);
-    drop(first);
-    loop {
-        total += next.len() as u64;
-        if total > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&next);
-        match resp.chunk().await? {
-            Some(chunk) => next = chunk,
-            None => return Ok(Some(body.freeze())),
-        }
-    }
-}
 
 /// An HTTP answer: status, headers and the body as collected.
 type Answer = (u16, HeaderMap, bytes::Bytes);

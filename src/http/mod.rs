@@ -7,6 +7,7 @@
 
 mod adapt;
 mod batch;
+mod body;
 mod client;
 mod error;
 mod limit;

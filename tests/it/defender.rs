@@ -88,6 +88,61 @@ async fn machines_by_tag_filter_page_and_convert() {
     );
 }
 
+/// A machine page is parsed item by item as its body arrives: a throttled answer's body
+/// (which has a `value` array of its own) delivers nothing, strings that look like JSON
+/// structure stay strings, fields dexscope does not keep (nested ones with a `value` of their
+/// own) are skipped, and a page that cannot be split fails with the reason.
+#[tokio::test]
+async fn machine_pages_are_split_as_their_bodies_arrive() {
+    let server = MockServer::start().await;
+    let throttled = format!(
+        r#"{{"value":[{{"id":"{}"}}],"error":{{"code":"TooManyRequests"}}}}"#,
+        mid(9)
+    );
+    Mock::given(path("/api/machines"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "0")
+                .set_body_raw(throttled, "application/json"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let page = format!(
+        r#"{{"@odata.context":"https://api.security.microsoft.com/api/$metadata#Machines",
+        "value" : [ {{"id":"{}","computerDnsName":"ws1.contoso.local","osPlatform":"Windows11",
+        "machineTags":["DEX-Scoped","a]b{{\"c\\"],"vmMetadata":{{"value":[{{"id":"{}"}}]}},
+        "rbacGroupName":"Workstations"}} , {{"id":"{}","machineTags":[]}} ]}}"#,
+        mid(1),
+        mid(8),
+        mid(2)
+    );
+    Mock::given(path("/api/machines"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(page, "application/json"))
+        .mount(&server)
+        .await;
+    let (d, _) = defender(&server);
+
+    let machines = d.all_machines().await.unwrap();
+
+    let ids: Vec<&str> = machines.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [mid(1).as_str(), mid(2).as_str()]);
+    let tags: Vec<&str> = machines[0].tags.iter().map(|t| &**t).collect();
+    assert_eq!(tags, ["DEX-Scoped", r#"a]b{"c\"#]);
+    assert_eq!(machines[0].rbac_group_name.as_deref(), Some("Workstations"));
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+
+    let server = MockServer::start().await;
+    let page = format!(r#"{{"value":[{{"id":"{}"}},"{}"]}}"#, mid(1), mid(2));
+    Mock::given(path("/api/machines"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(page, "application/json"))
+        .mount(&server)
+        .await;
+    let (d, _) = defender(&server);
+    let err = d.all_machines().await.unwrap_err().to_string();
+    assert!(err.contains("not an object"), "{err}");
+}
+
 #[tokio::test]
 async fn unknown_machine_is_none() {
     let server = MockServer::start().await;
