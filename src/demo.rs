@@ -236,7 +236,10 @@ async fn connect(config: Arc<Config>, out: &mut dyn std::io::Write) -> Result<De
     metrics.token_obtained(chrono::Utc::now());
     let desired = match &config.scope.git {
         None => {
-            let desired = Arc::new(DesiredWatch::new(config.scope.desired_state.clone()));
+            let desired = Arc::new(
+                DesiredWatch::new(config.scope.desired_state.clone())
+                    .spill_to(daemon::state_dir(&state)),
+            );
             daemon::load_desired(&desired, &scheduler.alerter).await;
             daemon::DesiredSource::Files(desired)
         }

@@ -33,8 +33,9 @@
 //! - `graph`, `defender`: API clients; `wire.rs` in each holds the serde mirrors of the JSON.
 //! - `desired`: desired-state parsing and validation (pure) plus file/directory read; `selector`
 //!   (`group` and `where` entries checked offline, pure), `lines` (offsets → `line:col`); `kept`
-//!   (a valid state kept as its texts, parsed again for each pass, pure); `source` (a git
-//!   branch head fetched into a private cache, its signature verified, its tree read).
+//!   (a valid state kept as its texts in an unlinked file of the state directory, parsed
+//!   again for each pass); `source` (a git branch head fetched into a private cache, its
+//!   signature verified, its tree read).
 //! - `scope`: reading the scope from the tenant, below `reconcile`, `priority` and `incidents`:
 //!   `members` (the user group's members from the snapshot + delta), `snapshot` (pure: when the
 //!   member snapshot stands in for a full read), `devices` (the one desired-device resolver,

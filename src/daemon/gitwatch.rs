@@ -50,6 +50,9 @@ pub struct GitWatch {
     cache: GitCache,
     stale_after: Duration,
     state: Arc<State>,
+    /// Where each applied state's texts are kept: the state directory (see
+    /// [`Kept::spill_to`]).
+    spill: PathBuf,
     inner: Mutex<Inner>,
 }
 
@@ -112,6 +115,7 @@ impl GitWatch {
         Ok(Self {
             cache,
             stale_after: git.stale_after,
+            spill: super::state_dir(&state),
             state,
             inner: Mutex::new(Inner {
                 record,
@@ -143,7 +147,7 @@ impl GitWatch {
         }
         let commit = CommitId::parse(stored.applied.as_deref()?)?;
         let files = self.cache.read(&commit).ok()?;
-        let loaded = parse(&commit, files, today).ok()?;
+        let loaded = parse(&commit, files, today, &self.spill).ok()?;
         inner.current = Some(Arc::new(loaded));
         inner.record.applied = Some(commit.to_string());
         inner.record.last_ok_fetch = stored.last_ok_fetch;
@@ -181,7 +185,7 @@ impl GitWatch {
                 rewritten,
             }) => {
                 inner.record.refused = None;
-                match parse(&commit, files, today) {
+                match parse(&commit, files, today, &self.spill) {
                     Ok(loaded) => {
                         inner.current = Some(Arc::new(loaded));
                         inner.record.applied = Some(commit.to_string());
@@ -254,11 +258,13 @@ impl GitWatch {
     }
 }
 
-/// Validates the tree of `commit` and keeps it as its texts (see [`Kept`]).
+/// Validates the tree of `commit` and keeps it as its texts (see [`Kept`]), in a file in
+/// `spill` when one can be made there.
 fn parse(
     commit: &CommitId,
     files: Vec<(PathBuf, String)>,
     today: NaiveDate,
+    spill: &Path,
 ) -> Result<Kept, String> {
     let texts: Vec<(&Path, &str)> = files
         .iter()
@@ -270,7 +276,9 @@ fn parse(
     drop(texts);
     loaded.state.commit = Some(commit.to_string());
     loaded.state.sources = files.iter().map(|(p, _)| p.clone()).collect();
-    Ok(Kept::new(&loaded, files, today, Mode::Runtime))
+    let mut kept = Kept::new(&loaded, files, today, Mode::Runtime);
+    kept.spill_to(spill);
+    Ok(kept)
 }
 
 /// The error and its sources, on one line.

@@ -18,6 +18,7 @@ mod schedule;
 mod systemd;
 mod watch;
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -241,6 +242,17 @@ async fn generation(
     Ok(next)
 }
 
+/// The directory of the state database: disk-backed and writable by the daemon (SQLite writes
+/// its journal beside the database), where the kept desired state's texts go.
+pub fn state_dir(state: &State) -> PathBuf {
+    state
+        .path()
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 /// Opens the state database, connects to the tenant and builds the one alert path (with the
 /// webhook when one is configured and valid).
 fn setup(config: Config, metrics: &Arc<Metrics>) -> Result<Setup, DaemonError> {
@@ -286,7 +298,10 @@ async fn start_loops(
     let alerter = &setup.scheduler.alerter;
     let (desired, watcher) = match &setup.git {
         None => {
-            let desired = Arc::new(DesiredWatch::new(setup.config.scope.desired_state.clone()));
+            let desired = Arc::new(
+                DesiredWatch::new(setup.config.scope.desired_state.clone())
+                    .spill_to(state_dir(&setup.state)),
+            );
             load_desired(&desired, alerter).await;
             let watcher = tokio::spawn(watch_desired(
                 desired.clone(),

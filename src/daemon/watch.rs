@@ -36,6 +36,9 @@ use crate::desired::{self, Kept, Mode};
 #[derive(Debug)]
 pub struct DesiredWatch {
     path: PathBuf,
+    /// Where each valid state's texts are kept (see [`Kept::spill_to`]); `None` keeps them in
+    /// memory.
+    spill: Option<PathBuf>,
     inner: Mutex<WatchInner>,
 }
 
@@ -78,8 +81,16 @@ impl DesiredWatch {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         DesiredWatch {
             path: path.into(),
+            spill: None,
             inner: Mutex::new(WatchInner::default()),
         }
+    }
+
+    /// Keeps each valid state's texts in an unlinked file in `dir` (the daemon's state
+    /// directory) rather than in memory.
+    pub fn spill_to(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spill = Some(dir.into());
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -106,8 +117,11 @@ impl DesiredWatch {
                 return Refresh::Settling;
             }
         }
-        let loaded = desired::load_kept(std::slice::from_ref(&self.path), today, Mode::Runtime);
+        let mut loaded = desired::load_kept(std::slice::from_ref(&self.path), today, Mode::Runtime);
         let after = fingerprint(&self.path);
+        if let (true, Ok((kept, _)), Some(dir)) = (after == print, &mut loaded, &self.spill) {
+            kept.spill_to(dir);
+        }
         let mut inner = lock(&self.inner);
         if after != print {
             inner.seen = Some(after);
@@ -183,8 +197,16 @@ fn lost_with_file(old: &Kept, new: &Kept, print: &Fingerprint) -> Option<String>
     if gone.is_empty() {
         return None;
     }
-    // Texts that were valid when kept parse again; should one not, nothing is taken as lost.
-    let (old, new) = (old.state().ok()?, new.state().ok()?);
+    let names = |files: &BTreeSet<&Path>| {
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        names.join(", ")
+    };
+    // Texts that were valid when kept parse again, but reading them back from their file can
+    // fail: then the loss cannot be measured, and every vanished file is taken as lost, so
+    // nothing is removed for it.
+    let (Ok(old), Ok(new)) = (old.state(), new.state()) else {
+        return Some(names(&gone));
+    };
     let users: BTreeSet<String> = new.users.iter().map(|e| e.key.to_string()).collect();
     let devices: BTreeSet<String> = new.devices.iter().map(|e| e.key.to_string()).collect();
     let mut lost: BTreeSet<&Path> = BTreeSet::new();
@@ -201,8 +223,7 @@ fn lost_with_file(old: &Kept, new: &Kept, print: &Fingerprint) -> Option<String>
     if lost.is_empty() {
         return None;
     }
-    let names: Vec<String> = lost.iter().map(|p| p.display().to_string()).collect();
-    Some(names.join(", "))
+    Some(names(&lost))
 }
 
 /// The metadata of the path and, for a directory, of its `*.toml` files.

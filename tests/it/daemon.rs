@@ -644,3 +644,111 @@ async fn sighup_reloads_the_config_and_desired_state_and_keeps_the_running_confi
     );
     sim.shutdown().await;
 }
+
+/// The desired state a pass uses is the one kept when it was valid, read back from its file in
+/// the state directory: after the desired file turns invalid, a reconcile pass still adds the
+/// user the last valid state named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_uses_the_kept_state_after_the_desired_file_turned_invalid() {
+    use dexscope::daemon::{DesiredSource, DesiredWatch, PassContext, Refresh};
+
+    let sim = sim::start(SimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("var");
+    let config_path = dir.path().join("config.toml");
+    let head = super::support::sim_config_head(&sim);
+    std::fs::write(
+        &config_path,
+        format!(
+            "{head}device_tag = \"DEX-Scoped\"\ndesired_state = \"desired.toml\"\n\
+             [state]\npath = \"var/state.db\"\n"
+        ),
+    )
+    .unwrap();
+    let members = sim.group_members(&sim.user_group_id());
+    // Desired: the scoped group and the tagged machines as they are, plus one user.
+    let (upns, tagged): (Vec<String>, Vec<String>) = {
+        let tenant = sim.state();
+        let tenant = tenant.lock().unwrap();
+        let upns = tenant
+            .directory
+            .users
+            .iter()
+            .flatten()
+            .filter(|u| members.contains(&u.id.to_string()))
+            .map(|u| u.upn.to_string())
+            .collect();
+        let tag = tenant.mde.tag_id("DEX-Scoped").unwrap();
+        let tagged = tenant
+            .mde
+            .machines
+            .iter()
+            .filter(|m| m.tags.contains(&tag))
+            .map(|m| m.id_hex())
+            .collect();
+        (upns, tagged)
+    };
+    assert!(!upns.is_empty() && !tagged.is_empty());
+    let (outsider_upn, outsider_id) = outsiders(&sim, 1).remove(0);
+    let desired = dir.path().join("desired.toml");
+    let entries: String = upns
+        .iter()
+        .chain([&outsider_upn])
+        .map(|u| format!("  {u:?},\n"))
+        .collect();
+    let devices: String = tagged.iter().map(|d| format!("  {d:?},\n")).collect();
+    std::fs::write(
+        &desired,
+        format!("users = [\n{entries}]\ndevices = [\n{devices}]\n"),
+    )
+    .unwrap();
+
+    let secret = sim.client_secret().expose_secret().to_string();
+    let config =
+        dexscope::config::Config::load(&config_path, [("DEXSCOPE_CLIENT_SECRET", secret.as_str())])
+            .unwrap();
+    let state = Arc::new(dexscope::state::State::open(&config.state.path).unwrap());
+    assert_eq!(dexscope::daemon::state_dir(&state), state_dir);
+    let watch = DesiredWatch::new(config.scope.desired_state.clone())
+        .spill_to(dexscope::daemon::state_dir(&state));
+    let today = chrono::Utc::now().date_naive();
+    let pause = Duration::from_millis(20);
+    assert_eq!(watch.settle(today, pause, 20), Refresh::Loaded);
+    let kept = watch.current().unwrap();
+    assert!(kept.is_spilled());
+    assert_eq!(kept.users(), upns.len() + 1);
+
+    // The file turns invalid: the watch keeps the last valid state, still in its file.
+    std::fs::write(&desired, "users = [\"ann@contoso.com\", 17]\n").unwrap();
+    assert!(matches!(
+        watch.settle(today, pause, 20),
+        Refresh::Invalid(_)
+    ));
+    assert!(std::sync::Arc::ptr_eq(&watch.current().unwrap(), &kept));
+    drop(kept);
+
+    let ctx = PassContext {
+        tenant: dexscope::tenant::Tenant::from_config(&config).unwrap(),
+        state,
+        desired: DesiredSource::Files(Arc::new(watch)),
+        config: Arc::new(config),
+    };
+    sim.reset_stats();
+    let summary = dexscope::daemon::reconcile_pass(&ctx, chrono::Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        summary.changes_applied, 1,
+        "{}\n{:#?}",
+        summary.text, summary.lines
+    );
+    let after = sim.group_members(&sim.user_group_id());
+    assert!(after.contains(&outsider_id), "{}", summary.text);
+    assert_eq!(after.len(), members.len() + 1, "{}", summary.text);
+    // Nothing named in the state directory but the database's own files.
+    let names: Vec<String> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| n.starts_with("state.db")), "{names:?}");
+}
