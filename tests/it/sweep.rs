@@ -61,7 +61,9 @@ async fn after_a_backlog_fresh_passes_read_one_page_and_still_see_new_incidents(
         let (fresh, pages) = counted(&sim, &p, now).await;
         assert!(!fresh.sweep, "pass {n}");
         assert_eq!(pages, 1, "pass {n}: {fresh:?}");
-        assert!(fresh.listed <= 1, "pass {n}: {} listed", fresh.listed);
+        // Only the incidents updated in the cursor's own millisecond (the filter's precision)
+        // are listed again: one, or a few when comments were posted within one millisecond.
+        assert!(fresh.listed <= 5, "pass {n}: {} listed", fresh.listed);
         assert_eq!(sim.stats().calls(POST_ROUTE), 0, "pass {n}");
     }
 
