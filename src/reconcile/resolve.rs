@@ -298,15 +298,8 @@ pub struct EarlyAdds<'a> {
 
 impl<'a> EarlyAdds<'a> {
     pub fn new(members: &'a [GroupMember]) -> Self {
-        let members = members
-            .iter()
-            .filter_map(|m| match m {
-                GroupMember::User { id, .. } => Some(id.as_str()),
-                GroupMember::Other { .. } => None,
-            })
-            .collect();
         Self {
-            members,
+            members: user_ids(members),
             picked: Default::default(),
         }
     }
@@ -347,15 +340,6 @@ fn split_users(keys: impl ExactSizeIterator<Item = UserKey>, members: &[GroupMem
     // Built at the first entry by id: most desired files list UPNs only, and the set is
     // 2 MB at 100k members.
     let mut member_ids: Option<HashSet<&str>> = None;
-    let user_ids = || -> HashSet<&str> {
-        members
-            .iter()
-            .filter_map(|m| match m {
-                GroupMember::User { id, .. } => Some(id.as_str()),
-                GroupMember::Other { .. } => None,
-            })
-            .collect()
-    };
     // Sized once: most desired users are members, and doubling would leave up to half the
     // list's room unused through the pass.
     let mut split = UserSplit {
@@ -373,7 +357,7 @@ fn split_users(keys: impl ExactSizeIterator<Item = UserKey>, members: &[GroupMem
             },
             UserKey::Id(id)
                 if member_ids
-                    .get_or_insert_with(user_ids)
+                    .get_or_insert_with(|| user_ids(members))
                     .contains(id.as_str()) =>
             {
                 split.resolved.push(DesiredUserRef {
@@ -385,6 +369,17 @@ fn split_users(keys: impl ExactSizeIterator<Item = UserKey>, members: &[GroupMem
         }
     }
     split
+}
+
+/// The ids of the members that are users.
+fn user_ids(members: &[GroupMember]) -> HashSet<&str> {
+    members
+        .iter()
+        .filter_map(|m| match m {
+            GroupMember::User { id, .. } => Some(id.as_str()),
+            GroupMember::Other { .. } => None,
+        })
+        .collect()
 }
 
 /// A list's items taken from its end, its room handed back as it empties: the desired
